@@ -1,0 +1,172 @@
+"""The wsevents reference app: every public feature, driven by the benchmarks and checks.
+
+Run it with ``python -m wsevents run examples.reference_app:app`` (add
+``--redis-url redis://127.0.0.1:6379/0`` to run several instances).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from wsevents import (
+    WsError,
+    create_ws_app,
+    use_route_params,
+    use_ws_connection,
+    use_ws_message,
+    use_ws_rooms,
+    use_ws_server,
+)
+
+app = create_ws_app()
+
+
+@app.on_connect
+def authenticate() -> None:
+    request = use_ws_connection().request
+    token = request.query.get("token") if request is not None else None
+    if token == "bad":
+        raise WsError(401, "Unauthorized")
+    if token == "boom":
+        raise RuntimeError("token service exploded")  # logged, never sent
+
+
+@app.on_disconnect
+async def say_goodbye() -> None:
+    conn = use_ws_connection()
+    rooms = use_ws_server().rooms
+    for room in conn.rooms:
+        await rooms.broadcast(room, "system", {"text": "left", "id": conn.id}, exclude_id=conn.id)
+
+
+@app.on_message("rpc", "/echo")
+def echo() -> Any:
+    return use_ws_message().data
+
+
+@app.on_message("rpc", "/users/:id")
+def user() -> dict[str, Any]:
+    return {"id": use_route_params().get("id")}
+
+
+@app.on_message("rpc", "/error/:code")
+def error() -> None:
+    raise WsError(int(use_route_params().get("code", "500")), "custom error")
+
+
+@app.on_message("rpc", "/crash")
+def crash() -> None:
+    raise RuntimeError("secret internals")  # the client only sees 500 "Internal Error"
+
+
+@app.on_message("rpc", "/none")
+def nothing() -> None:
+    return None
+
+
+@app.on_message("rpc", "/whoami")
+def whoami() -> dict[str, str]:
+    return {"id": use_ws_connection().id}
+
+
+@app.on_message("rpc", "/slow")
+async def slow() -> dict[str, Any]:
+    data = use_ws_message().data
+    ms = data.get("ms", 0) if isinstance(data, dict) else 0
+    if not isinstance(ms, int | float) or isinstance(ms, bool) or not 0 <= ms <= 60_000:
+        raise WsError(400, "data.ms must be a number of milliseconds up to 60000")
+    await asyncio.sleep(ms / 1000)
+    return {"slept": ms}
+
+
+@app.on_message("subscribe", "/chat/rooms/:room")
+async def subscribe() -> dict[str, bool]:
+    await use_ws_rooms().join()
+    return {"subscribed": True}
+
+
+@app.on_message("unsubscribe", "/chat/rooms/:room")
+async def unsubscribe() -> dict[str, bool]:
+    await use_ws_rooms().leave()
+    return {"unsubscribed": True}
+
+
+@app.on_message("message", "/chat/rooms/:room")
+async def message() -> dict[str, bool]:
+    await use_ws_rooms().broadcast("message", use_ws_message().data)
+    return {"sent": True}
+
+
+@app.on_message("message-all", "/chat/rooms/:room")
+async def message_all() -> dict[str, bool]:
+    await use_ws_rooms().broadcast("message", use_ws_message().data, exclude_self=False)
+    return {"sent": True}
+
+
+@app.on_message("message-to", "/chat/rooms/:room")
+async def message_to() -> dict[str, bool]:
+    data = use_ws_message().data
+    if not isinstance(data, dict) or not isinstance(data.get("room"), str):
+        raise WsError(400, "data.room must be a string")
+    await use_ws_rooms().broadcast("message", data.get("payload"), room=data["room"])
+    return {"sent": True}
+
+
+def _team_room() -> str:
+    params = use_route_params()
+    return f"team:{params.get('team')}:{params.get('channel')}"
+
+
+@app.on_message("join", "/teams/:team/channels/:channel")
+async def join_team() -> dict[str, bool]:
+    await use_ws_rooms().join(_team_room())
+    return {"joined": True}
+
+
+@app.on_message("say", "/teams/:team/channels/:channel")
+async def say() -> dict[str, bool]:
+    await use_ws_rooms().broadcast("say", use_ws_message().data, room=_team_room())
+    return {"sent": True}
+
+
+@app.on_message("rpc", "/rooms")
+def rooms() -> list[str]:
+    return list(use_ws_rooms().rooms())
+
+
+@app.on_message("rpc", "/room-size")
+def room_size() -> dict[str, int]:
+    data = use_ws_message().data
+    room = data.get("room") if isinstance(data, dict) else None
+    if not isinstance(room, str):
+        raise WsError(400, "data.room must be a string")
+    return {"size": len(use_ws_server().room_connections(room))}
+
+
+@app.on_message("rpc", "/announce")
+async def announce() -> dict[str, bool]:
+    await use_ws_server().broadcast("announcement", "/announce", use_ws_message().data)
+    return {"sent": True}
+
+
+@app.on_message("rpc", "/direct")
+async def direct() -> dict[str, bool]:
+    data = use_ws_message().data
+    if not isinstance(data, dict) or not isinstance(data.get("to"), str):
+        raise WsError(400, "data.to must be a connection id")
+    found = await use_ws_server().send_to(
+        data["to"], "notification", "/private", data.get("payload")
+    )
+    return {"sent": found}
+
+
+@app.on_message("rpc", "/self-push")
+def self_push() -> dict[str, bool]:
+    use_ws_connection().send("notification", "/alerts", {"text": "welcome"})
+    return {"ok": True}
+
+
+@app.on_message("rpc", "/kick")
+def kick() -> None:
+    use_ws_connection().close(4000, "kicked")

@@ -1,0 +1,63 @@
+"""wsevents: WebSocket back ends as small as HTTP handlers.
+
+Routed message handlers, context-local composables, rooms and broadcasting across
+instances, on aiohttp, wire compatible with ``@wooksjs/event-ws``.
+"""
+
+from .app import WsApp, create_ws_app
+from .composables import (
+    RouteParams,
+    WsRooms,
+    use_route_params,
+    use_ws_connection,
+    use_ws_message,
+    use_ws_rooms,
+    use_ws_server,
+)
+from .connection import Connection
+from .exceptions import (
+    ProtocolError,
+    RoutingError,
+    TransportError,
+    WsClientError,
+    WsError,
+    WsEventsError,
+)
+from .protocol import ClientMessage, Codec, JsonCodec
+from .rooms import DeliveryReport, RoomManager
+from .transports import (
+    BroadcastTransport,
+    ConnectionDirectory,
+    MemoryBus,
+    MemoryTransport,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BroadcastTransport",
+    "ClientMessage",
+    "Codec",
+    "Connection",
+    "ConnectionDirectory",
+    "DeliveryReport",
+    "JsonCodec",
+    "MemoryBus",
+    "MemoryTransport",
+    "ProtocolError",
+    "RoomManager",
+    "RouteParams",
+    "RoutingError",
+    "TransportError",
+    "WsApp",
+    "WsClientError",
+    "WsError",
+    "WsEventsError",
+    "WsRooms",
+    "create_ws_app",
+    "use_route_params",
+    "use_ws_connection",
+    "use_ws_message",
+    "use_ws_rooms",
+    "use_ws_server",
+]

@@ -1,0 +1,101 @@
+"""Command line: ``python -m wsevents run MODULE:ATTR [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+USAGE_ERROR = 2
+
+
+class TargetError(Exception):
+    """The MODULE:ATTR target cannot be loaded or is not servable."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wsevents", description="wsevents tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve a WsApp or an aiohttp Application")
+    run.add_argument("target", help="MODULE:ATTR, a WsApp, an aiohttp Application or a factory")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--path", default="/ws", help="WebSocket endpoint (for a WsApp)")
+    run.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
+    )
+    return parser
+
+
+def load_target(spec: str) -> Any:
+    """Import ``MODULE:ATTR`` and return a WsApp or an aiohttp Application.
+
+    A callable that is neither is called (awaited when async) as a factory.
+
+    Raises:
+        TargetError: with a message for the user.
+    """
+    from aiohttp import web
+
+    from .app import WsApp
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise TargetError(f"target must look like MODULE:ATTR, got {spec!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TargetError(f"cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, WsApp | web.Application) and callable(obj):
+        obj = obj()
+        if inspect.isawaitable(obj):
+            obj = asyncio.run(_await(obj))
+    if not isinstance(obj, WsApp | web.Application):
+        raise TargetError(
+            f"{spec} is a {type(obj).__name__}, not a WsApp, an aiohttp Application "
+            "or a factory returning one"
+        )
+    return obj
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        target = load_target(args.target)
+    except TargetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    from .server import run
+
+    logging.getLogger("wsevents").info(
+        "serving %s on ws://%s:%d%s", args.target, args.host, args.port, args.path
+    )
+    run(target, host=args.host, port=args.port, path=args.path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

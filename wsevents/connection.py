@@ -1,0 +1,180 @@
+"""One client connection: identity, rooms, user state and synchronous, bounded sends."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .protocol import Codec, JsonCodec, encode_error, encode_push, encode_reply
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["SLOW_CONSUMER_CLOSE_CODE", "Connection", "SocketLike"]
+
+log = logging.getLogger("wsevents.connection")
+
+SLOW_CONSUMER_CLOSE_CODE = 1013
+"""Close code for a connection whose unsent output went over ``max_send_buffer``."""
+
+DEFAULT_MAX_SEND_BUFFER = 4 << 20
+
+
+class SocketLike(Protocol):
+    """What a :class:`Connection` needs from a WebSocket; the aiohttp adapter provides one.
+
+    Every method is synchronous: sending never waits for the peer.
+    """
+
+    @property
+    def closed(self) -> bool:
+        """True once closing has started or the peer is gone."""
+        ...
+
+    def write(self, payload: bytes, binary: bool) -> bool:
+        """Queue one data frame; False when it could not be queued."""
+        ...
+
+    def buffer_size(self) -> int:
+        """Bytes accepted by :meth:`write` and not yet handed to the network."""
+        ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code`` and ``reason``."""
+        ...
+
+    def ping(self) -> None:
+        """Send a ping control frame."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        ...
+
+
+class Connection:
+    """A client connection, as ``use_ws_connection()`` returns it.
+
+    Sends are synchronous and never raise: on a closed socket they do nothing and return
+    ``False``. A connection whose unsent output grows past ``max_send_buffer`` bytes is a
+    slow consumer: it is closed with 1013 and its later sends are dropped.
+
+    Attributes:
+        id: a UUID string, unique across instances.
+        request: the aiohttp upgrade request (headers, query, cookies, peer), or None.
+        state: a dict for the application's own per-connection data.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_binary",
+        "_encode",
+        "_inflight",
+        "_max_send_buffer",
+        "_overflowed",
+        "_rooms",
+        "_seen",
+        "_socket",
+        "_wake",
+        "id",
+        "request",
+        "state",
+    )
+
+    def __init__(
+        self,
+        socket: SocketLike,
+        *,
+        id: str | None = None,
+        request: web.Request | None = None,
+        codec: Codec | None = None,
+        max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
+    ) -> None:
+        codec = codec if codec is not None else JsonCodec()
+        self.id: str = id if id is not None else str(uuid.uuid4())
+        self.request = request
+        self.state: dict[str, Any] = {}
+        self._socket = socket
+        self._encode = codec.encode
+        self._binary = codec.binary
+        self._max_send_buffer = max_send_buffer
+        self._overflowed = False
+        self._rooms: dict[str, None] = {}
+        self._seen = True
+        self._inflight = 0
+        self._wake: Any = None  # future the reader awaits while too many handlers run
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {'closed' if self.closed else 'open'}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or closed."""
+        return self._socket.closed
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        """The rooms this connection is in on this instance, in join order."""
+        return tuple(self._rooms)
+
+    def send_frame(self, payload: bytes) -> bool:
+        """Send an already encoded message (e.g. one broadcast frame shared by many).
+
+        Returns:
+            True when the frame was queued; False when the socket is closed or the
+            connection was just closed as a slow consumer.
+        """
+        socket = self._socket
+        if socket.closed or not socket.write(payload, self._binary):
+            return False
+        if socket.buffer_size() > self._max_send_buffer and not self._overflowed:
+            self._overflowed = True
+            log.warning(
+                "closing slow consumer %s: send buffer over %d bytes",
+                self.id,
+                self._max_send_buffer,
+            )
+            socket.close(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
+            return False
+        return True
+
+    def send(
+        self,
+        event: str,
+        path: str,
+        data: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Push ``{"event", "path", "params"?, "data"?}`` to this connection."""
+        if self._socket.closed:
+            return False
+        return self.send_frame(encode_push(event, path, data, params, self._encode))
+
+    def reply(self, message_id: Any, data: Any = None) -> bool:
+        """Send an RPC reply ``{"id", "data"}``."""
+        if self._socket.closed:
+            return False
+        return self.send_frame(encode_reply(message_id, data, self._encode))
+
+    def reply_error(self, message_id: Any, code: int, message: str) -> bool:
+        """Send an RPC error reply ``{"id", "error": {"code", "message"}}``."""
+        if self._socket.closed:
+            return False
+        return self.send_frame(encode_error(message_id, code, message, self._encode))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start closing the connection; later sends do nothing.
+
+        The reason is cut to the 123 UTF-8 bytes a close frame can carry.
+        """
+        if not self._socket.closed:
+            self._socket.close(code, _close_reason(reason))
+
+
+def _close_reason(reason: str) -> str:
+    raw = reason.encode("utf-8")
+    if len(raw) <= 123:
+        return reason
+    return raw[:123].decode("utf-8", "ignore")

@@ -1,0 +1,303 @@
+"""Rooms: which local connections are in which room, and broadcasts across instances.
+
+Delivery is local-first: local members get the push directly, once, from one encoded
+frame; other instances get an *envelope* through the :class:`BroadcastTransport` on the
+room's channel ``ws:room:<room>``. Every envelope carries the sender's instance id, and an
+instance drops its own, so a transport that echoes to the publisher (Redis pub/sub) never
+delivers twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+
+from .connection import Connection
+from .protocol import Codec, JsonCodec, encode_push
+from .transports.base import BroadcastTransport, maybe_await
+
+__all__ = [
+    "ROOM_CHANNEL_PREFIX",
+    "DeliveryReport",
+    "RoomManager",
+    "decode_envelope",
+    "encode_envelope",
+]
+
+log = logging.getLogger("wsevents.rooms")
+
+ROOM_CHANNEL_PREFIX = "ws:room:"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What a broadcast did on this instance.
+
+    Attributes:
+        sent: local connections the push was written to.
+        skipped: local connections left out on purpose (the excluded sender).
+        dropped: local connections that were closed, closing, or closed as slow consumers.
+        published: the envelope was handed to the transport for other instances.
+        publish_error: why publishing failed, when it did (the push still reached local
+            members).
+    """
+
+    sent: int = 0
+    skipped: int = 0
+    dropped: int = 0
+    published: bool = False
+    publish_error: Exception | None = None
+
+    def merged(self, other: DeliveryReport) -> DeliveryReport:
+        """Add up two reports (e.g. of several rooms)."""
+        return DeliveryReport(
+            self.sent + other.sent,
+            self.skipped + other.skipped,
+            self.dropped + other.dropped,
+            self.published or other.published,
+            self.publish_error or other.publish_error,
+        )
+
+
+def encode_envelope(origin: str, fields: dict[str, Any]) -> str:
+    """Wrap a broadcast for the transport, stamped with the sender's instance id."""
+    fields["origin"] = origin
+    return orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def decode_envelope(payload: str | bytes, own_origin: str) -> dict[str, Any] | None:
+    """Unwrap an envelope; None for our own (self-redelivery) or a malformed one."""
+    try:
+        env = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        log.warning("dropped a malformed envelope")
+        return None
+    if type(env) is not dict or type(env.get("origin")) is not str:
+        log.warning("dropped an envelope without origin")
+        return None
+    if env["origin"] == own_origin:
+        return None
+    return env
+
+
+class RoomManager:
+    """The room registry of one instance; usable on its own, without a WsApp.
+
+    Args:
+        transport: carries broadcasts to other instances (None = this process only).
+        instance_id: this instance's origin id; random when not given.
+        codec: how pushes are encoded for local members.
+    """
+
+    def __init__(
+        self,
+        transport: BroadcastTransport | None = None,
+        *,
+        instance_id: str | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.transport = transport
+        self.instance_id = instance_id if instance_id is not None else uuid.uuid4().hex
+        self._encode = (codec if codec is not None else JsonCodec()).encode
+        self._members: dict[str, dict[str, Connection]] = {}
+        self._subscribed: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: dict[str, int] = {}
+
+    # -- membership -------------------------------------------------------------------
+
+    async def join(self, conn: Connection, room: str) -> None:
+        """Add ``conn`` to ``room``; with a transport, return once the instance is subscribed."""
+        members = self._members.get(room)
+        if members is None:
+            members = self._members[room] = {}
+        members[conn.id] = conn
+        conn._rooms[room] = None
+        if self.transport is not None and room not in self._subscribed:
+            await self._sync(room)
+
+    async def leave(self, conn: Connection, room: str) -> None:
+        """Remove ``conn`` from ``room``; an empty room disappears (and is unsubscribed)."""
+        conn._rooms.pop(room, None)
+        members = self._members.get(room)
+        if members is None or members.pop(conn.id, None) is None:
+            return
+        if not members:
+            del self._members[room]
+            if self.transport is not None:
+                await self._sync(room)
+
+    async def leave_all(self, conn: Connection) -> tuple[str, ...]:
+        """Remove ``conn`` from every room; returns the rooms it was in."""
+        rooms = tuple(conn._rooms)
+        for room in rooms:
+            await self.leave(conn, room)
+        return rooms
+
+    def connections(self, room: str) -> tuple[Connection, ...]:
+        """The local members of ``room``."""
+        members = self._members.get(room)
+        return tuple(members.values()) if members else ()
+
+    def size(self, room: str) -> int:
+        """How many local connections are in ``room``."""
+        members = self._members.get(room)
+        return len(members) if members else 0
+
+    def rooms(self) -> tuple[str, ...]:
+        """Every room with at least one local member."""
+        return tuple(self._members)
+
+    @staticmethod
+    def rooms_of(conn: Connection) -> tuple[str, ...]:
+        """The rooms ``conn`` is in, in join order."""
+        return tuple(conn._rooms)
+
+    # -- broadcasting ------------------------------------------------------------------
+
+    async def broadcast(
+        self,
+        room: str,
+        event: str,
+        data: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        exclude_id: str | None = None,
+    ) -> DeliveryReport:
+        """Push ``event`` on path ``room`` to every member of ``room`` on every instance.
+
+        The push is encoded once; local members get it directly, then the envelope is
+        published (when there is a transport). A failed publish is logged and reported,
+        never raised.
+        """
+        frame = encode_push(event, room, data, params, self._encode)
+        sent, skipped, dropped = self.deliver_local(room, frame, exclude_id)
+        if self.transport is None:
+            return DeliveryReport(sent, skipped, dropped)
+        fields: dict[str, Any] = {"event": event, "path": room}
+        if data is not None:
+            fields["data"] = data
+        if params:
+            fields["params"] = dict(params)
+        if exclude_id is not None:
+            fields["excludeId"] = exclude_id
+        error = await self.publish(ROOM_CHANNEL_PREFIX + room, fields)
+        return DeliveryReport(sent, skipped, dropped, error is None, error)
+
+    def deliver_local(
+        self, room: str, frame: bytes, exclude_id: str | None = None
+    ) -> tuple[int, int, int]:
+        """Write one encoded frame to every local member; returns (sent, skipped, dropped)."""
+        members = self._members.get(room)
+        if not members:
+            return 0, 0, 0
+        sent = skipped = dropped = 0
+        # Sends are synchronous, so membership cannot change during the loop.
+        for cid, conn in members.items():
+            if cid == exclude_id:
+                skipped += 1
+            elif conn.send_frame(frame):
+                sent += 1
+            else:
+                dropped += 1
+        return sent, skipped, dropped
+
+    async def publish(self, channel: str, fields: dict[str, Any]) -> Exception | None:
+        """Publish an envelope; returns the error instead of raising it."""
+        if self.transport is None:
+            return None
+        try:
+            payload = encode_envelope(self.instance_id, fields)
+            await maybe_await(self.transport.publish(channel, payload))
+        except Exception as exc:
+            log.warning("publish on %s failed: %r", channel, exc)
+            return exc
+        return None
+
+    def _on_room_payload(self, room: str, payload: str) -> None:
+        env = decode_envelope(payload, self.instance_id)
+        if env is None:
+            return
+        event, path = env.get("event"), env.get("path")
+        if type(event) is not str or type(path) is not str:
+            log.warning("dropped a room envelope without event/path")
+            return
+        params = env.get("params")
+        try:
+            frame = encode_push(
+                event,
+                path,
+                env.get("data"),
+                params if isinstance(params, dict) else None,
+                self._encode,
+            )
+        except Exception:
+            log.warning("dropped a room envelope that cannot be encoded")
+            return
+        exclude = env.get("excludeId")
+        self.deliver_local(room, frame, exclude if isinstance(exclude, str) else None)
+
+    # -- transport subscriptions -------------------------------------------------------
+
+    async def _sync(self, room: str) -> None:
+        """Make the channel subscription match membership, one change at a time per room.
+
+        Serialising per room means a fast leave/join never leaves a live room unsubscribed
+        nor an empty one subscribed, whatever order the awaits finish in.
+        """
+        transport = self.transport
+        assert transport is not None
+        lock = self._locks.get(room)
+        if lock is None:
+            lock = self._locks[room] = asyncio.Lock()
+        self._lock_users[room] = self._lock_users.get(room, 0) + 1
+        try:
+            async with lock:
+                want = room in self._members
+                have = room in self._subscribed
+                channel = ROOM_CHANNEL_PREFIX + room
+                if want and not have:
+                    try:
+                        await maybe_await(
+                            transport.subscribe(channel, partial(self._on_room_payload, room))
+                        )
+                    except Exception as exc:
+                        # The transport keeps the registration and restores it later.
+                        log.warning("subscribe to %s failed: %r", channel, exc)
+                    # Marked only now, so a second joiner waits on the lock until it is live.
+                    self._subscribed.add(room)
+                elif have and not want:
+                    self._subscribed.discard(room)
+                    try:
+                        await maybe_await(transport.unsubscribe(channel))
+                    except Exception as exc:
+                        log.warning("unsubscribe from %s failed: %r", channel, exc)
+        finally:
+            left = self._lock_users[room] - 1
+            if left:
+                self._lock_users[room] = left
+            else:
+                del self._lock_users[room]
+                del self._locks[room]
+
+    def subscribed_rooms(self) -> frozenset[str]:
+        """Rooms whose channel this instance is subscribed to."""
+        return frozenset(self._subscribed)
+
+    async def close(self) -> None:
+        """Unsubscribe every room channel (members stay as they are)."""
+        if self.transport is None:
+            return
+        for room in list(self._subscribed):
+            self._subscribed.discard(room)
+            try:
+                await maybe_await(self.transport.unsubscribe(ROOM_CHANNEL_PREFIX + room))
+            except Exception as exc:
+                log.warning("unsubscribe from room %s failed: %r", room, exc)

@@ -1,0 +1,324 @@
+"""The aiohttp adapter: the upgrade handler, mounting, standalone serving.
+
+This is the only module that touches ``aiohttp.web``. Data frames are written straight to
+the connection's transport (uncompressed) so that sending is synchronous: a broadcast
+never awaits a member, and order is the order of the calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket as _socket
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from ._context import current_app, current_connection
+from .app import WsApp
+from .connection import Connection
+
+__all__ = ["WS_APP", "attach", "listen", "run"]
+
+log = logging.getLogger("wsevents.server")
+
+WS_APP = web.AppKey("wsevents.app", WsApp)
+"""Where :func:`attach` stores the WsApp on the aiohttp application."""
+
+_PACK2 = struct.Struct("!BB").pack
+_PACK4 = struct.Struct("!BBH").pack
+_PACK10 = struct.Struct("!BBQ").pack
+_OP_TEXT, _OP_BINARY, _OP_PING, _OP_PONG = 0x1, 0x2, 0x9, 0xA
+_DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+def _header(opcode: int, length: int) -> bytes:
+    if length < 126:
+        return _PACK2(0x80 | opcode, length)
+    if length < 65536:
+        return _PACK4(0x80 | opcode, 126, length)
+    return _PACK10(0x80 | opcode, 127, length)
+
+
+class _AiohttpSocket:
+    """:class:`~wsevents.connection.SocketLike` over an aiohttp ``WebSocketResponse``.
+
+    Uncompressed data frames are framed here and written to the transport synchronously
+    (a server never masks). With permessage-deflate the frames go through aiohttp's own
+    writer, in order, from one writer task.
+    """
+
+    __slots__ = (
+        "_close_task",
+        "_closing",
+        "_deflate",
+        "_queue",
+        "_queued",
+        "_transport",
+        "_writer_task",
+        "_ws",
+    )
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self._ws = ws
+        self._transport = transport
+        self._closing = False
+        self._close_task: asyncio.Task[Any] | None = None
+        self._deflate = bool(ws.compress)
+        self._queue: deque[tuple[bytes, bool]] = deque()
+        self._queued = 0
+        self._writer_task: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._ws.closed or self._transport.is_closing()
+
+    def write(self, payload: bytes, binary: bool) -> bool:
+        if self._deflate:
+            self._queue.append((payload, binary))
+            self._queued += len(payload)
+            if self._writer_task is None:
+                self._writer_task = asyncio.get_running_loop().create_task(self._drain_queue())
+            return True
+        opcode = _OP_BINARY if binary else _OP_TEXT
+        n = len(payload)
+        if n < 126:
+            self._transport.write(_PACK2(0x80 | opcode, n) + payload)
+        else:
+            self._transport.write(_header(opcode, n) + payload)
+        return True
+
+    def buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._queued
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if not self.closed:
+            self._transport.write(_PACK2(0x80 | opcode, len(payload)) + payload)
+
+    def ping(self) -> None:
+        self._control(_OP_PING, b"")
+
+    def pong(self, payload: bytes) -> None:
+        self._control(_OP_PONG, payload[:125])
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._writer_task is not None:
+            with contextlib.suppress(Exception):
+                await self._writer_task
+        with contextlib.suppress(Exception):
+            await self._ws.close(code=code, message=reason.encode("utf-8"))
+
+    def abort(self) -> None:
+        self._closing = True
+        self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        if self._close_task is not None:
+            with contextlib.suppress(Exception):
+                await self._close_task
+
+    async def _drain_queue(self) -> None:
+        ws, queue = self._ws, self._queue
+        try:
+            while queue and not ws.closed:
+                payload, binary = queue.popleft()
+                self._queued -= len(payload)
+                await ws.send_frame(payload, WSMsgType.BINARY if binary else WSMsgType.TEXT)
+        except Exception as exc:
+            log.debug("write failed: %r", exc)
+            queue.clear()
+            self._queued = 0
+        finally:
+            self._writer_task = None
+
+
+def _norm_authority(scheme: str, netloc: str) -> str:
+    netloc = netloc.lower()
+    default = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}.get(scheme)
+    if default and netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return netloc
+
+
+def origin_allowed(request: web.BaseRequest, allowed: tuple[str, ...] | None) -> bool:
+    """Cross-site WebSocket hijacking check.
+
+    No ``Origin`` header (a non-browser client) is allowed. Otherwise the origin must be in
+    ``allowed`` (``"*"`` allows all), or, when ``allowed`` is None, match the ``Host``.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if allowed is not None:
+        return "*" in allowed or origin in allowed
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    if not parts.netloc:
+        return False
+    host_scheme = "https" if request.secure else "http"
+    return _norm_authority(parts.scheme, parts.netloc) == _norm_authority(
+        host_scheme if parts.scheme in ("http", "https") else parts.scheme, request.host
+    )
+
+
+@contextlib.contextmanager
+def _connection_context(ws_app: WsApp, conn: Connection) -> Iterator[None]:
+    app_token = current_app.context_var.set(ws_app)
+    conn_token = current_connection.context_var.set(conn)
+    try:
+        yield
+    finally:
+        current_connection.context_var.reset(conn_token)
+        current_app.context_var.reset(app_token)
+
+
+def make_handler(ws_app: WsApp) -> Any:
+    """The aiohttp request handler that upgrades to WebSocket and serves ``ws_app``."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if ws_app.closing:
+            raise web.HTTPServiceUnavailable(text="Server shutting down")
+        if not origin_allowed(request, ws_app.allowed_origins):
+            raise web.HTTPForbidden(text="Origin not allowed")
+        resp = web.WebSocketResponse(
+            autoping=False,
+            compress=ws_app.compress,
+            max_msg_size=ws_app.max_frame_size,
+            timeout=5.0,
+        )
+        await resp.prepare(request)
+        transport = request.transport
+        if transport is None:  # the peer left during the handshake
+            return resp
+        sock = _AiohttpSocket(resp, transport)
+        conn = Connection(
+            sock, request=request, codec=ws_app.codec, max_send_buffer=ws_app.max_send_buffer
+        )
+        with _connection_context(ws_app, conn):
+            if not await ws_app.open_connection(conn):
+                await sock.wait_closed()
+                return resp
+            try:
+                await _read_loop(ws_app, conn, resp, sock)
+            finally:
+                try:
+                    await ws_app.close_connection(conn)
+                finally:
+                    if not sock.closed:
+                        sock.close(1000, "")
+                    await sock.wait_closed()
+        return resp
+
+    return handler
+
+
+async def _read_loop(
+    ws_app: WsApp, conn: Connection, resp: web.WebSocketResponse, sock: _AiohttpSocket
+) -> None:
+    receive = resp.receive
+    handle = ws_app.handle_frame
+    max_in_flight = ws_app.max_in_flight
+    text, binary, ping, pong = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG
+    while True:
+        msg = await receive()
+        kind = msg.type
+        conn._seen = True
+        if kind is text or kind is binary:
+            try:
+                handle(conn, msg.data)
+            except Exception:  # a bug of ours must not take the connection down
+                log.exception("dispatch failed")
+            if conn._inflight >= max_in_flight:
+                await ws_app.wait_capacity(conn)
+        elif kind is ping:
+            sock.pong(msg.data)
+        elif kind is pong:
+            continue
+        else:  # CLOSE, CLOSING, CLOSED, ERROR
+            return
+
+
+def attach(ws_app: WsApp, app: web.Application, path: str = "/ws") -> web.Application:
+    """Mount ``ws_app`` on an aiohttp application at ``path``.
+
+    Stores it under ``app[WS_APP]``, starts it with the application (transport, heartbeat)
+    and, on shutdown, closes every connection with 1001 "Server shutting down", lets
+    running handlers finish within ``shutdown_timeout`` and closes the transport.
+    """
+    app.router.add_get(path, make_handler(ws_app))
+    app[WS_APP] = ws_app
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await ws_app.start()
+        yield
+        await ws_app.close()
+
+    async def on_shutdown(_: web.Application) -> None:
+        await ws_app.shutdown()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def build_app(ws_app: WsApp, path: str = "/ws") -> web.Application:
+    """A new aiohttp application serving only ``ws_app`` at ``path``."""
+    return attach(ws_app, web.Application(), path)
+
+
+def run(
+    target: WsApp | web.Application,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    path: str = "/ws",
+    shutdown_timeout: float | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> None:
+    """Serve until Ctrl-C or SIGTERM, then shut down gracefully."""
+    app = build_app(target, path) if isinstance(target, WsApp) else target
+    grace = shutdown_timeout
+    if grace is None:
+        ws_app = app.get(WS_APP)
+        grace = ws_app.shutdown_timeout + 5.0 if ws_app is not None else 10.0
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=lambda text: log.info("%s", text.strip()),
+        shutdown_timeout=grace,
+        handle_signals=True,
+        loop=loop,
+    )
+
+
+async def listen(
+    ws_app: WsApp, *, host: str = "127.0.0.1", port: int = 0, path: str = "/ws"
+) -> web.AppRunner:
+    """Serve ``ws_app`` in the running loop; returns the runner (``await runner.cleanup()``).
+
+    ``port=0`` picks a free port: read it from ``runner.addresses``.
+    """
+    runner = web.AppRunner(build_app(ws_app, path), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = _socket.socket(_socket.AF_INET6 if ":" in host else _socket.AF_INET)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    return runner
