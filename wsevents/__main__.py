@@ -31,13 +31,46 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
+    run.add_argument(
+        "--redis-url",
+        default=None,
+        help="broadcast through Redis to the other instances (redis://, rediss://, unix://)",
+    )
     return parser
 
 
-def load_target(spec: str) -> Any:
+def plug_redis(target: Any, url: str) -> None:
+    """Give the target's WsApp a RedisTransport for ``url`` (before it starts).
+
+    For an aiohttp Application, the WsApp is the one attached to it (``app[WS_APP]``).
+
+    Raises:
+        TargetError: no WsApp to plug into, or a bad URL.
+    """
+    from .app import WsApp
+    from .server import WS_APP
+    from .transports.redis import RedisTransport
+
+    ws_app = target if isinstance(target, WsApp) else target.get(WS_APP)
+    if not isinstance(ws_app, WsApp):
+        raise TargetError("--redis-url needs a WsApp, or an aiohttp Application with one attached")
+    try:
+        transport = RedisTransport.from_url(url)
+    except ValueError as exc:
+        raise TargetError(f"bad --redis-url: {exc}") from exc
+    if ws_app.transport is not None:
+        logging.getLogger("wsevents").warning(
+            "--redis-url replaces the transport the app was created with"
+        )
+    ws_app.set_transport(transport)
+
+
+def load_target(spec: str, loop: asyncio.AbstractEventLoop | None = None) -> Any:
     """Import ``MODULE:ATTR`` and return a WsApp or an aiohttp Application.
 
-    A callable that is neither is called (awaited when async) as a factory.
+    A callable that is neither is called as a factory. An async factory is awaited on
+    ``loop`` (a throwaway loop when None): serve on that same loop, since what the factory
+    creates (clients, pools, tasks) is bound to it.
 
     Raises:
         TargetError: with a message for the user.
@@ -64,7 +97,7 @@ def load_target(spec: str) -> Any:
     if not isinstance(obj, WsApp | web.Application) and callable(obj):
         obj = obj()
         if inspect.isawaitable(obj):
-            obj = asyncio.run(_await(obj))
+            obj = asyncio.run(_await(obj)) if loop is None else loop.run_until_complete(obj)
     if not isinstance(obj, WsApp | web.Application):
         raise TargetError(
             f"{spec} is a {type(obj).__name__}, not a WsApp, an aiohttp Application "
@@ -83,9 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    loop = asyncio.new_event_loop()  # run() serves on it, then closes it
     try:
-        target = load_target(args.target)
+        target = load_target(args.target, loop)
+        if args.redis_url:
+            plug_redis(target, args.redis_url)
     except TargetError as exc:
+        loop.close()
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     from .server import run
@@ -93,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("wsevents").info(
         "serving %s on ws://%s:%d%s", args.target, args.host, args.port, args.path
     )
-    run(target, host=args.host, port=args.port, path=args.path)
+    run(target, host=args.host, port=args.port, path=args.path, loop=loop)
     return 0
 
 

@@ -7,8 +7,9 @@ each message in a copy of it, so concurrent messages never see each other's stat
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from contextvars_extras import ContextVarExt
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from .protocol import ClientMessage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageScope:
     """What one message's handler can reach."""
 
@@ -31,3 +32,8 @@ class MessageScope:
 current_connection: ContextVarExt[Connection] = ContextVarExt("wsevents.connection")
 current_message: ContextVarExt[MessageScope] = ContextVarExt("wsevents.message")
 current_app: ContextVarExt[WsApp] = ContextVarExt("wsevents.app")
+
+# The plain ContextVars underneath, for the per-message hot path (C-level get/set).
+connection_var = cast("ContextVar[Connection]", current_connection.context_var)
+message_var = cast("ContextVar[MessageScope]", current_message.context_var)
+app_var = cast("ContextVar[WsApp]", current_app.context_var)

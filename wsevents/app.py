@@ -12,7 +12,7 @@ from contextvars import copy_context
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._context import MessageScope, current_app, current_connection, current_message
+from ._context import MessageScope, app_var, connection_var, message_var
 from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
 from .exceptions import ProtocolError, WsError
 from .protocol import (
@@ -90,7 +90,9 @@ class WsApp:
         max_send_buffer: bytes of unsent output after which a connection is closed as a slow
             consumer (close code 1013).
         shutdown_timeout: seconds running handlers get to finish at shutdown.
-        ignore_case / ignore_trailing_slash / route_cache_size: router options.
+        ignore_case: match message paths case-insensitively (router option).
+        ignore_trailing_slash: treat ``/a/`` like ``/a`` (router option).
+        route_cache_size: resolved ``(event, path)`` pairs the router remembers (0 = none).
     """
 
     def __init__(
@@ -139,9 +141,11 @@ class WsApp:
         self.rooms = RoomManager(transport, instance_id=self.instance_id, codec=self.codec)
         self._decode = self.codec.decode
         self._encode = self.codec.encode
+        self._match = self.router.match
         self._connections: dict[str, Connection] = {}
         self._on_connect: list[_Handler] = []
         self._on_disconnect: list[_Handler] = []
+        self._on_transport_state: list[tuple[bool, _Handler]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._started = False
@@ -188,6 +192,36 @@ class WsApp:
         """Run ``fn`` once after an accepted connection closes (its rooms still readable)."""
         self._on_disconnect.append(_Handler(fn, _is_async(fn)))
         return fn
+
+    def on_transport_down(self, fn: F) -> F:
+        """Run ``fn`` when the transport loses its backend (e.g. Redis went away).
+
+        Local delivery goes on; pushes between instances are lost until it is back. Needs a
+        transport with ``add_state_listener`` (such as ``RedisTransport``).
+        """
+        self._on_transport_state.append((False, _Handler(fn, _is_async(fn))))
+        return fn
+
+    def on_transport_up(self, fn: F) -> F:
+        """Run ``fn`` when the transport is back after :meth:`on_transport_down` (every
+        subscription restored): the moment to resynchronise clients."""
+        self._on_transport_state.append((True, _Handler(fn, _is_async(fn))))
+        return fn
+
+    def set_transport(self, transport: BroadcastTransport | None) -> None:
+        """Replace the transport before the app starts (what ``--redis-url`` does).
+
+        Raises:
+            RuntimeError: the app has already started.
+        """
+        if self._started:
+            raise RuntimeError("set_transport() must be called before the app starts")
+        self.transport = transport
+        self.rooms.transport = transport
+        maybe_directory: object = transport
+        self._directory = (
+            maybe_directory if isinstance(maybe_directory, ConnectionDirectory) else None
+        )
 
     # -- server-side API (also what use_ws_server() returns) -------------------------------
 
@@ -278,6 +312,9 @@ class WsApp:
         self._closing = False
         transport = self.transport
         if transport is not None:
+            add_listener = getattr(transport, "add_state_listener", None)
+            if add_listener is not None:
+                add_listener(self._transport_state_changed)
             start = getattr(transport, "start", None)
             if start is not None:
                 await maybe_await(start())
@@ -320,6 +357,9 @@ class WsApp:
             for channel in (BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX + self.instance_id):
                 with contextlib.suppress(Exception):
                     await maybe_await(transport.unsubscribe(channel))
+            remove_listener = getattr(transport, "remove_state_listener", None)
+            if remove_listener is not None:
+                remove_listener(self._transport_state_changed)
             closer = getattr(transport, "close", None)
             if closer is not None:
                 try:
@@ -359,8 +399,8 @@ class WsApp:
 
     async def open_connection(self, conn: Connection) -> bool:
         """Run ``on_connect`` hooks in the connection's context; False when refused."""
-        current_app.set(self)
-        current_connection.set(conn)
+        app_var.set(self)
+        connection_var.set(conn)
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -412,27 +452,27 @@ class WsApp:
         a task of their own.
         """
         try:
-            msg = parse_client_message(raw, max_size=self.max_message_size, decode=self._decode)
+            msg = parse_client_message(raw, self.max_message_size, self._decode)
         except ProtocolError as exc:
             log.debug("dropped a frame from %s: %s", conn.id, exc)
             return
-        found = self.router.match(msg.event, msg.path)
+        found = self._match(msg.event, msg.path)
         if found is None:
             if msg.has_id:
                 conn.reply_error(msg.id, 404, NOT_FOUND)
             return
         handler = found.handler
         scope = MessageScope(msg, found.params, conn, self)
-        ctx = copy_context()
         if handler.is_async:
             conn._inflight += 1
             task = asyncio.get_running_loop().create_task(
-                self._run_async(handler.fn, scope), context=ctx
+                self._run_async(handler.fn, scope), context=copy_context()
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            ctx.run(self._run_sync, handler.fn, scope)
+            # A copy per message: what the handler sets in context variables stays there.
+            copy_context().run(self._run_sync, handler.fn, scope)
 
     async def wait_capacity(self, conn: Connection) -> None:
         """Wait until ``conn`` runs fewer than ``max_in_flight`` async handlers."""
@@ -442,24 +482,31 @@ class WsApp:
         conn._wake = None
 
     def _run_sync(self, fn: Callable[[], Any], scope: MessageScope) -> None:
-        current_message.set(scope)
-        msg = scope.message
+        message_var.set(scope)
         try:
             result = fn()
         except WsError as exc:
+            msg = scope.message
             if msg.has_id:
                 scope.connection.reply_error(msg.id, exc.code, exc.message)
             return
         except Exception:
+            msg = scope.message
             log.exception("handler failed: %s %s", msg.event, msg.path)
             if msg.has_id:
                 scope.connection.reply_error(msg.id, 500, INTERNAL_ERROR)
             return
+        msg = scope.message
         if msg.has_id:
-            self._reply(scope.connection, msg.id, result, msg.event, msg.path)
+            try:
+                frame = self._encode({"id": msg.id, "data": result})
+            except Exception:
+                log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
+                frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
+            scope.connection.send_frame(frame)
 
     async def _run_async(self, fn: Callable[[], Awaitable[Any]], scope: MessageScope) -> None:
-        current_message.set(scope)
+        message_var.set(scope)
         msg = scope.message
         conn = scope.connection
         try:
@@ -489,6 +536,30 @@ class WsApp:
         conn.send_frame(frame)
 
     # -- cross-instance inbound -------------------------------------------------------------
+
+    def _transport_state_changed(self, up: bool) -> None:
+        for when, hook in self._on_transport_state:
+            if when is up:
+                copy_context().run(self._run_transport_hook, hook)
+
+    def _run_transport_hook(self, hook: _Handler) -> None:
+        app_var.set(self)  # use_ws_server() works in the hook
+        try:
+            result = hook.fn()
+        except Exception:
+            log.exception("transport state hook failed")
+            return
+        if hook.is_async:
+            task = asyncio.get_running_loop().create_task(self._settle_hook(result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _settle_hook(result: Awaitable[Any]) -> None:
+        try:
+            await result
+        except Exception:
+            log.exception("transport state hook failed")
 
     def _on_broadcast_payload(self, payload: str) -> None:
         env = decode_envelope(payload, self.instance_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, overload
 
-from ._context import MessageScope, current_app, current_connection, current_message
+from ._context import MessageScope, app_var, connection_var, message_var
 from .connection import Connection
 from .protocol import ClientMessage
 from .rooms import DeliveryReport
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def _scope(name: str) -> MessageScope:
-    scope = current_message.get(None)
+    scope = message_var.get(None)
     if scope is None:
         raise RuntimeError(f"{name}() called outside an on_message handler")
     return scope
@@ -41,7 +41,7 @@ def use_ws_connection() -> Connection:
     Raises:
         RuntimeError: called outside a connection's context.
     """
-    conn = current_connection.get(None)
+    conn = connection_var.get(None)
     if conn is None:
         raise RuntimeError(
             "use_ws_connection() called outside a connection "
@@ -156,7 +156,7 @@ def use_ws_server() -> WsApp:
         RuntimeError: called outside any connection or message of a running app (use the
             ``WsApp`` object itself there).
     """
-    app = current_app.get(None)
+    app = app_var.get(None)
     if app is None:
         raise RuntimeError(
             "use_ws_server() called outside a wsevents connection; use the WsApp object itself"

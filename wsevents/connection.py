@@ -34,7 +34,7 @@ class SocketLike(Protocol):
         ...
 
     def write(self, payload: bytes, binary: bool) -> bool:
-        """Queue one data frame; False when it could not be queued."""
+        """Queue one data frame; False (and nothing queued) when the socket is closed."""
         ...
 
     def buffer_size(self) -> int:
@@ -127,7 +127,7 @@ class Connection:
             connection was just closed as a slow consumer.
         """
         socket = self._socket
-        if socket.closed or not socket.write(payload, self._binary):
+        if not socket.write(payload, self._binary):
             return False
         if socket.buffer_size() > self._max_send_buffer and not self._overflowed:
             self._overflowed = True

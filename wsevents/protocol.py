@@ -60,11 +60,8 @@ class JsonCodec:
     """The default codec: JSON through orjson, UTF-8 text frames."""
 
     binary = False
-
-    @staticmethod
-    def decode(raw: str | bytes, /) -> Any:
-        """Parse JSON text or UTF-8 bytes."""
-        return orjson.loads(raw)
+    decode = staticmethod(orjson.loads)
+    """Parse JSON text or UTF-8 bytes."""
 
     @staticmethod
     def encode(message: dict[str, Any], /) -> bytes:
@@ -72,13 +69,14 @@ class JsonCodec:
         return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientMessage:
     """One parsed client frame.
 
     ``has_id`` is true when the frame carried an ``id`` key, whatever its value (also
     ``null``, ``false``, ``0`` or ``""``): such a message gets exactly one reply, which echoes
-    ``id`` verbatim.
+    ``id`` verbatim. Treat it as read-only (it is not frozen only because frozen dataclasses
+    are slow to create, and one is created per message).
     """
 
     event: str
@@ -91,7 +89,6 @@ class ClientMessage:
 
 def parse_client_message(
     raw: str | bytes,
-    *,
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     decode: Callable[[str | bytes], Any] = orjson.loads,
 ) -> ClientMessage:
@@ -102,14 +99,8 @@ def parse_client_message(
             codec, is not an object, or lacks a string ``event`` or ``path``. Callers drop
             such frames without a reply.
     """
-    if isinstance(raw, str):
-        size = len(raw)
-        # A str needs at most 4 UTF-8 bytes per character: encode only when it could matter.
-        if size > max_size or (
-            size * 4 > max_size and len(raw.encode("utf-8", "surrogatepass")) > max_size
-        ):
-            raise ProtocolError("message too large")
-    elif len(raw) > max_size:
+    # A str needs at most 4 UTF-8 bytes per character: measure only when it could matter.
+    if len(raw) * 4 > max_size and _utf8_size(raw) > max_size:
         raise ProtocolError("message too large")
     try:
         obj = decode(raw)
@@ -123,9 +114,13 @@ def parse_client_message(
     path = obj.get("path")
     if type(event) is not str or type(path) is not str:
         raise ProtocolError("message needs string 'event' and 'path'")
-    if "id" in obj:
-        return ClientMessage(event, path, obj.get("data"), obj["id"], True, raw)
-    return ClientMessage(event, path, obj.get("data"), None, False, raw)
+    return ClientMessage(event, path, obj.get("data"), obj.get("id"), "id" in obj, raw)
+
+
+def _utf8_size(raw: str | bytes) -> int:
+    if isinstance(raw, str):
+        return len(raw.encode("utf-8", "surrogatepass"))
+    return len(raw)
 
 
 def encode_reply(

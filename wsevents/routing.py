@@ -179,7 +179,7 @@ class Router(Generic[H]):
         self._routes: list[_Route[H]] = []
         self._static: dict[tuple[str, str], RouteMatch[H]] = {}
         self._cache: dict[tuple[str, str], RouteMatch[H] | None] = {}
-        self._mapper: Any = None
+        self._mapper: list[Any] | None = None
         self._by_name: dict[str, tuple[_Route[H], _Variant]] = {}
         self._nocase: dict[str, re.Pattern[str]] = {}
 
@@ -210,33 +210,45 @@ class Router(Generic[H]):
         for r in self._routes:
             yield r.event, r.pattern, r.handler
 
-    def _build(self) -> Any:
-        mapper = Mapper(explicit=True)
-        mapper.minimization = False
+    def _build(self) -> list[Any]:
         entries = [(v.kind, r.order, r, v) for r in self._routes for v in r.variants]
         entries.sort(key=lambda e: (e[0], e[1]))
         self._by_name = {}
-        for idx, (kind, _, r, v) in enumerate(entries):
-            if kind == _STATIC:
-                continue  # served from the static table
-            name = f"r{idx}"
-            mapper.connect(
-                name,
-                _lower_literals(v.template) if self.ignore_case else v.template,
-                conditions={"method": [r.event]},
-                requirements=v.requirements,
-            )
-            self._by_name[name] = (r, v)
-        mapper.create_regs([])
-        if self.ignore_case:
-            # Routes matches case-sensitively: the mapper sees lowercased templates and paths,
-            # and each route's own regex, recompiled case-blind, reads the values from the
-            # original path so that they keep their case.
-            self._nocase = {
-                route.name: re.compile(route.regexp, re.IGNORECASE) for route in mapper.matchlist
-            }
-        self._mapper = mapper
-        return mapper
+        self._nocase = {}
+        mappers: list[Any] = []
+        # One mapper per kind: Routes tries longer literal prefixes first, which would let
+        # "/files/*" win over "/:dir/x" on "/files/x".
+        for kind in (_PARAMETRIC, _WILDCARD):
+            mapper = Mapper(explicit=True)
+            mapper.minimization = False
+            for idx, (k, _, r, v) in enumerate(entries):
+                if k != kind:
+                    continue  # statics are served from the static table
+                name = f"r{idx}"
+                requirements = v.requirements
+                if self.ignore_case:
+                    requirements = {key: f"(?i:{rx})" for key, rx in requirements.items()}
+                mapper.connect(
+                    name,
+                    _lower_literals(v.template) if self.ignore_case else v.template,
+                    conditions={"method": [r.event]},
+                    requirements=requirements,
+                )
+                self._by_name[name] = (r, v)
+            if not mapper.matchlist:
+                continue
+            mapper.create_regs([])
+            if self.ignore_case:
+                # Routes matches case-sensitively: the mapper sees lowercased templates and
+                # paths, and each route's own regex, recompiled case-blind, reads the values
+                # from the original path so that they keep their case.
+                self._nocase.update(
+                    (route.name, re.compile(route.regexp, re.IGNORECASE))
+                    for route in mapper.matchlist
+                )
+            mappers.append(mapper)
+        self._mapper = mappers
+        return mappers
 
     def match(self, event: str, path: str) -> RouteMatch[H] | None:
         """Resolve a concrete path; ``None`` when nothing matches (a 404).
@@ -247,10 +259,11 @@ class Router(Generic[H]):
             path = path.partition("?")[0]
         if self.ignore_trailing_slash and len(path) > 1 and path.endswith("/"):
             path = path.rstrip("/") or "/"
-        key = (event, path.lower() if self.ignore_case else path)
-        found = self._static.get(key)
+        key = (event, path)
+        found = self._static.get((event, path.lower()) if self.ignore_case else key)
         if found is not None:
             return found
+        # Keyed by the path as sent: with ignore_case, params keep the case of each path.
         cache = self._cache
         try:
             return cache[key]
@@ -264,13 +277,14 @@ class Router(Generic[H]):
         return result
 
     def _resolve(self, event: str, path: str) -> RouteMatch[H] | None:
-        mapper = self._mapper if self._mapper is not None else self._build()
-        if not mapper.matchlist:
-            return None
-        found = mapper.routematch(
-            url=path.lower() if self.ignore_case else path, environ={"REQUEST_METHOD": event}
-        )
-        if not found:
+        mappers = self._mapper if self._mapper is not None else self._build()
+        url = path.lower() if self.ignore_case else path
+        environ = {"REQUEST_METHOD": event}
+        for mapper in mappers:
+            found = mapper.routematch(url=url, environ=environ)
+            if found:
+                break
+        else:
             return None
         values, route = found
         if self.ignore_case:

@@ -70,7 +70,8 @@ class _AiohttpSocket:
         self._closing = False
         self._close_task: asyncio.Task[Any] | None = None
         self._deflate = bool(ws.compress)
-        self._queue: deque[tuple[bytes, bool]] = deque()
+        # Only a deflate connection queues (an empty deque costs ~600 bytes per connection).
+        self._queue: deque[tuple[bytes, bool]] | None = deque() if self._deflate else None
         self._queued = 0
         self._writer_task: asyncio.Task[None] | None = None
 
@@ -79,7 +80,9 @@ class _AiohttpSocket:
         return self._closing or self._ws.closed or self._transport.is_closing()
 
     def write(self, payload: bytes, binary: bool) -> bool:
-        if self._deflate:
+        if self._closing or self._ws.closed or self._transport.is_closing():
+            return False
+        if self._queue is not None:
             self._queue.append((payload, binary))
             self._queued += len(payload)
             if self._writer_task is None:
@@ -130,6 +133,7 @@ class _AiohttpSocket:
 
     async def _drain_queue(self) -> None:
         ws, queue = self._ws, self._queue
+        assert queue is not None
         try:
             while queue and not ws.closed:
                 payload, binary = queue.popleft()
@@ -215,8 +219,14 @@ def make_handler(ws_app: WsApp) -> Any:
             try:
                 await _read_loop(ws_app, conn, resp, sock)
             finally:
+                # aiohttp cancels this handler when the peer leaves if handler_cancellation
+                # is on (its test server always is): the cleanup and the on_disconnect hooks
+                # run in a task of their own, to completion (shutdown waits for it too).
+                cleanup = asyncio.get_running_loop().create_task(ws_app.close_connection(conn))
+                ws_app._tasks.add(cleanup)
+                cleanup.add_done_callback(ws_app._tasks.discard)
                 try:
-                    await ws_app.close_connection(conn)
+                    await asyncio.shield(cleanup)
                 finally:
                     if not sock.closed:
                         sock.close(1000, "")
