@@ -54,3 +54,12 @@ async def make_text() -> str:
 
 
 not_an_app = 42
+
+
+loop_reporter = WsApp(heartbeat=0)
+
+
+@loop_reporter.on_message("rpc", "/loop")
+def report_loop() -> str:
+    """The module of the running event loop's class (``uvloop`` under ``--loop uvloop``)."""
+    return type(asyncio.get_running_loop()).__module__

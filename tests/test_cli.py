@@ -216,3 +216,26 @@ def test_bad_target_exits_2_with_a_one_line_error(target: str, message: str) -> 
     assert lines[0].startswith("error: ")
     assert message in lines[0]
     assert result.stdout == ""
+
+
+async def test_loop_uvloop_serves_on_uvloop(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    pytest.importorskip("uvloop")
+    server = start_server("tests.cli_targets:loop_reporter", "--loop", "uvloop")
+    await server.wait_ready()
+    async with session.ws_connect(server.url("/ws")) as ws:
+        reply = await rpc(ws, "/loop", None)
+    assert reply["data"].startswith("uvloop"), reply
+
+
+def test_unknown_loop_is_a_usage_error() -> None:
+    result = subprocess.run(
+        cli("examples.reference_app:app", "--loop", "trio", port=free_port()),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr

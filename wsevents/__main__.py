@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
     run.add_argument(
+        "--loop",
+        default="asyncio",
+        choices=["asyncio", "uvloop"],
+        help="event loop implementation (uvloop needs: pip install 'wsevents[uvloop]')",
+    )
+    run.add_argument(
         "--redis-url",
         default=None,
         help="broadcast through Redis to the other instances (redis://, rediss://, unix://)",
@@ -110,13 +116,28 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            msg = "--loop uvloop needs uvloop: pip install 'wsevents[uvloop]'"
+            raise TargetError(msg) from None
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    loop = asyncio.new_event_loop()  # run() serves on it, then closes it
+    try:
+        loop = _new_loop(args.loop)  # run() serves on it, then closes it
+    except TargetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     try:
         target = load_target(args.target, loop)
         if args.redis_url:
