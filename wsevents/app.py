@@ -422,6 +422,9 @@ class WsApp:
                 await self._directory.register_connection(conn.id, self.instance_id)
             except Exception as exc:
                 log.warning("directory register of %s failed: %r", conn.id, exc)
+            except BaseException:  # cancelled: the peer left during the handshake
+                self._connections.pop(conn.id, None)
+                raise
         return True
 
     async def close_connection(self, conn: Connection) -> None:
@@ -611,7 +614,8 @@ class WsApp:
                     pinged.append(conn)
             await asyncio.sleep(min(timeout, interval))
             for conn in pinged:
-                if not conn._seen and not conn.closed:
+                # A reader paused by max_in_flight cannot see the pong: not a dead peer.
+                if not conn._seen and not conn.closed and conn._wake is None:
                     log.info("heartbeat timeout, dropping %s", conn.id)
                     conn._socket.abort()
 

@@ -114,7 +114,13 @@ class RoomManager:
     # -- membership -------------------------------------------------------------------
 
     async def join(self, conn: Connection, room: str) -> None:
-        """Add ``conn`` to ``room``; with a transport, return once the instance is subscribed."""
+        """Add ``conn`` to ``room``; with a transport, return once the instance is subscribed.
+
+        A closed connection joins nothing: its rooms are being (or have been) left, and a
+        handler still running after the disconnect must not bring it back.
+        """
+        if conn.closed:
+            return
         members = self._members.get(room)
         if members is None:
             members = self._members[room] = {}

@@ -306,6 +306,8 @@ class WsTestClient:
         await self.ws.close()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(self._reader, 2.0)
+        # The reader stops at CLOSING, before aiohttp knows the code of a close we started.
+        self.close_code = self.ws.close_code
 
 
 ClientFactory = Callable[..., Awaitable[WsTestClient]]

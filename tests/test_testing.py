@@ -1,0 +1,282 @@
+"""wsevents.testing: fake contexts, RecordingSocket, WsTestClient and the ws_client fixture."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from wsevents import (
+    WsApp,
+    WsClientError,
+    WsError,
+    use_route_params,
+    use_ws_connection,
+    use_ws_message,
+    use_ws_rooms,
+    use_ws_server,
+)
+from wsevents.testing import (
+    RecordingSocket,
+    prepare_test_ws_connection_context,
+    prepare_test_ws_message_context,
+)
+
+TIMEOUT = 5.0
+
+
+# -- fake contexts ----------------------------------------------------------------------------
+
+
+def test_connection_context_gives_connection_and_server_and_records_sends() -> None:
+    app = WsApp(heartbeat=0)
+    with prepare_test_ws_connection_context(app, connection_id="c-1") as ctx:
+        conn = use_ws_connection()
+        assert conn is ctx.connection
+        assert conn.id == "c-1"
+        assert use_ws_server() is app is ctx.app
+        conn.send("note", "/a", {"x": 1}, {"p": "v"})
+        conn.reply(7, None)
+        conn.reply_error("e", 403, "nope")
+        with pytest.raises(RuntimeError, match="outside an on_message handler"):
+            use_ws_message()
+        with pytest.raises(RuntimeError, match="outside an on_message handler"):
+            use_ws_rooms()
+        assert ctx.sent == [
+            {"event": "note", "path": "/a", "params": {"p": "v"}, "data": {"x": 1}},
+            {"id": 7, "data": None},
+            {"id": "e", "error": {"code": 403, "message": "nope"}},
+        ]
+        conn.close(4000, "bye")
+        assert ctx.socket.close_code == 4000 and ctx.socket.close_reason == "bye"
+        assert conn.send("late", "/a") is False
+        assert len(ctx.sent) == 3
+    with pytest.raises(RuntimeError):
+        use_ws_connection()
+    with pytest.raises(RuntimeError):
+        use_ws_server()
+
+
+def test_connection_context_creates_an_app_and_a_uuid_when_not_given() -> None:
+    with prepare_test_ws_connection_context() as ctx:
+        assert isinstance(use_ws_server(), WsApp)
+        assert len(use_ws_connection().id) == 36
+        assert ctx.connection.request is None
+
+
+def test_connection_contexts_nest_and_restore() -> None:
+    with prepare_test_ws_connection_context(connection_id="outer"):
+        with prepare_test_ws_connection_context(connection_id="inner"):
+            assert use_ws_connection().id == "inner"
+        assert use_ws_connection().id == "outer"
+
+
+def test_message_context_runs_a_handler_with_router_params() -> None:
+    app = WsApp(heartbeat=0)
+
+    @app.on_message("rpc", "/users/:id")
+    def user() -> dict[str, Any]:
+        msg = use_ws_message()
+        return {"id": use_route_params().get("id"), "data": msg.data, "event": msg.event}
+
+    with prepare_test_ws_message_context("rpc", "/users/7", {"x": 1}, app=app) as ctx:
+        assert user() == {"id": "7", "data": {"x": 1}, "event": "rpc"}
+        assert ctx.message.path == "/users/7"
+        assert use_ws_connection() is ctx.connection
+        assert use_ws_server() is app
+    for fn in (use_ws_message, use_route_params, use_ws_rooms, use_ws_connection):
+        with pytest.raises(RuntimeError):
+            fn()
+
+
+def test_message_context_ids_and_explicit_params() -> None:
+    with prepare_test_ws_message_context("rpc", "/x") as ctx:
+        assert (ctx.message.has_id, ctx.message.id) == (False, None)
+        assert dict(use_route_params().params) == {}
+    with prepare_test_ws_message_context("rpc", "/x", message_id=None) as ctx:
+        assert (ctx.message.has_id, ctx.message.id) == (True, None)
+    with prepare_test_ws_message_context("rpc", "/x", message_id=0, params={"a": "b"}):
+        assert use_ws_message().id == 0
+        assert use_route_params().get("a") == "b"
+
+
+async def test_message_context_rooms_work_and_sends_are_recorded() -> None:
+    app = WsApp(heartbeat=0)
+    with prepare_test_ws_message_context("join", "/chat/1", app=app) as ctx:
+        rooms = use_ws_rooms()
+        assert await rooms.join() == "/chat/1"
+        assert await rooms.join("other") == "other"
+        assert rooms.rooms() == ("/chat/1", "other")
+        assert app.room_connections("/chat/1") == (ctx.connection,)
+        report = await rooms.broadcast("msg", "hi", exclude_self=False)
+        assert report.sent == 1
+        assert ctx.sent == [{"event": "msg", "path": "/chat/1", "data": "hi"}]
+        assert await rooms.leave() == "/chat/1"
+        assert rooms.rooms() == ("other",)
+
+
+# -- RecordingSocket --------------------------------------------------------------------------
+
+
+def test_recording_socket_records_frames_pings_and_the_first_close() -> None:
+    sock = RecordingSocket()
+    assert sock.write(b'{"a":1}', False) is True
+    sock.ping()
+    sock.close(1000, "done")
+    sock.close(1011, "again")
+    assert (sock.close_code, sock.close_reason, sock.pings) == (1000, "done", 1)
+    assert sock.closed
+    assert sock.write(b"{}", False) is False
+    assert sock.messages == [{"a": 1}]
+    other = RecordingSocket()
+    other.abort()
+    assert other.closed and other.aborted
+
+
+# -- WsTestClient -----------------------------------------------------------------------------
+
+
+def make_app() -> tuple[WsApp, asyncio.Event, asyncio.Event]:
+    ws = WsApp(heartbeat=0, shutdown_timeout=1.0)
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    @ws.on_message("rpc", "/echo")
+    def echo() -> Any:
+        return use_ws_message().data
+
+    @ws.on_message("rpc", "/fail/:code")
+    def fail() -> None:
+        raise WsError(int(use_route_params().get("code", "0")), "failed on purpose")
+
+    @ws.on_message("rpc", "/crash")
+    def crash() -> None:
+        raise ValueError("hidden")
+
+    @ws.on_message("rpc", "/hang")
+    async def hang() -> str:
+        started.set()
+        await gate.wait()  # replies only when the test opens the gate
+        return "late"
+
+    @ws.on_message("rpc", "/whoami")
+    def whoami() -> str:
+        return use_ws_connection().id
+
+    return ws, started, gate
+
+
+async def test_call_maps_error_replies_to_ws_client_error(ws_client) -> None:
+    ws, _, _ = make_app()
+    client = await ws_client(ws)
+    cases = [("/missing", 404, "Not found"), ("/crash", 500, "Internal Error")]
+    cases.append(("/fail/418", 418, "failed on purpose"))
+    for path, code, message in cases:
+        with pytest.raises(WsClientError) as info:
+            await client.call("rpc", path)
+        assert (info.value.code, info.value.message) == (code, message)
+        assert str(info.value) == f"{code}: {message}"
+    assert await client.call("rpc", "/echo", "ok") == "ok"
+
+
+async def test_call_times_out_with_408(ws_client) -> None:
+    ws, started, gate = make_app()
+    client = await ws_client(ws)
+    with pytest.raises(WsClientError) as info:
+        await client.call("rpc", "/hang", timeout=0.2)
+    assert info.value.code == 408
+    assert started.is_set()
+    gate.set()
+    # The late reply has no waiter any more: it lands in the inbox, the client still works.
+    assert await client.next_message() == {"id": 1, "data": "late"}
+    assert await client.call("rpc", "/echo", 2) == 2
+
+
+async def test_call_pending_when_the_server_closes_fails_with_503(ws_client) -> None:
+    ws, started, gate = make_app()
+    client = await ws_client(ws)
+    cid = await client.call("rpc", "/whoami")
+    pending = asyncio.create_task(client.call("rpc", "/hang"))
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    conn = ws.get_connection(cid)
+    assert conn is not None
+    conn.close(4002, "go away")
+    with pytest.raises(WsClientError) as info:
+        await asyncio.wait_for(pending, TIMEOUT)
+    assert info.value.code == 503
+    assert await client.wait_closed() == 4002
+    assert (client.close_code, client.close_reason) == (4002, "go away")
+    with pytest.raises(WsClientError) as info:
+        await client.call("rpc", "/echo")
+    assert (info.value.code, info.value.message) == (503, "Not connected")
+    gate.set()
+
+
+async def test_call_raw_request_and_explicit_ids(ws_client) -> None:
+    ws, _, _ = make_app()
+    client = await ws_client(ws)
+    for message_id in (None, 0, "", "abc"):
+        assert await client.call_raw("rpc", "/echo", "x", message_id=message_id) == "x"
+        reply = await client.request("rpc", "/echo", message_id=message_id)
+        assert reply == {"id": message_id, "data": None}
+    with pytest.raises(WsClientError) as info:
+        await client.call_raw("rpc", "/fail/409", message_id="e")
+    assert info.value.code == 409
+
+
+async def test_pushes_and_unclaimed_replies_go_to_the_inbox_in_order(ws_client) -> None:
+    ws, _, _ = make_app()
+
+    @ws.on_message("rpc", "/push")
+    def push() -> str:
+        use_ws_connection().send("note", "/n", 1)
+        return "pushed"
+
+    client = await ws_client(ws)
+    assert await client.call("rpc", "/push") == "pushed"
+    assert await client.next_push() == {"event": "note", "path": "/n", "data": 1}
+    await client.send("rpc", "/echo", "stray", message_id="s")
+    with pytest.raises(AssertionError, match="expected a push"):
+        await client.next_push()
+    await client.send_raw('{"event":"rpc","path":"/echo","data":"raw","id":[1]}')
+    await client.send_raw(b'{"event":"rpc","path":"/echo","data":"bin","id":"b"}')
+    assert await client.next_message() == {"id": [1], "data": "raw"}
+    assert await client.next_message() == {"id": "b", "data": "bin"}
+    assert client.pending_messages() == []
+    with pytest.raises(AssertionError, match="no message"):
+        await client.next_message(timeout=0.05)
+
+
+async def test_ws_client_fixture_passes_headers_and_query_and_shares_one_server(
+    ws_client,
+) -> None:
+    ws, _, _ = make_app()
+
+    @ws.on_connect
+    def remember() -> None:
+        request = use_ws_connection().request
+        assert request is not None
+        use_ws_connection().state["seen"] = [
+            request.headers.get("X-Name"),
+            request.query.get("q"),
+            request.path,
+        ]
+
+    @ws.on_message("rpc", "/seen")
+    def seen() -> Any:
+        return use_ws_connection().state["seen"]
+
+    @ws.on_message("rpc", "/count")
+    def count() -> int:
+        return len(use_ws_server().connections())
+
+    first = await ws_client(ws, "/socket", headers={"X-Name": "ann"}, query={"q": "1"})
+    second = await ws_client(ws, "/socket")
+    assert await first.call("rpc", "/seen") == ["ann", "1", "/socket"]
+    assert await second.call("rpc", "/seen") == [None, None, "/socket"]
+    assert await second.call("rpc", "/count") == 2
+    await first.close()
+    assert first.close_code == 1000
+    with pytest.raises(WsClientError) as info:
+        await first.call("rpc", "/count")
+    assert info.value.code == 503
