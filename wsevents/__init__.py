@@ -4,6 +4,8 @@ Routed message handlers, context-local composables, rooms and broadcasting acros
 instances, on aiohttp, wire compatible with ``@wooksjs/event-ws``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .app import WsApp, create_ws_app
 from .composables import (
     RouteParams,
@@ -32,6 +34,9 @@ from .transports import (
     MemoryTransport,
 )
 
+if TYPE_CHECKING:
+    from .client import WsClient
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "RoutingError",
     "TransportError",
     "WsApp",
+    "WsClient",
     "WsClientError",
     "WsError",
     "WsEventsError",
@@ -61,3 +67,13 @@ __all__ = [
     "use_ws_rooms",
     "use_ws_server",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The client needs aiohttp's ClientSession: load it on first use, so that
+    # ``import wsevents`` stays free of aiohttp.
+    if name == "WsClient":
+        from .client import WsClient
+
+        return WsClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

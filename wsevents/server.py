@@ -14,6 +14,7 @@ import socket as _socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +24,7 @@ from ._context import current_app, current_connection
 from .app import WsApp
 from .connection import Connection
 
-__all__ = ["WS_APP", "attach", "listen", "run"]
+__all__ = ["CLIENT_JS", "WS_APP", "add_client_route", "attach", "listen", "run"]
 
 log = logging.getLogger("wsevents.server")
 
@@ -282,6 +283,30 @@ def attach(ws_app: WsApp, app: web.Application, path: str = "/ws") -> web.Applic
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
+    return app
+
+
+CLIENT_JS = Path(__file__).parent / "static" / "wsevents-client.js"
+"""The browser client module shipped in the package (an ES module, no dependencies)."""
+
+
+def add_client_route(app: web.Application, path: str = "/wsevents-client.js") -> web.Application:
+    """Serve the browser client module at ``path`` (``import { WsClient } from path``).
+
+    Sent as ``text/javascript`` with ``Cache-Control: no-cache`` (browsers revalidate
+    with the ETag, so an upgraded wsevents is picked up).
+    """
+
+    async def client_js(_: web.Request) -> web.StreamResponse:
+        return web.FileResponse(
+            CLIENT_JS,
+            headers={
+                "Content-Type": "text/javascript; charset=utf-8",
+                "Cache-Control": "no-cache",
+            },
+        )
+
+    app.router.add_get(path, client_js)
     return app
 
 

@@ -1,0 +1,166 @@
+"""A chat server: rooms, a name per connection, join/leave notices, recent history.
+
+Run it with ``python -m examples.chat.server --port 8080`` and open http://127.0.0.1:8080/
+in two browser tabs. One aiohttp application serves the page, the browser client module
+and the WebSocket endpoint.
+
+Protocol (paths are ``/chat/<room>``, room names are 1-32 of ``A-Z a-z 0-9 _ -``):
+
+- connect to ``/ws?name=<name>``: the name is cleaned (printable, 1-24 characters) or
+  becomes ``guest-xxxx``;
+- ``subscribe`` joins and replies ``{room, name, members, history}`` (the last messages
+  of the room); the other members get a ``system`` push ``{kind: "join", name, text}``;
+- ``message`` with ``{"text"}`` (1-500 characters) pushes ``message`` ``{name, text, ts}``
+  to every member, the sender included, and keeps it in the room's history;
+- ``unsubscribe`` (or closing the tab) leaves; the others get ``{kind: "leave", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from wsevents import (
+    WsError,
+    create_ws_app,
+    use_route_params,
+    use_ws_connection,
+    use_ws_message,
+    use_ws_rooms,
+    use_ws_server,
+)
+from wsevents.server import add_client_route, run
+
+HERE = Path(__file__).parent
+ROOM = "/chat/:room([A-Za-z0-9_-]{1,32})"
+MAX_NAME = 24
+MAX_TEXT = 500
+
+
+class History:
+    """The last ``size`` messages of each room, for at most ``max_rooms`` rooms.
+
+    Memory stays bounded: the room written to least recently is forgotten first.
+    """
+
+    def __init__(self, size: int = 50, max_rooms: int = 1000) -> None:
+        self.size = size
+        self.max_rooms = max_rooms
+        self._rooms: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+
+    def add(self, room: str, entry: dict[str, Any]) -> None:
+        messages = self._rooms.get(room)
+        if messages is None:
+            messages = self._rooms[room] = deque(maxlen=self.size)
+            while len(self._rooms) > self.max_rooms:
+                self._rooms.popitem(last=False)
+        else:
+            self._rooms.move_to_end(room)
+        messages.append(entry)
+
+    def recent(self, room: str) -> list[dict[str, Any]]:
+        return list(self._rooms.get(room, ()))
+
+
+def clean_name(raw: str | None, fallback: str) -> str:
+    """Printable characters, whitespace collapsed, at most ``MAX_NAME``; else ``fallback``."""
+    text = "".join(ch if ch.isprintable() else " " if ch.isspace() else "" for ch in raw or "")
+    return " ".join(text.split())[:MAX_NAME] or fallback
+
+
+def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Application:
+    """The chat as an aiohttp application: ``/`` (page), ``/wsevents-client.js``, ``/ws``."""
+    ws = create_ws_app()
+    history = History(history_size, max_rooms)
+
+    def my_name() -> str:
+        name: str = use_ws_connection().state["name"]
+        return name
+
+    def notice(kind: str, name: str) -> dict[str, Any]:
+        verb = "joined" if kind == "join" else "left"
+        return {"kind": kind, "name": name, "text": f"{name} {verb}"}
+
+    def members(room: str) -> list[str]:
+        return sorted(c.state.get("name", "?") for c in use_ws_server().room_connections(room))
+
+    @ws.on_connect
+    def take_name() -> None:
+        conn = use_ws_connection()
+        query = conn.request.query if conn.request is not None else {}
+        conn.state["name"] = clean_name(query.get("name"), f"guest-{conn.id[:4]}")
+
+    @ws.on_disconnect
+    async def say_goodbye() -> None:
+        conn = use_ws_connection()
+        rooms = use_ws_server().rooms
+        for room in conn.rooms:
+            await rooms.broadcast(room, "system", notice("leave", my_name()), exclude_id=conn.id)
+
+    @ws.on_message("subscribe", ROOM)
+    async def join() -> dict[str, Any]:
+        room = use_ws_message().path
+        rooms = use_ws_rooms()
+        if room not in rooms.rooms():
+            await rooms.join()
+            await rooms.broadcast("system", notice("join", my_name()))
+        return {
+            "room": use_route_params().get("room"),
+            "name": my_name(),
+            "members": members(room),
+            "history": history.recent(room),
+        }
+
+    @ws.on_message("unsubscribe", ROOM)
+    async def leave() -> dict[str, bool]:
+        room = use_ws_message().path
+        rooms = use_ws_rooms()
+        if room in rooms.rooms():
+            await rooms.broadcast("system", notice("leave", my_name()))
+            await rooms.leave()
+        return {"left": True}
+
+    @ws.on_message("message", ROOM)
+    async def message() -> dict[str, bool]:
+        msg = use_ws_message()
+        rooms = use_ws_rooms()
+        if msg.path not in rooms.rooms():
+            raise WsError(403, "join the room first")
+        data = msg.data
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not 0 < len(text.strip()) <= MAX_TEXT:
+            raise WsError(400, f"data.text must be 1 to {MAX_TEXT} characters")
+        entry = {"name": my_name(), "text": text.strip(), "ts": int(time.time() * 1000)}
+        history.add(msg.path, entry)
+        await rooms.broadcast("message", entry, exclude_self=False)
+        return {"sent": True}
+
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(HERE / "index.html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    add_client_route(app, "/wsevents-client.js")
+    ws.attach(app, "/ws")
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="wsevents chat example")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--history", type=int, default=50, help="messages kept per room")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("wsevents").info("chat on http://%s:%d/", args.host, args.port)
+    run(create_app(history_size=args.history), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,425 @@
+"""The browser client module and the chat example in a real headless Chromium.
+
+Chromium is driven by Selenium through Debian's chromedriver (``/usr/bin/chromedriver``);
+Selenium Manager never runs, so nothing is downloaded. The tests skip only when
+Chromium or chromedriver is not installed (``apt-get install chromium chromium-driver``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from examples import reference_app
+from examples.chat.server import create_app as create_chat_app
+from wsevents.server import add_client_route
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
+DOCS_IMG = Path(__file__).parent.parent / "docs" / "img" / "chat.png"
+# Refresh docs/img/chat.png from the chat test: WSEVENTS_UPDATE_DOCS_IMG=1 pytest -m browser
+UPDATE_DOCS_IMG = os.environ.get("WSEVENTS_UPDATE_DOCS_IMG") == "1"
+
+MISSING = [
+    name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason=f"{' and '.join(MISSING)} not installed (apt-get install chromium chromium-driver)",
+    ),
+]
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--no-proxy-server",
+    "--window-size=900,760",
+]
+
+TEST_PAGE = "<!doctype html><meta charset='utf-8'><title>wsevents browser test</title>"
+
+
+class ServerThread:
+    """An aiohttp application served on 127.0.0.1 (a free port) from its own loop."""
+
+    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+        self._make_app = make_app
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="browser-test-server")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.port = 0
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("the test server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the test server did not stop"
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self._make_app(), handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+def reference_web_app() -> web.Application:
+    app = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=TEST_PAGE, content_type="text/html")
+
+    app.router.add_get("/", page)
+    add_client_route(app)
+    reference_app.app.attach(app, "/ws")
+    return app
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    assert CHROMIUM is not None and CHROMEDRIVER is not None
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    # An explicit driver path: Selenium Manager (which would download drivers) never runs.
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser.set_script_timeout(30)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture(scope="module")
+def reference_server() -> Iterator[ServerThread]:
+    with ServerThread(reference_web_app) as server:
+        yield server
+
+
+def run_js(driver: WebDriver, body: str) -> Any:
+    """Run ``body`` (an async function body that may ``return``) in the page; its result."""
+    script = (
+        "const done = arguments[arguments.length - 1];\n"
+        "(async () => {\n"
+        'const { WsClient, WsClientError, Backoff } = await import("/wsevents-client.js");\n'
+        f"{body}\n"
+        "})().then((value) => done({ value }), (err) => done({ error: String(err && err.stack"
+        " || err) }));"
+    )
+    result = driver.execute_async_script(script)
+    assert "error" not in result, result["error"]
+    return result.get("value")
+
+
+ERRORS_JS = """
+const errorOf = async (promise) => {
+  try { await promise; return null; }
+  catch (err) { return [err instanceof WsClientError, err.code, err.message]; }
+};
+"""
+
+
+def test_calls_and_error_codes(driver: WebDriver, reference_server: ServerThread) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        ERRORS_JS
+        + """
+const client = new WsClient("/ws");
+const out = {};
+out.echo = await client.call("rpc", "/echo", { a: [1, 2] });
+out.user = await client.call("rpc", "/users/42");
+out.none = await client.call("rpc", "/none");
+out.custom = await errorOf(client.call("rpc", "/error/418"));
+out.crash = await errorOf(client.call("rpc", "/crash"));
+out.missing = await errorOf(client.call("rpc", "/no/such/route"));
+out.timeout = await errorOf(client.call("rpc", "/slow", { ms: 300 }, { timeout: 20 }));
+out.afterTimeout = await client.call("rpc", "/slow", { ms: 400 });
+out.state = client.state;
+client.close();
+out.closed = await errorOf(client.call("rpc", "/echo", 1));
+out.sendAfterClose = client.send("rpc", "/echo", 1);
+return out;
+""",
+    )
+    assert result == {
+        "echo": {"a": [1, 2]},
+        "user": {"id": "42"},
+        "none": None,
+        "custom": [True, 418, "custom error"],
+        "crash": [True, 500, "Internal Error"],
+        "missing": [True, 404, "Not found"],
+        "timeout": [True, 408, "RPC timeout"],
+        "afterTimeout": {"slept": 400},
+        "state": "open",
+        "closed": [True, 503, "Connection closed"],
+        "sendAfterClose": False,
+    }
+
+
+def test_not_connected_without_reconnect_is_503(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        ERRORS_JS
+        + """
+const closes = [];
+const client = new WsClient("/ws", { onClose: (code, reason) => closes.push([code, reason]) });
+await client.ready();
+const kicked = await errorOf(client.call("rpc", "/kick"));
+const later = await errorOf(client.call("rpc", "/echo"));
+return { kicked, later, closes, state: client.state, queued: client.send("x", "/y") };
+""",
+    )
+    assert result == {
+        "kicked": [True, 503, "Connection lost"],
+        "later": [True, 503, "Not connected"],
+        "closes": [[4000, "kicked"]],
+        "state": "disconnected",
+        "queued": False,
+    }
+
+
+def test_subscribe_push_and_listeners(driver: WebDriver, reference_server: ServerThread) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        ERRORS_JS
+        + """
+const alice = new WsClient("/ws");
+const bob = new WsClient("/ws");
+const seen = [];
+const offExact = alice.on("message", "/chat/rooms/a", (p) => seen.push(["exact", p.path]));
+alice.on("message", "/chat/rooms/*", (p) => seen.push(["prefix", p.path, p.params, p.data]));
+const unsubscribe = await alice.subscribe("/chat/rooms/a");
+await alice.subscribe("/chat/rooms/b");
+const refused = await errorOf(alice.subscribe("/no/such/topic"));
+const got = new Promise((resolve) => alice.on("message", "/chat/rooms/b", resolve));
+await bob.call("message", "/chat/rooms/a", "to a");
+await bob.call("message", "/chat/rooms/b", "to b");
+await got;
+offExact();
+const pushFirst = [];
+alice.on("notification", "/alerts", (p) => pushFirst.push(p.data));
+const reply = await alice.call("rpc", "/self-push");
+const pushedBeforeReply = pushFirst.length;
+unsubscribe();
+const subs = [...alice.subscriptions.keys()];
+alice.close();
+bob.close();
+return { reply: unsubscribe.reply, refused, seen, pushedBeforeReply, reply2: reply, subs };
+""",
+    )
+    assert result["reply"] == {"subscribed": True}
+    assert result["refused"] == [True, 404, "Not found"]
+    assert result["seen"] == [
+        ["exact", "/chat/rooms/a"],
+        ["prefix", "/chat/rooms/a", {"room": "a"}, "to a"],
+        ["prefix", "/chat/rooms/b", {"room": "b"}, "to b"],
+    ]
+    assert result["pushedBeforeReply"] == 1
+    assert result["reply2"] == {"ok": True}
+    assert result["subs"] == ["/chat/rooms/b"]
+
+
+def test_reconnect_flushes_queue_and_replays_subscriptions(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        """
+const events = [];
+let opens = 0;
+let reopened;
+const reopen = new Promise((resolve) => (reopened = resolve));
+const alice = new WsClient("/ws", {
+  reconnect: true, baseDelay: 10, maxDelay: 50, queueSize: 2,
+  onOpen: () => { events.push("open"); if (++opens === 2) reopened(); },
+  onClose: (code) => events.push(`close ${code}`),
+  onReconnect: (n) => events.push(`reconnect ${n}`),
+});
+const bob = new WsClient("/ws");
+await alice.subscribe("/chat/rooms/q");
+await bob.subscribe("/chat/rooms/q");
+const heard = [];
+const allHeard = new Promise((resolve) => bob.on("message", "/chat/rooms/q", (p) => {
+  heard.push(p.data);
+  if (heard.length === 2) resolve();
+}));
+alice.call("rpc", "/kick").catch(() => {});
+await new Promise((resolve) => alice.onClose(resolve));
+const whileDown = [alice.state, alice.send("message", "/chat/rooms/q", "one"),
+                   alice.send("message", "/chat/rooms/q", "two"),
+                   alice.send("message", "/chat/rooms/q", "three"), alice.queued, alice.dropped];
+const offline = alice.call("rpc", "/echo", "waited", 5000);
+await reopen;
+await allHeard;
+const rooms = await alice.call("rpc", "/rooms");
+const out = { events, whileDown, heard, rooms, offline: await offline, state: alice.state };
+alice.close();
+bob.close();
+return out;
+""",
+    )
+    assert result["whileDown"] == ["connecting", True, True, True, 2, 1]
+    assert result["heard"] == ["two", "three"]  # queue of 2: the oldest was dropped
+    assert result["rooms"] == ["/chat/rooms/q"]  # replayed
+    assert result["offline"] == "waited"
+    assert result["state"] == "open"
+    events = result["events"]
+    assert events[:2] == ["open", "close 4000"]
+    assert events[-1] == "open"
+    attempts = events[2:-1]
+    assert attempts == [f"reconnect {n}" for n in range(1, len(attempts) + 1)]
+
+
+def test_backoff_uses_full_jitter_in_the_browser(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        """
+const exp = new Backoff({ baseDelay: 100, maxDelay: 1000, maxRetries: 6, random: () => 1 });
+const ceilings = [];
+for (let d = exp.next(); d !== null; d = exp.next()) ceilings.push(d);
+const lin = new Backoff({ baseDelay: 100, maxDelay: 250, backoff: "linear", random: () => 1 });
+const linear = [lin.next(), lin.next(), lin.next()];
+const draws = [];
+for (let i = 0; i < 300; i++) { const b = new Backoff({ baseDelay: 800 }); draws.push(b.next()); }
+return { ceilings, linear, min: Math.min(...draws), max: Math.max(...draws) };
+""",
+    )
+    assert result["ceilings"] == [100, 200, 400, 800, 1000, 1000]
+    assert result["linear"] == [100, 200, 250]
+    assert 0 <= result["min"] < 80
+    assert 720 < result["max"] <= 800
+
+
+# -- the chat example ---------------------------------------------------------------------------
+
+
+def wait_text(driver: WebDriver, element_id: str, text: str, timeout: float = 10) -> None:
+    WebDriverWait(driver, timeout).until(
+        lambda d: text in d.find_element(By.ID, element_id).text,
+        message=f"{text!r} never appeared in #{element_id}",
+    )
+
+
+def join_chat(driver: WebDriver, url: str, name: str, room: str) -> None:
+    driver.get(url)
+    driver.find_element(By.ID, "name").send_keys(name)
+    room_input = driver.find_element(By.ID, "room")
+    room_input.clear()
+    room_input.send_keys(room)
+    driver.find_element(By.ID, "join").click()
+    wait_text(driver, "log", f"you joined as {name}")
+
+
+def say(driver: WebDriver, text: str) -> None:
+    driver.find_element(By.ID, "text").send_keys(text)
+    driver.find_element(By.ID, "send").click()
+
+
+def test_chat_two_tabs_talk_and_see_the_leave_notice(driver: WebDriver, tmp_path: Path) -> None:
+    with ServerThread(lambda: create_chat_app(history_size=20)) as server:
+        first = driver.current_window_handle
+        join_chat(driver, server.url(), "Ada", "lobby")
+
+        driver.switch_to.new_window("tab")
+        second = driver.current_window_handle
+        join_chat(driver, server.url(), "Bob", "lobby")
+        wait_text(driver, "members", "2 here: Ada, Bob")
+        say(driver, "hello from Bob")
+        wait_text(driver, "log", "Bobhello from Bob")
+
+        driver.switch_to.window(first)
+        wait_text(driver, "log", "Bob joined")
+        wait_text(driver, "log", "Bobhello from Bob")
+        wait_text(driver, "members", "2 here: Ada, Bob")
+        say(driver, "hi Bob, welcome!")
+        wait_text(driver, "log", "Adahi Bob, welcome!")
+        wait_text(driver, "status", "online")
+
+        shot = tmp_path / "chat.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if UPDATE_DOCS_IMG:
+            DOCS_IMG.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, DOCS_IMG)
+
+        say(driver, "<b>not bold</b>")
+        wait_text(driver, "log", "Ada<b>not bold</b>")  # names and texts are text, never HTML
+        assert driver.find_elements(By.CSS_SELECTOR, "#log b") == []
+
+        driver.switch_to.window(second)
+        wait_text(driver, "log", "Adahi Bob")
+        driver.close()  # Bob's tab goes away, and its socket with it
+        driver.switch_to.window(first)
+        wait_text(driver, "log", "Bob left")
+        wait_text(driver, "members", "1 here: Ada")
+
+        # A newcomer gets the room's recent history.
+        driver.switch_to.new_window("tab")
+        join_chat(driver, server.url(), "Cy", "lobby")
+        log_text = driver.find_element(By.ID, "log").text
+        assert log_text.index("Bobhello from Bob") < log_text.index("Adahi Bob, welcome!")
+        driver.close()
+        driver.switch_to.window(first)

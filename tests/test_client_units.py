@@ -1,0 +1,353 @@
+"""The client's pure parts: backoff delays, push listeners, RPC bookkeeping, push streams."""
+
+from __future__ import annotations
+
+import ast
+import gc
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import wsevents.client
+from wsevents.client import Push, WsClientError
+from wsevents.client._backoff import Backoff
+from wsevents.client._client import PushStream
+from wsevents.client._listeners import Listeners
+from wsevents.client._rpc import Reply, RpcTracker, build_message, parse_server_message
+
+# -- _backoff ----------------------------------------------------------------------------
+
+
+def top() -> float:
+    """A random source at the top of its range: delays equal their ceilings."""
+    return 1.0
+
+
+def test_exponential_ceilings_double_up_to_max_delay() -> None:
+    backoff = Backoff(base_delay=1.0, max_delay=30.0, rand=top)
+    assert [backoff.next_delay() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_linear_ceilings_grow_by_base_up_to_max_delay() -> None:
+    backoff = Backoff(base_delay=0.5, max_delay=2.0, strategy="linear", rand=top)
+    assert [backoff.next_delay() for _ in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+
+
+def test_full_jitter_draws_across_the_whole_range_below_the_ceiling() -> None:
+    rng = random.Random(20240601)
+    backoff = Backoff(base_delay=1.0, max_delay=8.0, rand=rng.random)
+    for attempt in range(6):
+        ceiling = backoff.ceiling(attempt)
+        draws = []
+        for _ in range(200):
+            backoff._attempt = attempt
+            delay = backoff.next_delay()
+            assert delay is not None
+            draws.append(delay)
+        assert all(0.0 <= d <= ceiling for d in draws)
+        # Full jitter, not "ceiling/2 + jitter": both ends of [0, ceiling] are reached.
+        assert min(draws) < 0.1 * ceiling
+        assert max(draws) > 0.9 * ceiling
+
+
+def test_jitter_of_zero_gives_zero_delay() -> None:
+    backoff = Backoff(base_delay=5.0, rand=lambda: 0.0)
+    assert backoff.next_delay() == 0.0
+
+
+def test_ceiling_never_overflows_after_many_attempts() -> None:
+    backoff = Backoff(base_delay=3.0, max_delay=45.0)
+    assert backoff.ceiling(10_000) == 45.0
+    assert Backoff(base_delay=3.0, max_delay=45.0, strategy="linear").ceiling(10_000) == 45.0
+
+
+def test_max_retries_ends_the_delays_and_reset_starts_again() -> None:
+    backoff = Backoff(base_delay=1.0, max_retries=3, rand=top)
+    assert [backoff.next_delay() for _ in range(3)] == [1, 2, 4]
+    assert backoff.attempt == 3
+    assert backoff.exhausted
+    assert backoff.next_delay() is None
+    backoff.reset()
+    assert backoff.attempt == 0
+    assert backoff.next_delay() == 1
+
+
+def test_unlimited_retries_never_run_out() -> None:
+    backoff = Backoff(base_delay=0.0, max_delay=0.0, max_retries=None)
+    assert all(backoff.next_delay() == 0.0 for _ in range(1000))
+    assert not backoff.exhausted
+
+
+def test_zero_max_retries_means_no_attempt() -> None:
+    assert Backoff(max_retries=0).next_delay() is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"base_delay": -1.0},
+        {"base_delay": 2.0, "max_delay": 1.0},
+        {"max_retries": -1},
+        {"strategy": "fibonacci"},
+    ],
+)
+def test_backoff_rejects_bad_settings(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Backoff(**kwargs)
+
+
+# -- _listeners --------------------------------------------------------------------------
+
+
+def test_exact_pattern_matches_only_that_event_and_path() -> None:
+    listeners: Listeners[str] = Listeners()
+    listeners.add("message", "/chat/a", "h")
+    assert listeners.match("message", "/chat/a") == ["h"]
+    assert listeners.match("message", "/chat/ab") == []
+    assert listeners.match("message", "/chat") == []
+    assert listeners.match("other", "/chat/a") == []
+
+
+def test_star_pattern_matches_by_prefix() -> None:
+    listeners: Listeners[str] = Listeners()
+    listeners.add("message", "/chat/*", "chat")
+    listeners.add("message", "*", "all")
+    assert listeners.match("message", "/chat/a") == ["chat", "all"]
+    assert listeners.match("message", "/chat/a/b") == ["chat", "all"]
+    assert listeners.match("message", "/chat/") == ["chat", "all"]
+    assert listeners.match("message", "/chatter") == ["all"]
+    assert listeners.match("message", "/") == ["all"]
+    assert listeners.match("system", "/chat/a") == []
+
+
+def test_exact_handlers_come_before_prefix_handlers_each_in_registration_order() -> None:
+    listeners: Listeners[str] = Listeners()
+    listeners.add("e", "/a/*", "prefix1")
+    listeners.add("e", "/a/b", "exact1")
+    listeners.add("e", "*", "prefix2")
+    listeners.add("e", "/a/b", "exact2")
+    assert listeners.match("e", "/a/b") == ["exact1", "exact2", "prefix1", "prefix2"]
+
+
+def test_off_removes_only_its_own_registration_and_is_idempotent() -> None:
+    listeners: Listeners[str] = Listeners()
+    off_first = listeners.add("e", "/p", "same")
+    listeners.add("e", "/p", "same")
+    off_prefix = listeners.add("e", "/*", "same")
+    listeners.add("e", "/*", "same")
+    assert len(listeners) == 4
+    off_first()
+    off_first()
+    off_prefix()
+    off_prefix()
+    assert listeners.match("e", "/p") == ["same", "same"]
+    assert len(listeners) == 2
+
+
+def test_removing_the_last_exact_handler_forgets_the_key() -> None:
+    listeners: Listeners[str] = Listeners()
+    off = listeners.add("e", "/p", "h")
+    off()
+    assert len(listeners) == 0
+    assert listeners._exact == {}
+
+
+def test_clear_removes_every_handler() -> None:
+    listeners: Listeners[str] = Listeners()
+    listeners.add("e", "/p", "h")
+    listeners.add("e", "/*", "h")
+    listeners.clear()
+    assert listeners.match("e", "/p") == []
+    assert len(listeners) == 0
+
+
+def test_match_returns_a_copy_safe_to_change_while_dispatching() -> None:
+    listeners: Listeners[str] = Listeners()
+    off = listeners.add("e", "/p", "h")
+    found = listeners.match("e", "/p")
+    off()
+    assert found == ["h"]
+
+
+# -- _rpc --------------------------------------------------------------------------------
+
+
+class FakeCall:
+    """A pending call recording how it was settled (the tracker needs no event loop)."""
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.exception: BaseException | None = None
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, result: Any) -> None:
+        self.result, self.settled = result, True
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.exception, self.settled = exception, True
+
+
+def test_ids_start_at_one_and_increase() -> None:
+    tracker = RpcTracker()
+    assert [tracker.next_id() for _ in range(4)] == [1, 2, 3, 4]
+    assert RpcTracker().next_id() == 1  # per client
+
+
+def test_build_message_leaves_out_absent_data_and_id() -> None:
+    assert build_message("rpc", "/a") == {"event": "rpc", "path": "/a"}
+    assert build_message("rpc", "/a", {"x": 1}, 7) == {
+        "event": "rpc",
+        "path": "/a",
+        "data": {"x": 1},
+        "id": 7,
+    }
+    assert build_message("rpc", "/a", 0, None) == {"event": "rpc", "path": "/a", "data": 0}
+
+
+def test_reply_with_data_settles_the_call() -> None:
+    tracker = RpcTracker()
+    call = FakeCall()
+    tracker.track(tracker.next_id(), call)
+    assert tracker.resolve(Reply(1, {"ok": True}))
+    assert call.result == {"ok": True}
+    assert len(tracker) == 0
+
+
+def test_error_reply_fails_the_call_with_its_code_and_message() -> None:
+    tracker = RpcTracker()
+    call = FakeCall()
+    tracker.track(tracker.next_id(), call)
+    reply = parse_server_message({"id": 1, "error": {"code": 403, "message": "private"}})
+    assert isinstance(reply, Reply)
+    assert tracker.resolve(reply)
+    assert isinstance(call.exception, WsClientError)
+    assert (call.exception.code, call.exception.message) == (403, "private")
+
+
+def test_reply_nobody_waits_for_is_dropped() -> None:
+    tracker = RpcTracker()
+    call = FakeCall()
+    tracker.track(1, call)
+    tracker.discard(1)
+    assert not tracker.resolve(Reply(1, "late"))
+    assert not tracker.resolve(Reply(99, "unknown"))
+    assert not call.settled
+
+
+def test_reply_ids_match_as_ints_also_when_a_proxy_made_them_strings() -> None:
+    tracker = RpcTracker()
+    call = FakeCall()
+    tracker.track(5, call)
+    assert not tracker.resolve(Reply(True, "bool is not an id"))
+    assert not tracker.resolve(Reply("x5", "not digits"))
+    assert tracker.resolve(Reply("5", "ok"))
+    assert call.result == "ok"
+
+
+def test_fail_all_fails_every_pending_call_once() -> None:
+    tracker = RpcTracker()
+    calls = [FakeCall() for _ in range(3)]
+    for call in calls:
+        tracker.track(tracker.next_id(), call)
+    calls[0].set_result("already done")
+    assert tracker.fail_all(503, "Connection lost") == 2
+    assert calls[0].result == "already done"
+    for call in calls[1:]:
+        assert isinstance(call.exception, WsClientError)
+        assert (call.exception.code, call.exception.message) == (503, "Connection lost")
+    assert len(tracker) == 0
+    assert tracker.fail_all(503, "again") == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "message"),
+    [
+        ({"id": 1, "error": {"code": 418, "message": "teapot"}}, 418, "teapot"),
+        ({"id": 1, "error": {"message": "no code"}}, 500, "no code"),
+        ({"id": 1, "error": {"code": True, "message": "bool"}}, 500, "bool"),
+        ({"id": 1, "error": {"code": 404}}, 404, "Not found"),
+        ({"id": 1, "error": "boom"}, 500, "Internal Error"),
+    ],
+)
+def test_malformed_error_replies_still_fail_the_call(frame: Any, code: int, message: str) -> None:
+    reply = parse_server_message(frame)
+    assert isinstance(reply, Reply)
+    assert reply.error is not None
+    assert (reply.error.code, reply.error.message) == (code, message)
+
+
+def test_push_frames_become_push_objects() -> None:
+    assert parse_server_message(
+        {"event": "message", "path": "/chat/a", "params": {"room": "a"}, "data": [1]}
+    ) == Push("message", "/chat/a", {"room": "a"}, [1])
+    assert parse_server_message({"event": "e", "path": "/p"}) == Push("e", "/p", {}, None)
+    assert parse_server_message({"event": "e", "path": "/p", "params": [1]}) == Push("e", "/p")
+    # A null id is no id (Wooks' client reads it the same way).
+    assert parse_server_message({"id": None, "event": "e", "path": "/p"}) == Push("e", "/p")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [[1, 2], "text", 3, None, {"event": "e"}, {"path": "/p"}, {"event": 1, "path": "/p"}, {}],
+)
+def test_frames_that_are_neither_reply_nor_push_are_dropped(frame: Any) -> None:
+    assert parse_server_message(frame) is None
+
+
+# -- PushStream (buffering; its delivery over a socket is in test_client_functional) -------
+
+
+async def test_push_stream_keeps_the_newest_pushes_and_counts_dropped() -> None:
+    listeners: Listeners[Any] = Listeners()
+    stream = PushStream(listeners, "e", "/*", max_queue=2)
+    for i in range(5):
+        for handler in listeners.match("e", f"/{i}"):
+            handler(Push("e", f"/{i}"))
+    assert stream.dropped == 3
+    stream._end()
+    assert [push.path async for push in stream] == ["/3", "/4"]
+
+
+async def test_push_stream_unregisters_when_closed_or_collected() -> None:
+    listeners: Listeners[Any] = Listeners()
+    async with PushStream(listeners, "e", "/p", max_queue=1):
+        assert len(listeners) == 1
+    assert len(listeners) == 0
+    PushStream(listeners, "e", "/p", max_queue=1)  # abandoned at once
+    gc.collect()
+    assert len(listeners) == 0
+
+
+def test_push_stream_needs_room_for_one_push() -> None:
+    with pytest.raises(ValueError):
+        PushStream(Listeners(), "e", "/p", max_queue=0)
+
+
+# -- layering ------------------------------------------------------------------------------
+
+
+def test_client_imports_only_the_core_and_aiohttp() -> None:
+    allowed_package = {"wsevents.exceptions", "wsevents.protocol"}
+    allowed_third_party = {"aiohttp"}
+    for source in Path(wsevents.client.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert f"wsevents.{node.module}" in allowed_package, (source.name, node.module)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top_name = node.module.split(".")[0]
+                assert top_name != "wsevents", (source.name, node.module)
+                assert top_name in allowed_third_party or _is_stdlib(top_name), node.module
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    top_name = alias.name.split(".")[0]
+                    assert top_name in allowed_third_party or _is_stdlib(top_name), alias.name
+
+
+def _is_stdlib(name: str) -> bool:
+    return name in sys.stdlib_module_names or name == "__future__"

@@ -1,0 +1,166 @@
+"""The chat example over real sockets, driven by the Python client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from examples.chat.server import History, clean_name, create_app
+from wsevents.client import Push, WsClient, WsClientError
+
+pytestmark = pytest.mark.functional
+
+
+@pytest.fixture
+async def chat(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    return await aiohttp_server(create_app(history_size=3))
+
+
+@pytest.fixture
+async def join(chat: TestServer) -> AsyncIterator[Callable[..., Awaitable[WsClient]]]:
+    made: list[WsClient] = []
+
+    async def connect(name: str | None) -> WsClient:
+        query = "" if name is None else f"?name={quote(name)}"
+        client = WsClient(f"ws://127.0.0.1:{chat.port}/ws{query}")
+        made.append(client)
+        await client.connect()
+        return client
+
+    yield connect
+    for client in made:
+        await client.close()
+
+
+async def test_page_and_client_module_are_served(chat: TestServer) -> None:
+    async with TestClient(chat) as http:
+        page = await http.get("/")
+        assert page.status == 200
+        assert 'from "/wsevents-client.js"' in await page.text()
+        module = await http.get("/wsevents-client.js")
+        assert module.status == 200
+        assert module.headers["Content-Type"].startswith("text/javascript")
+        assert module.headers["Cache-Control"] == "no-cache"
+        assert "export class WsClient" in await module.text()
+
+
+async def test_join_notice_history_and_leave_notice(join: Any) -> None:
+    ada = await join("Ada")
+    notices = ada.pushes("system", "/chat/*")
+    messages = ada.pushes("message", "/chat/*")
+    first = await ada.subscribe("/chat/lobby")
+    assert first.reply == {"room": "lobby", "name": "Ada", "members": ["Ada"], "history": []}
+    for text in ("one", "two", "three", "four"):
+        assert await ada.call("message", "/chat/lobby", {"text": f"  {text} "}) == {"sent": True}
+
+    bob = await join("Bob")
+    second = await bob.subscribe("/chat/lobby")
+    assert second.reply["members"] == ["Ada", "Bob"]
+    # The history keeps the last 3 messages, trimmed.
+    assert [m["text"] for m in second.reply["history"]] == ["two", "three", "four"]
+    assert {m["name"] for m in second.reply["history"]} == {"Ada"}
+
+    async with asyncio.timeout(5):
+        assert [(await anext(messages)).data["text"] for _ in range(4)] == [
+            "one",
+            "two",
+            "three",
+            "four",
+        ]
+        joined = await anext(notices)
+    assert joined == Push("system", "/chat/lobby", {"room": "lobby"}, joined.data)
+    assert joined.data == {"kind": "join", "name": "Bob", "text": "Bob joined"}
+
+    await bob.call("message", "/chat/lobby", {"text": "hi"})
+    async with asyncio.timeout(5):
+        said = await anext(messages)
+    assert (said.data["name"], said.data["text"]) == ("Bob", "hi")
+
+    await bob.close()
+    async with asyncio.timeout(5):
+        left = await anext(notices)
+    assert left.data == {"kind": "leave", "name": "Bob", "text": "Bob left"}
+
+
+async def test_unsubscribe_pushes_a_leave_notice(join: Any) -> None:
+    ada = await join("Ada")
+    bob = await join("Bob")
+    await ada.subscribe("/chat/lobby")
+    sub = await bob.subscribe("/chat/lobby")
+    notices = ada.pushes("system", "/chat/lobby")
+    await sub()
+    async with asyncio.timeout(5):
+        assert (await anext(notices)).data["text"] == "Bob left"
+    with pytest.raises(WsClientError) as info:
+        await bob.call("message", "/chat/lobby", {"text": "gone"})
+    assert info.value.code == 403
+
+
+async def test_a_second_subscribe_does_not_announce_twice(join: Any) -> None:
+    ada = await join("Ada")
+    bob = await join("Bob")
+    await ada.subscribe("/chat/lobby")
+    notices = ada.pushes("system", "/chat/lobby")
+    await bob.subscribe("/chat/lobby")
+    again = await bob.subscribe("/chat/lobby")
+    assert again.reply["members"] == ["Ada", "Bob"]
+    await bob.close()
+    async with asyncio.timeout(5):
+        assert [(await anext(notices)).data["kind"] for _ in range(2)] == ["join", "leave"]
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (None, 400),
+        ({"text": ""}, 400),
+        ({"text": "   "}, 400),
+        ({"text": 5}, 400),
+        ({"text": "x" * 501}, 400),
+    ],
+)
+async def test_bad_messages_are_refused(join: Any, data: Any, code: int) -> None:
+    ada = await join("Ada")
+    await ada.subscribe("/chat/lobby")
+    with pytest.raises(WsClientError) as info:
+        await ada.call("message", "/chat/lobby", data)
+    assert info.value.code == code
+
+
+async def test_messages_need_membership_and_rooms_need_valid_names(join: Any) -> None:
+    ada = await join("Ada")
+    with pytest.raises(WsClientError) as not_member:
+        await ada.call("message", "/chat/lobby", {"text": "hi"})
+    assert (not_member.value.code, not_member.value.message) == (403, "join the room first")
+    for path in ("/chat/" + "x" * 33, "/chat/a%20b", "/chat/a/b", "/chat/"):
+        with pytest.raises(WsClientError) as bad_room:
+            await ada.subscribe(path)
+        assert bad_room.value.code == 404
+
+
+async def test_names_are_cleaned_or_made_up(join: Any) -> None:
+    for raw, expected in (("  Ada \t Lovelace ", "Ada Lovelace"), ("x" * 40, "x" * 24)):
+        client = await join(raw)
+        assert (await client.subscribe("/chat/names")).reply["name"] == expected
+    guest = await join(None)
+    assert (await guest.subscribe("/chat/names")).reply["name"].startswith("guest-")
+
+
+def test_clean_name_drops_control_characters() -> None:
+    assert clean_name("a\x00b\nc", "fallback") == "ab c"
+    assert clean_name("\x07", "fallback") == "fallback"
+    assert clean_name(None, "fallback") == "fallback"
+
+
+def test_history_forgets_the_least_recently_written_room() -> None:
+    history = History(size=2, max_rooms=2)
+    for room in ("a", "b", "a", "c"):
+        history.add(room, {"room": room})
+    assert history.recent("a") == [{"room": "a"}, {"room": "a"}]
+    assert history.recent("b") == []  # evicted: "a" was written after it
+    assert history.recent("c") == [{"room": "c"}]

@@ -1,0 +1,39 @@
+"""The asyncio client: ``async with WsClient(url) as client: await client.call(...)``.
+
+It speaks the wsevents protocol (the ``@wooksjs/event-ws`` one) over
+``aiohttp.ClientSession``: RPC calls with ids and timeouts, fire-and-forget sends with a
+bounded offline queue, subscriptions replayed after reconnects, push listeners and
+iterators, reconnects with jittered backoff. See ``docs/python-client.md``.
+"""
+
+from __future__ import annotations
+
+from ..exceptions import WsClientError
+from ._client import (
+    DEFAULT_PUSH_QUEUE_SIZE,
+    DEFAULT_QUEUE_SIZE,
+    CloseHook,
+    ErrorHook,
+    OpenHook,
+    PushHandler,
+    PushStream,
+    ReconnectHook,
+    Subscription,
+    WsClient,
+)
+from ._listeners import Push
+
+__all__ = [
+    "DEFAULT_PUSH_QUEUE_SIZE",
+    "DEFAULT_QUEUE_SIZE",
+    "CloseHook",
+    "ErrorHook",
+    "OpenHook",
+    "Push",
+    "PushHandler",
+    "PushStream",
+    "ReconnectHook",
+    "Subscription",
+    "WsClient",
+    "WsClientError",
+]

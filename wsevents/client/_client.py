@@ -1,0 +1,830 @@
+"""WsClient: an asyncio client for wsevents (and ``@wooksjs/event-ws``) servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from enum import Enum
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from ..exceptions import WsClientError
+from ..protocol import JsonCodec
+from ._backoff import Backoff, BackoffStrategy
+from ._listeners import Listeners, Push
+from ._rpc import Reply, RpcTracker, build_message, parse_server_message
+
+__all__ = [
+    "DEFAULT_PUSH_QUEUE_SIZE",
+    "DEFAULT_QUEUE_SIZE",
+    "CloseHook",
+    "ErrorHook",
+    "OpenHook",
+    "PushHandler",
+    "PushStream",
+    "ReconnectHook",
+    "Subscription",
+    "WsClient",
+]
+
+log = logging.getLogger("wsevents.client")
+
+OpenHook = Callable[[], Awaitable[None] | None]
+CloseHook = Callable[[int, str], Awaitable[None] | None]
+ErrorHook = Callable[[Exception], Awaitable[None] | None]
+ReconnectHook = Callable[[int], Awaitable[None] | None]
+PushHandler = Callable[[Push], Awaitable[None] | None]
+
+DEFAULT_QUEUE_SIZE = 1000
+"""Messages :meth:`WsClient.send` keeps while (re)connecting; the oldest go first."""
+
+DEFAULT_PUSH_QUEUE_SIZE = 1000
+"""Pushes one :meth:`WsClient.pushes` iterator keeps unread; the oldest go first."""
+
+CLIENT_CLOSE_REASON = "Client closed"
+
+_TEXT = aiohttp.WSMsgType.TEXT
+_BINARY = aiohttp.WSMsgType.BINARY
+_CLOSE = aiohttp.WSMsgType.CLOSE
+_encode = JsonCodec.encode
+_decode = JsonCodec.decode
+
+
+class _State(Enum):
+    IDLE = "idle"  # connect() not called yet
+    CONNECTING = "connecting"  # first connect or reconnect in progress
+    OPEN = "open"
+    DISCONNECTED = "disconnected"  # lost, and nothing reconnects by itself
+    CLOSED = "closed"  # close() was called: final
+
+
+class Subscription:
+    """What :meth:`WsClient.subscribe` returns: await it (or :meth:`unsubscribe`) to stop.
+
+    Attributes:
+        path: the subscribed path.
+        data: the data sent with the subscribe (sent again on every replay).
+        reply: the data of the server's reply to the first subscribe.
+    """
+
+    __slots__ = ("_active", "_client", "data", "path", "reply")
+
+    def __init__(self, client: WsClient, path: str, data: Any, reply: Any) -> None:
+        self._client = client
+        self.path = path
+        self.data = data
+        self.reply = reply
+        self._active = True
+
+    @property
+    def active(self) -> bool:
+        """False once :meth:`unsubscribe` was called."""
+        return self._active
+
+    async def unsubscribe(self) -> None:
+        """Forget the subscription (no replay) and send ``unsubscribe`` fire-and-forget.
+
+        The message is sent only while connected: after a loss the server has forgotten
+        the subscription anyway. Calling it again does nothing.
+        """
+        if self._active:
+            self._active = False
+            await self._client._unsubscribe(self.path)
+
+    async def __call__(self) -> None:
+        await self.unsubscribe()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.path!r} {'active' if self._active else 'ended'}>"
+
+
+class PushStream:
+    """An async iterator over pushes matching one ``(event, pattern)``.
+
+    Pushes are buffered from creation on, up to ``max_queue``: when a push arrives and
+    the buffer is full, the oldest buffered push is dropped and counted in
+    :attr:`dropped`. Iteration ends once the client is closed or has lost its connection
+    for good (no reconnect), after the buffered pushes. Use ``async with`` (or
+    :meth:`aclose`) to stop listening early; an abandoned stream also stops when it is
+    garbage-collected.
+    """
+
+    __slots__ = ("__weakref__", "_ended", "_finalizer", "_max", "_queue", "_waiter", "dropped")
+
+    def __init__(self, listeners: Listeners[PushHandler], event: str, pattern: str, max_queue: int):
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        self._queue: deque[Push] = deque()
+        self._max = max_queue
+        self._ended = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.dropped = 0
+        ref = weakref.ref(self)
+
+        def deliver(push: Push) -> None:
+            stream = ref()
+            if stream is not None:
+                stream._put(push)
+
+        off = listeners.add(event, pattern, deliver)
+        # Holds only the off function, never the stream: a stream dropped by ``break``
+        # unregisters itself when collected.
+        self._finalizer = weakref.finalize(self, off)
+
+    @property
+    def ended(self) -> bool:
+        """True once no more pushes will be added."""
+        return self._ended
+
+    def _put(self, push: Push) -> None:
+        if self._ended:
+            return
+        if len(self._queue) >= self._max:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(push)
+        self._wake()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._finalizer()
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Push:
+        while not self._queue:
+            if self._ended:
+                raise StopAsyncIteration
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        return self._queue.popleft()
+
+    async def aclose(self) -> None:
+        """Stop listening; pushes already buffered are still yielded."""
+        self._end()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._end()
+
+
+class WsClient:
+    """A WebSocket client speaking the wsevents / ``@wooksjs/event-ws`` protocol.
+
+    Use it as ``async with WsClient(url) as client:`` or ``await client.connect()`` …
+    ``await client.close()``. Construct it anywhere; use it inside one event loop.
+
+    Args:
+        url: ``ws://`` or ``wss://`` address of the endpoint.
+        reconnect: reconnect after the connection is lost (not after :meth:`close`).
+        base_delay: seconds; the ceiling of the first reconnect delay. Attempt ``n``
+            (from 0) waits a random delay in ``[0, min(max_delay, base_delay * 2**n)]``
+            (exponential) or ``[0, min(max_delay, base_delay * (n + 1))]`` (linear):
+            full jitter.
+        max_delay: seconds; no reconnect delay is longer.
+        max_retries: reconnect attempts per loss (None = unlimited); then the client
+            gives up.
+        backoff: ``"exponential"`` or ``"linear"``.
+        queue_size: messages :meth:`send` keeps while connecting or reconnecting. When
+            full, the **oldest** queued message is dropped and counted in
+            :attr:`dropped` (the newest state wins; memory stays bounded). 0 queues
+            nothing.
+        rpc_timeout: default seconds a :meth:`call` may take, waiting for a connection
+            included.
+        headers: sent with every handshake; the dict may be changed (say, from
+            ``on_reconnect``) and the next handshake uses it.
+        heartbeat: seconds between client pings (None = only answer the server's).
+        connect_timeout: seconds one connection attempt may take.
+        session: an ``aiohttp.ClientSession`` to use (not closed by the client); by
+            default the client makes and closes its own.
+        on_open: ``on_open()``, after each connection is ready (queue flushed,
+            subscriptions replayed).
+        on_close: ``on_close(code, reason)``, after each open connection ends.
+        on_error: ``on_error(exc)``: a failed connection attempt, a push handler that
+            raised, a subscription the server refused on replay, or giving up
+            reconnecting (``WsClientError(503)``).
+        on_reconnect: ``on_reconnect(attempt)``, before each reconnect attempt (1, 2, …
+            since the last success), after its delay.
+
+    Hooks may be sync or async. ``on_open`` and ``on_reconnect`` are awaited before the
+    client goes on (so ``on_reconnect`` can refresh :attr:`headers`); async ``on_close``
+    and ``on_error`` run as tasks, so they cannot stall reading.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reconnect: bool = False,
+        base_delay: float = 1.0,
+        max_delay: float = 30.0,
+        max_retries: int | None = None,
+        backoff: BackoffStrategy = "exponential",
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        rpc_timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        heartbeat: float | None = None,
+        connect_timeout: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+        on_open: OpenHook | None = None,
+        on_close: CloseHook | None = None,
+        on_error: ErrorHook | None = None,
+        on_reconnect: ReconnectHook | None = None,
+    ) -> None:
+        if queue_size < 0:
+            raise ValueError("queue_size must be >= 0")
+        if rpc_timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("rpc_timeout and connect_timeout must be > 0")
+        self.url = url
+        self.reconnect = reconnect
+        self.rpc_timeout = float(rpc_timeout)
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        self.heartbeat = heartbeat
+        self.connect_timeout = float(connect_timeout)
+        self.queue_size = queue_size
+        self.on_open = on_open
+        self.on_close = on_close
+        self.on_error = on_error
+        self.on_reconnect = on_reconnect
+        self._backoff = Backoff(
+            base_delay=base_delay, max_delay=max_delay, max_retries=max_retries, strategy=backoff
+        )
+        self._session = session
+        self._owns_session = session is None
+        self._state = _State.IDLE
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting = False
+        self._queue: deque[bytes] = deque()
+        self._dropped = 0
+        self._rpc = RpcTracker()
+        self._listeners: Listeners[PushHandler] = Listeners()
+        self._streams: weakref.WeakSet[PushStream] = weakref.WeakSet()
+        self._subscriptions: dict[str, Any] = {}
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<WsClient {self.url} {self._state.value}>"
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open and ready (after flush and replay)."""
+        return self._state is _State.OPEN
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called; the client cannot be used again."""
+        return self._state is _State.CLOSED
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting in the offline queue."""
+        return len(self._queue)
+
+    @property
+    def dropped(self) -> int:
+        """Queued messages dropped so far because the queue was full (oldest first)."""
+        return self._dropped
+
+    @property
+    def subscriptions(self) -> dict[str, Any]:
+        """Remembered subscriptions (path → data), replayed after every reconnect; a copy."""
+        return dict(self._subscriptions)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect; returns once the connection is ready and ``on_open`` has run.
+
+        With ``reconnect`` on, failed attempts are retried with backoff until one
+        succeeds or ``max_retries`` is spent. Returns at once when already connected.
+
+        Raises:
+            WsClientError: 503 when no connection could be made (the cause is chained),
+                or when the client was closed.
+        """
+        if self._state is _State.CLOSED:
+            raise WsClientError(503, "Connection closed")
+        if self._state is _State.OPEN:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout)
+            )
+        if self._state is not _State.CONNECTING:
+            self._state = _State.CONNECTING
+            if self.reconnect:
+                self._backoff.reset()
+                self._start_connector(immediate=True)
+            else:
+                await self._connect_once()
+                return
+        await self._wait_for_change(None)
+        if self._state is not _State.OPEN and self._state is not _State.CONNECTING:
+            raise WsClientError(503, "Connection closed" if self.closed else "Connection failed")
+
+    async def close(self) -> None:
+        """Close for good: stop reconnecting, fail pending calls (503), clear the queue.
+
+        Closes the socket with 1000 ``"Client closed"``, runs ``on_close`` for it, ends
+        every :meth:`pushes` iterator and closes the client's own HTTP session. Calling
+        it again does nothing.
+        """
+        if self._state is _State.CLOSED:
+            return
+        was_open = self._state is _State.OPEN
+        self._state = _State.CLOSED
+        self._queue.clear()
+        self._rpc.fail_all(503, "Connection closed")
+        self._release_waiters()
+        current = asyncio.current_task()
+        reader, self._reader = self._reader, None
+        # Reconnecting, push handlers and hook tasks stop now; the reader ends with the socket.
+        tasks = [t for t in self._tasks if t is not current and t is not reader]
+        for task in tasks:
+            task.cancel()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close(code=1000, message=CLIENT_CLOSE_REASON.encode())
+            if reader is not None and reader is not current:
+                tasks.append(reader)
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.connect_timeout)
+            for task in tasks:
+                task.cancel()
+        self._end_streams()
+        if was_open:  # on_close pairs with on_open: a half-set-up socket never opened
+            await self._fire(self.on_close, 1000, CLIENT_CLOSE_REASON)
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # -- messaging ------------------------------------------------------------------------
+
+    async def send(self, event: str, path: str, data: Any = None) -> bool:
+        """Send ``{"event", "path", "data"?}`` without waiting for a reply.
+
+        While the client is connecting or reconnecting the message goes to the bounded
+        offline queue, flushed in order once connected (when full, the oldest queued
+        message is dropped: see :attr:`dropped`).
+
+        Returns:
+            True when written or queued; False when dropped: not connected and not about
+            to be (``reconnect`` off, gave up, or closed), or ``queue_size`` is 0.
+        """
+        frame = _encode(build_message(event, path, data))
+        ws = self._ws
+        if self._state is _State.OPEN and ws is not None:
+            try:
+                await ws.send_frame(frame, _TEXT)
+                return True
+            except Exception as exc:
+                log.debug("send failed, connection going down: %r", exc)
+                if not self.reconnect:
+                    return False
+                return self._enqueue(frame)
+        if self._state is _State.CONNECTING or (self.reconnect and self._state is _State.IDLE):
+            return self._enqueue(frame)
+        return False
+
+    async def call(
+        self, event: str, path: str, data: Any = None, timeout: float | None = None
+    ) -> Any:
+        """Send an RPC (ids 1, 2, 3, … per client) and return the reply's ``data``.
+
+        While the client is connecting or reconnecting, the call waits for the connection
+        within the same ``timeout``.
+
+        Raises:
+            WsClientError: the server's error reply (its code and message); 408 when no
+                reply came within ``timeout`` (default ``rpc_timeout``); 503 when not
+                connected (and not reconnecting, or not within ``timeout``), when the
+                connection is lost before the reply, or when the client is closed.
+        """
+        if timeout is None:
+            timeout = self.rpc_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
+        ws = await self._ready_socket(deadline)
+        return await self._request(ws, event, path, data, deadline)
+
+    async def subscribe(
+        self, path: str, data: Any = None, timeout: float | None = None
+    ) -> Subscription:
+        """``call("subscribe", path, data)``, remembered and replayed after every reconnect.
+
+        One subscription is remembered per path: subscribing to a path again replaces its
+        data. A subscribe the server refuses raises and is not remembered.
+
+        Raises:
+            WsClientError: as :meth:`call`.
+        """
+        reply = await self.call("subscribe", path, data, timeout)
+        self._subscriptions[path] = data
+        return Subscription(self, path, data, reply)
+
+    def on(self, event: str, pattern: str, handler: PushHandler) -> Callable[[], None]:
+        """Call ``handler(push)`` for each push of ``event`` on a path matching ``pattern``.
+
+        ``pattern`` is an exact path, or ends in ``*`` to match every path with that
+        prefix. Sync handlers run in order as pushes arrive; async ones run as tasks. A
+        handler that raises is reported to ``on_error``.
+
+        Returns:
+            A function removing this handler (idempotent).
+        """
+        return self._listeners.add(event, pattern, handler)
+
+    def pushes(
+        self, event: str, pattern: str, *, max_queue: int = DEFAULT_PUSH_QUEUE_SIZE
+    ) -> PushStream:
+        """An async iterator of pushes, like :meth:`on` (buffer bounded by ``max_queue``).
+
+        Example:
+            ``async for push in client.pushes("message", "/chat/rooms/*"): ...``
+        """
+        stream = PushStream(self._listeners, event, pattern, max_queue)
+        if self._state is _State.CLOSED or self._state is _State.DISCONNECTED:
+            stream._end()
+        else:
+            self._streams.add(stream)
+        return stream
+
+    # -- internals: connecting --------------------------------------------------------------
+
+    async def _dial(self) -> aiohttp.ClientWebSocketResponse:
+        assert self._session is not None
+        return await self._session.ws_connect(
+            self.url, headers=self.headers, heartbeat=self.heartbeat, autoping=True
+        )
+
+    async def _connect_once(self) -> None:
+        try:
+            ws = await self._dial()
+            opened = await self._setup(ws)
+        except BaseException as exc:
+            self._abort_connecting()
+            if not isinstance(exc, Exception):
+                raise  # cancelled
+            await self._fire(self.on_error, exc)
+            raise WsClientError(503, "Connection failed") from exc
+        if not opened:
+            self._release_waiters()
+            raise WsClientError(503, "Connection closed" if self.closed else "Connection lost")
+        await self._fire(self.on_open)
+        self._release_waiters()
+
+    def _abort_connecting(self) -> None:
+        if self._state is _State.CONNECTING:
+            self._state = _State.DISCONNECTED
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            self._start(_close_quietly(ws))
+        self._release_waiters()
+
+    def _start_connector(self, *, immediate: bool) -> None:
+        self._connecting = True
+        self._start(self._connect_loop(immediate))
+
+    async def _connect_loop(self, immediate: bool) -> None:
+        try:
+            while self._state is _State.CONNECTING:
+                if not immediate:
+                    delay = self._backoff.next_delay()
+                    if delay is None:
+                        await self._give_up()
+                        return
+                    await asyncio.sleep(delay)
+                    await self._fire(self.on_reconnect, self._backoff.attempt)
+                    if self._state is not _State.CONNECTING:
+                        return
+                immediate = False
+                try:
+                    ws = await self._dial()
+                except Exception as exc:
+                    log.debug("connection attempt failed: %r", exc)
+                    await self._fire(self.on_error, exc)
+                    continue
+                if self._state is not _State.CONNECTING:
+                    await ws.close()
+                    return
+                if await self._setup(ws):
+                    # A loss from here on starts a new connector: this one is done.
+                    self._connecting = False
+                    await self._fire(self.on_open)
+                    self._release_waiters()
+                    return
+        finally:
+            self._connecting = False
+
+    async def _give_up(self) -> None:
+        log.warning("giving up reconnecting to %s", self.url)
+        self._state = _State.DISCONNECTED
+        self._queue.clear()
+        self._release_waiters()
+        self._end_streams()
+        await self._fire(self.on_error, WsClientError(503, "Reconnect failed"))
+
+    async def _setup(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Make a fresh socket ready: reader, flush, replay, flush again; True when OPEN."""
+        self._ws = ws
+        self._reader = self._spawn(self._read(ws))
+        self._backoff.reset()
+        if not await self._flush(ws):
+            return False
+        await self._replay(ws)
+        if not await self._flush(ws):
+            return False
+        if self._ws is not ws or ws.closed or self._state is not _State.CONNECTING:
+            return False
+        self._state = _State.OPEN
+        return True
+
+    async def _flush(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        queue = self._queue
+        while queue:
+            if self._ws is not ws:
+                return False
+            frame = queue.popleft()
+            try:
+                await ws.send_frame(frame, _TEXT)
+            except Exception as exc:
+                log.debug("flush failed: %r", exc)
+                queue.appendleft(frame)
+                self._trim()
+                return False
+        return True
+
+    async def _replay(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        subs = list(self._subscriptions.items())
+        if not subs:
+            return
+        deadline = asyncio.get_running_loop().time() + self.rpc_timeout
+        results = await asyncio.gather(
+            *(self._request(ws, "subscribe", path, data, deadline) for path, data in subs),
+            return_exceptions=True,
+        )
+        for (path, data), result in zip(subs, results, strict=True):
+            if path not in self._subscriptions:
+                # Unsubscribed while the replay was in flight: undo it on the server.
+                if not isinstance(result, BaseException) and self._ws is ws:
+                    with contextlib.suppress(Exception):
+                        await ws.send_frame(_encode(build_message("unsubscribe", path)), _TEXT)
+                continue
+            if isinstance(result, WsClientError) and result.code not in (408, 503):
+                # The server refuses it now: forget it, as a refused first subscribe.
+                if self._subscriptions.get(path) is data:
+                    del self._subscriptions[path]
+                await self._fire(self.on_error, result)
+            elif isinstance(result, BaseException):
+                log.debug("replaying subscribe %s failed: %r", path, result)
+
+    # -- internals: traffic ---------------------------------------------------------------
+
+    async def _ready_socket(self, deadline: float) -> aiohttp.ClientWebSocketResponse:
+        while True:
+            state = self._state
+            if state is _State.OPEN and self._ws is not None:
+                return self._ws
+            if state is _State.CLOSED:
+                raise WsClientError(503, "Connection closed")
+            if state is not _State.CONNECTING:
+                raise WsClientError(503, "Not connected")
+            try:
+                await self._wait_for_change(deadline)
+            except TimeoutError:
+                raise WsClientError(503, "Not connected") from None
+
+    async def _wait_for_change(self, deadline: float | None) -> None:
+        """Wait until the connecting ends (open, failed or closed) or ``deadline``."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        finally:
+            self._waiters.discard(waiter)
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _request(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        event: str,
+        path: str,
+        data: Any,
+        deadline: float,
+    ) -> Any:
+        message_id = self._rpc.next_id()
+        frame = _encode(build_message(event, path, data, message_id))
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._rpc.track(message_id, reply)
+        try:
+            try:
+                await ws.send_frame(frame, _TEXT)
+            except Exception as exc:
+                raise WsClientError(503, "Connection lost") from exc
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await reply
+            except TimeoutError:
+                raise WsClientError(408, "RPC timeout") from None
+        finally:
+            self._rpc.discard(message_id)
+            if reply.done() and not reply.cancelled():
+                reply.exception()  # retrieved: no "never retrieved" noise after a timeout
+
+    def _enqueue(self, frame: bytes) -> bool:
+        if self.queue_size == 0:
+            self._dropped += 1
+            return False
+        self._queue.append(frame)
+        self._trim()
+        return True
+
+    def _trim(self) -> None:
+        while len(self._queue) > self.queue_size:
+            self._queue.popleft()
+            self._dropped += 1
+            log.debug("offline queue full: dropped the oldest message")
+
+    async def _unsubscribe(self, path: str) -> None:
+        self._subscriptions.pop(path, None)
+        ws = self._ws
+        if self._state is _State.OPEN and ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.send_frame(_encode(build_message("unsubscribe", path)), _TEXT)
+
+    # -- internals: reading ---------------------------------------------------------------
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        code, reason = 1006, ""
+        try:
+            while True:
+                msg = await ws.receive()
+                kind = msg.type
+                if kind is _TEXT or kind is _BINARY:
+                    self._on_frame(msg.data)
+                elif kind is _CLOSE:
+                    code = msg.data if isinstance(msg.data, int) else 1005
+                    reason = msg.extra if isinstance(msg.extra, str) else ""
+                    break
+                elif kind is aiohttp.WSMsgType.ERROR:
+                    code = ws.close_code or 1006
+                    if isinstance(msg.data, Exception):
+                        self._fire_nowait(self.on_error, msg.data)
+                    break
+                elif kind is not aiohttp.WSMsgType.PING and kind is not aiohttp.WSMsgType.PONG:
+                    code = ws.close_code or 1006  # CLOSING (our close) or CLOSED
+                    break
+        except Exception as exc:
+            self._fire_nowait(self.on_error, exc)
+        self._lost(ws, code, reason)
+
+    def _on_frame(self, raw: str | bytes) -> None:
+        try:
+            obj = _decode(raw)
+        except Exception:
+            log.debug("dropped a frame that is not JSON")
+            return
+        msg = parse_server_message(obj)
+        if isinstance(msg, Reply):
+            if not self._rpc.resolve(msg):
+                log.debug("dropped a reply nobody waits for: id %r", msg.id)
+        elif msg is not None:
+            self._dispatch(msg)
+        else:
+            log.debug("dropped a frame that is neither a reply nor a push")
+
+    def _dispatch(self, push: Push) -> None:
+        for handler in self._listeners.match(push.event, push.path):
+            try:
+                result = handler(push)
+            except Exception as exc:
+                self._report(exc)
+                continue
+            if inspect.isawaitable(result):
+                self._start(self._run_handler(result))
+
+    async def _run_handler(self, result: Awaitable[None]) -> None:
+        try:
+            await result
+        except Exception as exc:
+            self._report(exc)
+
+    def _lost(self, ws: aiohttp.ClientWebSocketResponse, code: int, reason: str) -> None:
+        if self._ws is not ws:
+            return
+        self._ws = None
+        self._rpc.fail_all(503, "Connection lost")
+        if self.reconnect:
+            self._state = _State.CONNECTING
+            if not self._connecting:
+                self._start_connector(immediate=False)
+        else:
+            self._state = _State.DISCONNECTED
+            self._release_waiters()
+            self._end_streams()
+        self._fire_nowait(self.on_close, code, reason)
+
+    def _end_streams(self) -> None:
+        for stream in list(self._streams):
+            stream._end()
+        self._streams.clear()
+
+    # -- internals: hooks and tasks -------------------------------------------------------
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task that :meth:`close` cancels if it is still running."""
+        _ = self._spawn(coro)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _fire(self, hook: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            result = hook(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("%s hook failed", getattr(hook, "__name__", "client"))
+
+    def _report(self, exc: Exception) -> None:
+        """A push handler failed: tell ``on_error``, or log it when there is none."""
+        if self.on_error is None:
+            log.error("push handler failed", exc_info=exc)
+        else:
+            self._fire_nowait(self.on_error, exc)
+
+    def _fire_nowait(self, hook: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            result = hook(*args)
+        except Exception:
+            log.exception("%s hook failed", getattr(hook, "__name__", "client"))
+            return
+        if inspect.isawaitable(result):
+            self._start(self._await_hook(result))
+
+    async def _await_hook(self, result: Awaitable[None]) -> None:
+        try:
+            await result
+        except Exception:
+            log.exception("async client hook failed")
+
+
+async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close()

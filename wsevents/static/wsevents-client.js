@@ -1,0 +1,570 @@
+/**
+ * wsevents browser client: one dependency-free ES module.
+ *
+ *   import { WsClient, WsClientError } from "/wsevents-client.js";
+ *   const client = new WsClient("/ws", { reconnect: true });
+ *   client.on("message", "/chat/rooms/*", ({ path, data }) => console.log(path, data));
+ *   await client.subscribe("/chat/rooms/lobby");
+ *   client.send("message", "/chat/rooms/lobby", { text: "hello" });
+ *   const me = await client.call("rpc", "/whoami");
+ *
+ * It speaks the wsevents protocol, the one of @wooksjs/event-ws: RPC calls with ids and
+ * timeouts, fire-and-forget sends with a bounded offline queue, subscriptions replayed
+ * after reconnects, push listeners by exact path or trailing-"*" prefix, reconnects with
+ * full-jitter backoff. Durations are milliseconds.
+ */
+
+const DEFAULT_RPC_TIMEOUT = 10000;
+const DEFAULT_QUEUE_SIZE = 1000;
+const CLIENT_CLOSE_REASON = "Client closed";
+
+/** An RPC failed: the server's error reply, 408 (timeout) or 503 (not connected). */
+export class WsClientError extends Error {
+  constructor(code, message) {
+    super(message ?? `WsClientError ${code}`);
+    this.name = "WsClientError";
+    this.code = code;
+  }
+}
+
+/**
+ * Reconnect delays: the ceiling of attempt n (0-based) is baseDelay * 2**n
+ * ("exponential") or baseDelay * (n + 1) ("linear"), capped at maxDelay; the delay is
+ * drawn uniformly from [0, ceiling] ("full jitter").
+ */
+export class Backoff {
+  constructor({
+    baseDelay = 1000,
+    maxDelay = 30000,
+    maxRetries = Infinity,
+    backoff = "exponential",
+    random = Math.random,
+  } = {}) {
+    if (!(baseDelay >= 0) || !(maxDelay >= baseDelay)) {
+      throw new RangeError("need 0 <= baseDelay <= maxDelay");
+    }
+    if (!(maxRetries >= 0)) throw new RangeError("maxRetries must be >= 0");
+    if (backoff !== "exponential" && backoff !== "linear") {
+      throw new RangeError(`backoff must be "exponential" or "linear", not ${backoff}`);
+    }
+    Object.assign(this, { baseDelay, maxDelay, maxRetries, backoff, random });
+    this.attempt = 0;
+  }
+
+  ceiling(attempt) {
+    const raw =
+      this.backoff === "exponential"
+        ? this.baseDelay * 2 ** Math.min(attempt, 62)
+        : this.baseDelay * (attempt + 1);
+    return Math.min(raw, this.maxDelay);
+  }
+
+  /** The delay before the next attempt, or null when maxRetries are spent. */
+  next() {
+    if (this.attempt >= this.maxRetries) return null;
+    const delay = this.random() * this.ceiling(this.attempt);
+    this.attempt += 1;
+    return delay;
+  }
+
+  reset() {
+    this.attempt = 0;
+  }
+}
+
+/** Push listeners by event: exact paths, or patterns ending in "*" matching a prefix. */
+class Listeners {
+  constructor() {
+    this.exact = new Map(); // "event\0path" -> array of entries
+    this.prefix = []; // entries
+  }
+
+  add(event, pattern, handler) {
+    const entry = { event, handler, prefix: "" };
+    if (pattern.endsWith("*")) {
+      entry.prefix = pattern.slice(0, -1);
+      this.prefix.push(entry);
+      return () => remove(this.prefix, entry);
+    }
+    const key = `${event}\0${pattern}`;
+    let entries = this.exact.get(key);
+    if (!entries) this.exact.set(key, (entries = []));
+    entries.push(entry);
+    return () => {
+      if (remove(entries, entry) && entries.length === 0) this.exact.delete(key);
+    };
+  }
+
+  match(event, path) {
+    const found = (this.exact.get(`${event}\0${path}`) || []).map((e) => e.handler);
+    for (const e of this.prefix) {
+      if (e.event === event && path.startsWith(e.prefix)) found.push(e.handler);
+    }
+    return found;
+  }
+}
+
+function remove(list, item) {
+  const i = list.indexOf(item);
+  if (i === -1) return false;
+  list.splice(i, 1);
+  return true;
+}
+
+function resolveUrl(url) {
+  if (typeof location === "undefined" || /^wss?:\/\//i.test(url)) return url;
+  const resolved = new URL(url, location.href);
+  if (resolved.protocol === "http:") resolved.protocol = "ws:";
+  else if (resolved.protocol === "https:") resolved.protocol = "wss:";
+  return resolved.href;
+}
+
+function normalizeReconnect(opts) {
+  // Accepts the flat options of wsevents and the `reconnect: {enabled, ...}` object of
+  // @wooksjs/ws-client.
+  const r = opts.reconnect;
+  const nested = r !== null && typeof r === "object" ? r : {};
+  return {
+    enabled: typeof r === "object" && r !== null ? r.enabled !== false : Boolean(r),
+    baseDelay: nested.baseDelay ?? opts.baseDelay ?? 1000,
+    maxDelay: nested.maxDelay ?? opts.maxDelay ?? 30000,
+    maxRetries: nested.maxRetries ?? opts.maxRetries ?? Infinity,
+    backoff: nested.backoff ?? opts.backoff ?? "exponential",
+  };
+}
+
+/**
+ * A WebSocket client for wsevents (and @wooksjs/event-ws) servers. It connects at once.
+ *
+ * Options: reconnect (false), baseDelay (1000), maxDelay (30000), maxRetries (Infinity),
+ * backoff ("exponential" | "linear"), queueSize (1000), rpcTimeout (10000), protocols,
+ * messageParser, messageSerializer, onOpen(), onClose(code, reason), onError(err),
+ * onReconnect(attempt).
+ *
+ * States: "connecting" (first connect, or reconnecting), "open", "disconnected" (lost,
+ * and nothing reconnects by itself), "closed" (close() was called; final).
+ */
+export class WsClient {
+  constructor(url, opts = {}) {
+    this.url = resolveUrl(url);
+    this.rpcTimeout = opts.rpcTimeout ?? DEFAULT_RPC_TIMEOUT;
+    this.queueSize = opts.queueSize ?? DEFAULT_QUEUE_SIZE;
+    if (!(this.queueSize >= 0)) throw new RangeError("queueSize must be >= 0");
+    this.protocols = opts.protocols;
+    this.serialize = opts.messageSerializer ?? JSON.stringify;
+    this.parse = opts.messageParser ?? JSON.parse;
+    const reconnect = normalizeReconnect(opts);
+    this.reconnect = reconnect.enabled;
+    this.backoff = new Backoff(reconnect);
+    /** Queued messages dropped because the queue was full (oldest first). */
+    this.dropped = 0;
+    this._state = "connecting";
+    this._ws = null;
+    this._queue = [];
+    this._nextId = 1;
+    this._pending = new Map(); // id -> {resolve, reject, timer}
+    this._waiters = new Set(); // functions run when connecting ends
+    this._listeners = new Listeners();
+    this._subscriptions = new Map(); // path -> data
+    this._timer = null;
+    this._hooks = { open: [], close: [], error: [], reconnect: [] };
+    if (opts.onOpen) this.onOpen(opts.onOpen);
+    if (opts.onClose) this.onClose(opts.onClose);
+    if (opts.onError) this.onError(opts.onError);
+    if (opts.onReconnect) this.onReconnect(opts.onReconnect);
+    this._onOnline = () => {
+      // The network is back: try now instead of waiting out the backoff delay.
+      if (this._state === "connecting" && this._timer !== null) {
+        clearTimeout(this._timer);
+        this._timer = null;
+        this._attempt();
+      }
+    };
+    if (typeof window !== "undefined") window.addEventListener("online", this._onOnline);
+    this._open();
+  }
+
+  /** "connecting", "open", "disconnected" or "closed". */
+  get state() {
+    return this._state;
+  }
+
+  /** True while the connection is open and ready (queue flushed, subscriptions replayed). */
+  get connected() {
+    return this._state === "open";
+  }
+
+  /** Messages waiting in the offline queue. */
+  get queued() {
+    return this._queue.length;
+  }
+
+  /** Remembered subscriptions (path -> data), replayed after every reconnect; a copy. */
+  get subscriptions() {
+    return new Map(this._subscriptions);
+  }
+
+  // -- public API -------------------------------------------------------------------------
+
+  /**
+   * Fire-and-forget. While connecting or reconnecting the message goes to the bounded
+   * offline queue (when full, the oldest queued message is dropped and counted in
+   * `dropped`). Returns false when the message was dropped: not connected and not about
+   * to be, or queueSize is 0.
+   */
+  send(event, path, data) {
+    const frame = this.serialize(message(event, path, data));
+    if (this._state === "open") {
+      if (this._ws.readyState === 1) {
+        this._ws.send(frame);
+        return true;
+      }
+      // Closing, and the close event has not come yet: the browser would discard it.
+      return this.reconnect ? this._enqueue(frame) : false;
+    }
+    if (this._state === "connecting") return this._enqueue(frame);
+    return false;
+  }
+
+  /**
+   * RPC: resolves with the reply's data. Ids are 1, 2, 3, ... per client. While
+   * connecting or reconnecting the call waits for the connection within its timeout.
+   * Rejects with WsClientError: the server's code and message; 408 when no reply came in
+   * time; 503 when not connected (in time), when the connection is lost first, or when
+   * the client is closed. `options` is a timeout in ms or `{ timeout }`.
+   */
+  async call(event, path, data, options) {
+    const timeout =
+      typeof options === "number" ? options : (options?.timeout ?? this.rpcTimeout);
+    const deadline = Date.now() + timeout;
+    await this._whenOpen(deadline);
+    return this._request(event, path, data, deadline);
+  }
+
+  /**
+   * call("subscribe", path, data), remembered and replayed after every reconnect. Resolves
+   * with an unsubscribe function (it forgets the subscription and sends "unsubscribe"
+   * fire-and-forget); the function carries `path` and `reply` (the server's reply data).
+   * A refused subscribe rejects and is not remembered.
+   */
+  async subscribe(path, data, options) {
+    const reply = await this.call("subscribe", path, data, options);
+    this._subscriptions.set(path, data);
+    let active = true;
+    const unsubscribe = () => {
+      if (!active) return;
+      active = false;
+      this._subscriptions.delete(path);
+      if (this._state === "open") this._ws.send(this.serialize(message("unsubscribe", path)));
+    };
+    unsubscribe.path = path;
+    unsubscribe.reply = reply;
+    return unsubscribe;
+  }
+
+  /**
+   * Call handler({event, path, params, data}) for pushes of `event` whose path is
+   * `pattern`, or starts with it when it ends in "*". Returns a function removing it.
+   */
+  on(event, pattern, handler) {
+    return this._listeners.add(event, pattern, handler);
+  }
+
+  /** Resolves once open (at once if open); rejects with 503 if that cannot happen. */
+  ready(timeout = Infinity) {
+    return this._whenOpen(Date.now() + timeout);
+  }
+
+  /**
+   * Close for good: stop reconnecting, reject pending calls (503), clear the queue,
+   * close the socket (1000 "Client closed"; onClose follows when it had opened).
+   */
+  close() {
+    if (this._state === "closed") return;
+    this._state = "closed";
+    clearTimeout(this._timer);
+    this._timer = null;
+    if (typeof window !== "undefined") window.removeEventListener("online", this._onOnline);
+    this._queue.length = 0;
+    this._failPending(503, "Connection closed");
+    this._release();
+    if (this._ws) this._ws.close(1000, CLIENT_CLOSE_REASON);
+  }
+
+  onOpen(handler) {
+    return this._hook("open", handler);
+  }
+
+  onClose(handler) {
+    return this._hook("close", handler);
+  }
+
+  onError(handler) {
+    return this._hook("error", handler);
+  }
+
+  onReconnect(handler) {
+    return this._hook("reconnect", handler);
+  }
+
+  // -- connecting -------------------------------------------------------------------------
+
+  _open() {
+    let ws;
+    try {
+      ws = new WebSocket(this.url, this.protocols);
+    } catch (err) {
+      // A malformed URL or a blocked port: there is no socket to wait for.
+      this._emit("error", err);
+      if (this.reconnect) {
+        this._scheduleOrGiveUp();
+      } else {
+        this._state = "disconnected";
+        this._release();
+      }
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    this._ws = ws;
+    // onClose pairs with onOpen: a socket closed before it was set up never opened.
+    let opened = false;
+    ws.addEventListener("open", async () => {
+      opened = await this._setup(ws);
+    });
+    ws.addEventListener("message", (ev) => this._onFrame(ev.data));
+    ws.addEventListener("error", (ev) => this._emit("error", ev));
+    ws.addEventListener("close", (ev) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      if (this._state === "closed") {
+        if (opened) this._emit("close", ev.code, ev.reason || "");
+        return;
+      }
+      this._failPending(503, "Connection lost");
+      if (this.reconnect) {
+        this._state = "connecting";
+        this._scheduleOrGiveUp();
+      } else {
+        this._state = "disconnected";
+        this._release();
+      }
+      if (opened) this._emit("close", ev.code, ev.reason || "");
+    });
+  }
+
+  async _setup(ws) {
+    this.backoff.reset();
+    const stillCurrent = () => this._ws === ws && ws.readyState === 1 && this._state === "connecting";
+    if (!this._flush(ws)) return false;
+    await this._replay(ws);
+    if (!stillCurrent() || !this._flush(ws)) return false;
+    this._state = "open";
+    this._emit("open");
+    this._release();
+    return true;
+  }
+
+  _flush(ws) {
+    while (this._queue.length) {
+      if (this._ws !== ws || ws.readyState !== 1) return false;
+      ws.send(this._queue.shift());
+    }
+    return true;
+  }
+
+  async _replay(ws) {
+    const subs = [...this._subscriptions];
+    if (!subs.length) return;
+    const deadline = Date.now() + this.rpcTimeout;
+    const results = await Promise.allSettled(
+      subs.map(([path, data]) => this._request("subscribe", path, data, deadline)),
+    );
+    results.forEach((result, i) => {
+      const [path, data] = subs[i];
+      if (!this._subscriptions.has(path)) {
+        // Unsubscribed while the replay was in flight: undo it on the server.
+        if (result.status === "fulfilled" && this._ws === ws && ws.readyState === 1) {
+          ws.send(this.serialize(message("unsubscribe", path)));
+        }
+        return;
+      }
+      const err = result.reason;
+      if (err instanceof WsClientError && err.code !== 408 && err.code !== 503) {
+        // The server refuses it now: forget it, as a refused first subscribe.
+        if (this._subscriptions.get(path) === data) this._subscriptions.delete(path);
+        this._emit("error", err);
+      }
+    });
+  }
+
+  _scheduleOrGiveUp() {
+    const delay = this.backoff.next();
+    if (delay === null) {
+      this._state = "disconnected";
+      this._queue.length = 0;
+      this._release();
+      this._emit("error", new WsClientError(503, "Reconnect failed"));
+      return;
+    }
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      this._attempt();
+    }, delay);
+  }
+
+  _attempt() {
+    if (this._state !== "connecting") return;
+    this._emit("reconnect", this.backoff.attempt);
+    if (this._state === "connecting") this._open();
+  }
+
+  // -- traffic ----------------------------------------------------------------------------
+
+  _whenOpen(deadline) {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (this._state === "open") return resolve();
+        if (this._state === "closed") return reject(new WsClientError(503, "Connection closed"));
+        if (this._state !== "connecting") return reject(new WsClientError(503, "Not connected"));
+        const remaining = deadline - Date.now();
+        if (remaining <= 0) return reject(new WsClientError(503, "Not connected"));
+        let timer = null;
+        const waiter = () => {
+          clearTimeout(timer);
+          check();
+        };
+        if (remaining !== Infinity) {
+          timer = setTimeout(() => {
+            this._waiters.delete(waiter);
+            reject(new WsClientError(503, "Not connected"));
+          }, remaining);
+        }
+        this._waiters.add(waiter);
+      };
+      check();
+    });
+  }
+
+  _release() {
+    const waiters = [...this._waiters];
+    this._waiters.clear();
+    for (const waiter of waiters) waiter();
+  }
+
+  _request(event, path, data, deadline) {
+    const id = this._nextId++;
+    const frame = this.serialize(message(event, path, data, id));
+    return new Promise((resolve, reject) => {
+      if (!this._ws || this._ws.readyState !== 1) {
+        reject(new WsClientError(503, "Connection lost"));
+        return;
+      }
+      const timer = setTimeout(
+        () => {
+          this._pending.delete(id);
+          reject(new WsClientError(408, "RPC timeout"));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      this._pending.set(id, { resolve, reject, timer });
+      this._ws.send(frame);
+    });
+  }
+
+  _failPending(code, text) {
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const { reject, timer } of pending) {
+      clearTimeout(timer);
+      reject(new WsClientError(code, text));
+    }
+  }
+
+  _enqueue(frame) {
+    if (this.queueSize === 0) {
+      this.dropped += 1;
+      return false;
+    }
+    this._queue.push(frame);
+    while (this._queue.length > this.queueSize) {
+      this._queue.shift();
+      this.dropped += 1;
+    }
+    return true;
+  }
+
+  _onFrame(raw) {
+    let msg;
+    try {
+      msg = this.parse(typeof raw === "string" ? raw : new TextDecoder().decode(raw));
+    } catch {
+      return; // not JSON: dropped
+    }
+    if (msg === null || typeof msg !== "object") return;
+    if (msg.id !== undefined && msg.id !== null) {
+      const id = typeof msg.id === "number" ? msg.id : Number(msg.id);
+      const entry = this._pending.get(id);
+      if (!entry) return; // nobody waits (timed out): dropped
+      this._pending.delete(id);
+      clearTimeout(entry.timer);
+      if (msg.error !== undefined && msg.error !== null) {
+        const code = Number.isInteger(msg.error.code) ? msg.error.code : 500;
+        const text = typeof msg.error.message === "string" ? msg.error.message : undefined;
+        entry.reject(new WsClientError(code, text));
+      } else {
+        entry.resolve(msg.data ?? null);
+      }
+      return;
+    }
+    if (typeof msg.event !== "string" || typeof msg.path !== "string") return;
+    const push = { event: msg.event, path: msg.path, params: msg.params ?? {}, data: msg.data };
+    for (const handler of this._listeners.match(push.event, push.path)) {
+      try {
+        const result = handler(push);
+        if (result && typeof result.then === "function") {
+          result.then(undefined, (err) => this._reportHandlerError(err));
+        }
+      } catch (err) {
+        this._reportHandlerError(err);
+      }
+    }
+  }
+
+  _reportHandlerError(err) {
+    if (this._hooks.error.length) this._emit("error", err);
+    else console.error("wsevents: push handler failed", err);
+  }
+
+  // -- hooks ------------------------------------------------------------------------------
+
+  _hook(name, handler) {
+    const list = this._hooks[name];
+    list.push(handler);
+    return () => remove(list, handler);
+  }
+
+  _emit(name, ...args) {
+    for (const handler of [...this._hooks[name]]) {
+      try {
+        const result = handler(...args);
+        if (result && typeof result.then === "function") {
+          result.then(undefined, (err) => console.error(`wsevents: ${name} hook failed`, err));
+        }
+      } catch (err) {
+        console.error(`wsevents: ${name} hook failed`, err);
+      }
+    }
+  }
+}
+
+function message(event, path, data, id) {
+  const msg = { event, path };
+  if (data !== undefined) msg.data = data;
+  if (id !== undefined) msg.id = id;
+  return msg;
+}
+
+/** Same as `new WsClient(url, opts)` (the @wooksjs/ws-client factory name). */
+export function createWsClient(url, opts) {
+  return new WsClient(url, opts);
+}
