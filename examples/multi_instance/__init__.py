@@ -1,0 +1,1 @@
+"""Two reference-app instances on one Redis (see README.md)."""

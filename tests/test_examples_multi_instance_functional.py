@@ -1,0 +1,119 @@
+"""examples/multi_instance: two reference-app processes started with --redis-url."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from examples.multi_instance.demo import cross
+
+from .redis_support import REDIS_URL, free_port
+
+# The fixtures admin, prefix and throwaway_redis.
+pytest_plugins = ["tests.redis_fixtures"]
+
+pytestmark = pytest.mark.functional
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Instance:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/ws"
+
+    async def stop(self) -> int:
+        """SIGTERM by PID; returns the exit status."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+async def start_instance(redis_url: str) -> Instance:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "wsevents",
+        "run",
+        "examples.reference_app:app",
+        "--port",
+        str(port),
+        "--redis-url",
+        redis_url,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    instance = Instance(proc, port)
+    deadline = time.monotonic() + 20
+    while True:  # ready when the port accepts connections
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                await instance.stop()
+                raise AssertionError(f"instance on {port} did not start") from None
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return instance
+
+
+@pytest.fixture
+async def two_instances(admin: aioredis.Redis) -> AsyncIterator[tuple[Instance, Instance]]:
+    a = await start_instance(REDIS_URL)
+    try:
+        b = await start_instance(REDIS_URL)
+    except BaseException:
+        await a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_demo_sees_room_announcement_and_direct_push_cross_instances(
+    two_instances: tuple[Instance, Instance],
+) -> None:
+    a, b = two_instances
+    lines = await cross(a.url, b.url)
+    assert lines[0].endswith(": hello from instance A")
+    assert lines[1] == "announcement: to every connection"
+    assert lines[2] == "direct (sent=True): just for Bob"
+
+
+async def test_sigterm_closes_connections_and_the_transport(
+    two_instances: tuple[Instance, Instance], admin: aioredis.Redis
+) -> None:
+    a, _ = two_instances
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(a.url)
+        await ws.send_json({"event": "rpc", "path": "/whoami", "id": 1})
+        connection_id = (await ws.receive_json(timeout=5))["data"]["id"]
+        key = f"wsevents:conn:{connection_id}"
+        assert await admin.exists(key) == 1
+        assert await a.stop() == 0
+        closing = await ws.receive(timeout=5)
+        assert closing.type is aiohttp.WSMsgType.CLOSE
+        assert closing.data == 1001
+    # The transport deleted the instance's directory entry and left Redis.
+    assert await admin.exists(key) == 0
