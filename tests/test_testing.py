@@ -215,7 +215,7 @@ async def test_call_pending_when_the_server_closes_fails_with_503(ws_client) -> 
 async def test_call_raw_request_and_explicit_ids(ws_client) -> None:
     ws, _, _ = make_app()
     client = await ws_client(ws)
-    for message_id in (None, 0, "", "abc"):
+    for message_id in (None, 0, "", "abc", {"b": [1], "a": 2}, [1, "1"]):
         assert await client.call_raw("rpc", "/echo", "x", message_id=message_id) == "x"
         reply = await client.request("rpc", "/echo", message_id=message_id)
         assert reply == {"id": message_id, "data": None}

@@ -119,11 +119,13 @@ async def _await(awaitable: Any) -> Any:
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     if kind == "uvloop":
         try:
-            import uvloop
+            # Imported by name: uvloop is an optional extra, not needed to type-check.
+            uvloop = importlib.import_module("uvloop")
         except ImportError:
             msg = "--loop uvloop needs uvloop: pip install 'wsevents[uvloop]'"
             raise TargetError(msg) from None
-        return uvloop.new_event_loop()
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
     return asyncio.new_event_loop()
 
 

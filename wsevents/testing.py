@@ -16,7 +16,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Hashable,
     Iterable,
     Iterator,
     Mapping,
@@ -171,6 +170,11 @@ def prepare_test_ws_message_context(
             current_message.context_var.reset(token)
 
 
+def _id_key(message_id: Any) -> bytes:
+    """A hashable key for any JSON id (lists and objects too; 1 and "1" stay apart)."""
+    return orjson.dumps(message_id, option=orjson.OPT_SORT_KEYS)
+
+
 class WsTestClient:
     """A protocol-aware client over an aiohttp client WebSocket.
 
@@ -201,13 +205,7 @@ class WsTestClient:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                     frame = orjson.loads(msg.data)
                     is_reply = isinstance(frame, dict) and "event" not in frame
-                    key = frame.get("id") if is_reply else None
-                    # An unhashable id (a list, an object) cannot be a call's: it goes to the inbox.
-                    waiter = (
-                        self._pending.pop(key, None)
-                        if is_reply and isinstance(key, Hashable)
-                        else None
-                    )
+                    waiter = self._pending.pop(_id_key(frame.get("id")), None) if is_reply else None
                     if waiter is not None and not waiter.done():
                         waiter.set_result(frame)
                     else:
@@ -268,12 +266,12 @@ class WsTestClient:
         if self.close_code is not None or self.ws.closed:
             raise WsClientError(503, "Not connected")
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[message_id] = waiter
+        self._pending[_id_key(message_id)] = waiter
         await self.send(event, path, data, message_id=message_id)
         try:
             reply: dict[str, Any] = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
-            self._pending.pop(message_id, None)
+            self._pending.pop(_id_key(message_id), None)
             raise WsClientError(408, "Request timeout") from None
         return reply
 
