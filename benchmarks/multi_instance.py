@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Fan-out across instances: one instance alone vs the same room split over Redis.
+
+    .venv/bin/python benchmarks/multi_instance.py [--subs 1000] [--reps 3] [--redis-url URL]
+
+For every rep (configurations interleaved) it starts the reference app with
+``python -m wsevents run`` on free 127.0.0.1 ports, pinned to --server-cpu, and drives it
+with ``benchmarks/fanout_multi.js`` (Node + ``ws`` from the harness' node_modules), pinned to
+--client-cpu:
+
+* ``single``: one instance, no transport, all subscribers on it;
+* ``redis-N``: N instances started with ``--redis-url``, the subscribers spread round-robin,
+  the publisher on the first instance (so N-1 of every N deliveries cross Redis).
+
+It reports deliveries/s and CPU seconds per 100k deliveries of the wsevents processes and,
+separately, of the Redis server. Every run is bounded (warm-up + duration, hard limits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on {port} not ready after {timeout}s")
+
+
+def redis_pid(url: str) -> int | None:
+    if not shutil.which("redis-cli"):
+        return None
+    out = subprocess.run(
+        ["redis-cli", "-u", url, "info", "server"], capture_output=True, text=True, timeout=10
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+def run_once(args: argparse.Namespace, instances: int, redis: bool) -> dict[str, object]:
+    pin = ["taskset", "-c", args.server_cpu] if args.pin else []
+    procs: list[subprocess.Popen[bytes]] = []
+    ports = [free_port() for _ in range(instances)]
+    try:
+        for port in ports:
+            cmd = [
+                *pin,
+                str(ROOT / ".venv/bin/python"),
+                "-m",
+                "wsevents",
+                "run",
+                "examples.reference_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+            if redis:
+                cmd += ["--redis-url", args.redis_url]
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        for port, proc in zip(ports, procs, strict=True):
+            wait_port(port, proc)
+        rpid = redis_pid(args.redis_url) if redis else None
+        gen = [
+            *(["taskset", "-c", args.client_cpu] if args.pin else []),
+            "node",
+            str(HERE / "fanout_multi.js"),
+            "--ports",
+            ",".join(map(str, ports)),
+            "--subs",
+            str(args.subs),
+            "--warmup",
+            str(args.warmup),
+            "--duration",
+            str(args.duration),
+        ]
+        loadgen = subprocess.Popen(gen, stdout=subprocess.PIPE, text=True)
+        assert loadgen.stdout is not None
+        result: dict[str, object] = {}
+        cpu0 = rcpu0 = 0.0
+        deadline = time.monotonic() + args.warmup + args.duration + 90
+        for line in loadgen.stdout:
+            if line.startswith("MARK start"):
+                cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+                rcpu0 = cpu_seconds(rpid) if rpid else 0.0
+            elif line.startswith("MARK end"):
+                cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+                rcpu = (cpu_seconds(rpid) - rcpu0) if rpid else 0.0
+            elif line.startswith("RESULT "):
+                result = json.loads(line[7:])
+            if time.monotonic() > deadline:
+                break
+        loadgen.wait(timeout=30)
+        if not result:
+            raise RuntimeError("the load generator printed no result")
+        deliveries = float(result["deliveries_per_s"]) * float(result["seconds"])
+        result["srv_cpu_per_100k"] = cpu / deliveries * 1e5 if deliveries else None
+        result["redis_cpu_per_100k"] = rcpu / deliveries * 1e5 if deliveries and rpid else None
+        return result
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--subs", type=int, default=1000)
+    ap.add_argument("--instances", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=float, default=2)
+    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--server-cpu", default="1")
+    ap.add_argument("--client-cpu", default="0")
+    ap.add_argument("--no-pin", dest="pin", action="store_false")
+    args = ap.parse_args()
+    configs = [("single", 1, False), (f"redis-{args.instances}", args.instances, True)]
+    runs: dict[str, list[dict[str, object]]] = {name: [] for name, _, _ in configs}
+    for rep in range(args.reps):
+        order = configs if rep % 2 == 0 else configs[::-1]
+        for name, n, redis in order:
+            r = run_once(args, n, redis)
+            runs[name].append(r)
+            print(
+                f"[rep {rep + 1}] {name:10} {r['deliveries_per_s']:9.0f} deliv/s "
+                f"srv {r['srv_cpu_per_100k']:.3f} s/100k redis {r['redis_cpu_per_100k'] or 0:.3f} "
+                f"s/100k dup={r['duplicates']} bad={r['bad']} per_port={r['per_port']}",
+                flush=True,
+            )
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(float(r[key] or 0) for r in runs[name])
+
+    print("\n| setup | deliveries/s | wsevents CPU s/100k | Redis CPU s/100k | duplicates |")
+    print("|---|---|---|---|---|")
+    for name, _, _ in configs:
+        dup = sum(int(r["duplicates"]) for r in runs[name])
+        print(
+            f"| {name} | {med(name, 'deliveries_per_s'):.0f} | "
+            f"{med(name, 'srv_cpu_per_100k'):.3f} | {med(name, 'redis_cpu_per_100k'):.3f} | {dup} |"
+        )
+    multi = configs[1][0]
+    print(
+        f"\n{multi}/single deliveries/s = "
+        f"{med(multi, 'deliveries_per_s') / med('single', 'deliveries_per_s'):.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
