@@ -26,7 +26,7 @@ from .protocol import (
     encode_reply,
     parse_client_message,
 )
-from .rooms import DeliveryReport, RoomManager, decode_envelope
+from .rooms import DeliveryReport, RoomManager, decode_envelope, push_frame_from_envelope
 from .routing import Router
 from .transports.base import BroadcastTransport, ConnectionDirectory, maybe_await
 
@@ -568,7 +568,7 @@ class WsApp:
         env = decode_envelope(payload, self.instance_id)
         if env is None:
             return
-        frame = self._frame_from_envelope(env)
+        frame = push_frame_from_envelope(env, self._encode)
         if frame is not None:
             for conn in self._connections.values():
                 conn.send_frame(frame)
@@ -581,26 +581,9 @@ class WsApp:
         conn = self._connections.get(to) if isinstance(to, str) else None
         if conn is None:
             return
-        frame = self._frame_from_envelope(env)
+        frame = push_frame_from_envelope(env, self._encode)
         if frame is not None:
             conn.send_frame(frame)
-
-    def _frame_from_envelope(self, env: dict[str, Any]) -> bytes | None:
-        event, path, params = env.get("event"), env.get("path"), env.get("params")
-        if type(event) is not str or type(path) is not str:
-            log.warning("dropped an envelope without event/path")
-            return None
-        try:
-            return encode_push(
-                event,
-                path,
-                env.get("data"),
-                params if isinstance(params, dict) else None,
-                self._encode,
-            )
-        except Exception:
-            log.warning("dropped an envelope that cannot be encoded")
-            return None
 
     async def _heartbeat(self) -> None:
         interval, timeout = self.heartbeat, self.heartbeat_timeout

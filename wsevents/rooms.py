@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -29,6 +29,7 @@ __all__ = [
     "RoomManager",
     "decode_envelope",
     "encode_envelope",
+    "push_frame_from_envelope",
 ]
 
 log = logging.getLogger("wsevents.rooms")
@@ -85,6 +86,23 @@ def decode_envelope(payload: str | bytes, own_origin: str) -> dict[str, Any] | N
     if env["origin"] == own_origin:
         return None
     return env
+
+
+def push_frame_from_envelope(
+    env: dict[str, Any], encode: Callable[[dict[str, Any]], bytes]
+) -> bytes | None:
+    """Encode the push an envelope carries; None (logged) when it is not a valid push."""
+    event, path, params = env.get("event"), env.get("path"), env.get("params")
+    if type(event) is not str or type(path) is not str:
+        log.warning("dropped an envelope without event/path")
+        return None
+    try:
+        return encode_push(
+            event, path, env.get("data"), params if isinstance(params, dict) else None, encode
+        )
+    except Exception:
+        log.warning("dropped an envelope that cannot be encoded")
+        return None
 
 
 class RoomManager:
@@ -231,21 +249,8 @@ class RoomManager:
         env = decode_envelope(payload, self.instance_id)
         if env is None:
             return
-        event, path = env.get("event"), env.get("path")
-        if type(event) is not str or type(path) is not str:
-            log.warning("dropped a room envelope without event/path")
-            return
-        params = env.get("params")
-        try:
-            frame = encode_push(
-                event,
-                path,
-                env.get("data"),
-                params if isinstance(params, dict) else None,
-                self._encode,
-            )
-        except Exception:
-            log.warning("dropped a room envelope that cannot be encoded")
+        frame = push_frame_from_envelope(env, self._encode)
+        if frame is None:
             return
         exclude = env.get("excludeId")
         self.deliver_local(room, frame, exclude if isinstance(exclude, str) else None)
