@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from examples.multi_instance.demo import cross
+from wsevents.testing import WsTestClient, assert_delivered_once
 
 from .redis_support import REDIS_URL, free_port
 
@@ -117,3 +119,54 @@ async def test_sigterm_closes_connections_and_the_transport(
         assert closing.data == 1001
     # The transport deleted the instance's directory entry and left Redis.
     assert await admin.exists(key) == 0
+
+
+async def _connect(session: aiohttp.ClientSession, url: str) -> WsTestClient:
+    return WsTestClient(await session.ws_connect(url))
+
+
+async def test_two_processes_deliver_every_push_exactly_once_from_the_outside(
+    two_instances: tuple[Instance, Instance],
+) -> None:
+    a, b = two_instances
+    room = f"/chat/rooms/outside-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession() as session:
+        on_a = [await _connect(session, a.url) for _ in range(2)]
+        on_b = [await _connect(session, b.url) for _ in range(2)]
+        sender, *others = [*on_a, *on_b]
+        for client in (*on_a, *on_b):
+            assert await client.call("subscribe", room) == {"subscribed": True}
+
+        # A room broadcast: once to each member on both instances, never to the sender.
+        assert await sender.call("message", room, {"n": 1}) == {"sent": True}
+        push = {"event": "message", "path": room, "params": {"room": room.rsplit("/", 1)[1]}}
+        await assert_delivered_once(others, {**push, "data": {"n": 1}}, excluded=[sender])
+
+        # Order: 200 messages from one sender arrive in order on the other instance.
+        for n in range(200):
+            await sender.send("message", room, {"seq": n})
+        for member in others:
+            got = [(await member.next_push())["data"]["seq"] for _ in range(200)]
+            assert got == list(range(200))
+
+        # Server-wide: every connection of both instances, the sender included, once.
+        assert await on_b[0].call("rpc", "/announce", {"all": True}) == {"sent": True}
+        announcement = {"event": "announcement", "path": "/announce", "data": {"all": True}}
+        await assert_delivered_once([*on_a, *on_b], announcement)
+
+        # Direct: to a connection on the other instance, once; an unknown id is refused.
+        target_id = (await on_b[1].call("rpc", "/whoami"))["id"]
+        payload = {"to": target_id, "payload": "psst"}
+        assert await on_a[0].call("rpc", "/direct", payload) == {"sent": True}
+        direct = {"event": "notification", "path": "/private", "data": "psst"}
+        await assert_delivered_once([on_b[1]], direct, excluded=[on_a[1], on_b[0]])
+        unknown = {"to": str(uuid.uuid4()), "payload": "lost"}
+        assert await on_a[0].call("rpc", "/direct", unknown) == {"sent": False}
+
+        # The disconnect notice of a member on A reaches the members on B once.
+        leaving_id = (await on_a[1].call("rpc", "/whoami"))["id"]
+        await on_a[1].close()
+        notice = {"event": "system", "path": room, "data": {"text": "left", "id": leaving_id}}
+        await assert_delivered_once([on_a[0], *on_b], notice)
+        for client in (on_a[0], *on_b):
+            await client.close()
