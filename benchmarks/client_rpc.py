@@ -21,15 +21,15 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import ROOT, start_reference_app, stop
+
 PAYLOAD = {
     "user": "alice",
     "room": "bench",
@@ -38,53 +38,6 @@ PAYLOAD = {
     "ok": True,
     "tags": ["a", "b"],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    pin = ["taskset", "-c", args.server_cpu] if args.pin else []
-    cmd = [
-        *pin,
-        str(ROOT / ".venv/bin/python"),
-        "-m",
-        "wsevents",
-        "run",
-        "examples.reference_app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server not ready")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def drive_wsclient(port: int, args: argparse.Namespace) -> float:
@@ -176,11 +129,11 @@ def main() -> int:
     for rep in range(args.reps):
         order = ["wsclient", "loadgen"] if rep % 2 == 0 else ["loadgen", "wsclient"]
         for name in order:
-            proc, port = start_server(args)
+            proc, port = start_reference_app(cpu=args.server_cpu if args.pin else None)
             try:
                 rate = run_wsclient(port, args) if name == "wsclient" else run_loadgen(port, args)
             finally:
-                stop_server(proc)
+                stop(proc)
             results[name].append(rate)
             print(f"[rep {rep + 1}] {name:9} {rate:9.0f} calls/s", flush=True)
     py, node = statistics.median(results["wsclient"]), statistics.median(results["loadgen"])

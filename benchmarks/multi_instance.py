@@ -22,42 +22,23 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _servers import start_reference_app, stop  # noqa: E402
+
 CLK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on {port} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on {port} not ready after {timeout}s")
 
 
 def redis_pid(url: str) -> int | None:
@@ -73,38 +54,14 @@ def redis_pid(url: str) -> int | None:
 
 
 def run_once(args: argparse.Namespace, instances: int, redis: bool) -> dict[str, object]:
-    pin = ["taskset", "-c", args.server_cpu] if args.pin else []
     procs: list[subprocess.Popen[bytes]] = []
-    ports = [free_port() for _ in range(instances)]
+    ports: list[int] = []
+    extra = ["--redis-url", args.redis_url] if redis else []
     try:
-        for port in ports:
-            cmd = [
-                *pin,
-                str(ROOT / ".venv/bin/python"),
-                "-m",
-                "wsevents",
-                "run",
-                "examples.reference_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
-            if redis:
-                cmd += ["--redis-url", args.redis_url]
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-        for port, proc in zip(ports, procs, strict=True):
-            wait_port(port, proc)
+        for _ in range(instances):
+            proc, port = start_reference_app(cpu=args.server_cpu if args.pin else None, extra=extra)
+            procs.append(proc)
+            ports.append(port)
         rpid = redis_pid(args.redis_url) if redis else None
         gen = [
             *(["taskset", "-c", args.client_cpu] if args.pin else []),
@@ -144,13 +101,7 @@ def run_once(args: argparse.Namespace, instances: int, redis: bool) -> dict[str,
         return result
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop(proc)
 
 
 def main() -> int:
