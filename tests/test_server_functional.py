@@ -574,3 +574,41 @@ async def test_slow_consumer_is_closed_1013_while_the_room_keeps_receiving(
     assert await fresh.call("rpc", "/echo", "fresh") == "fresh"
     for test_client in (healthy, sender, fresh):
         await test_client.close()
+
+
+async def test_slow_consumer_that_never_reads_again_is_dropped_after_the_close_timeout(
+    aiohttp_client, monkeypatch
+) -> None:
+    import wsevents.server
+
+    monkeypatch.setattr(wsevents.server, "_CLOSE_TIMEOUT", 0.2)
+    ws = make_app(max_send_buffer=256 * 1024)
+    pad = "p" * (64 * 1024)
+    disconnected = asyncio.Event()
+
+    @ws.on_disconnect
+    def gone() -> None:
+        disconnected.set()
+
+    @ws.on_message("rpc", "/flood")
+    async def flood() -> bool:
+        victim = use_ws_server().get_connection(use_ws_message().data)
+        assert victim is not None
+        for i in range(1000):  # at most 64 MiB
+            victim.send("flood", "/f", {"i": i, "pad": pad})
+            await asyncio.sleep(0)
+            if victim.closed:
+                return True
+        return False
+
+    client = await serve(aiohttp_client, ws)
+    sender = WsTestClient(await client.ws_connect("/ws"))
+    victim = await client.ws_connect("/ws")
+    await victim.send_json({"event": "rpc", "path": "/whoami", "id": 1})
+    victim_id = (await next_frame(victim))["data"]
+    assert await sender.call("rpc", "/flood", victim_id, timeout=30) is True
+    # The victim never reads again: the server must not wait for it forever.
+    await asyncio.wait_for(disconnected.wait(), TIMEOUT)
+    assert ws.get_connection(victim_id) is None
+    await sender.close()
+    await victim.close()

@@ -35,7 +35,8 @@ _PACK2 = struct.Struct("!BB").pack
 _PACK4 = struct.Struct("!BBH").pack
 _PACK10 = struct.Struct("!BBQ").pack
 _OP_TEXT, _OP_BINARY, _OP_PING, _OP_PONG = 0x1, 0x2, 0x9, 0xA
-_DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
+_CLOSE_TIMEOUT = 5.0
+"""Seconds a closing handshake may take, flushing included, before the socket is dropped."""
 
 
 def _header(opcode: int, length: int) -> bytes:
@@ -117,11 +118,16 @@ class _AiohttpSocket:
         self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
-        if self._writer_task is not None:
-            with contextlib.suppress(Exception):
-                await self._writer_task
-        with contextlib.suppress(Exception):
-            await self._ws.close(code=code, message=reason.encode("utf-8"))
+        try:
+            # A peer that stopped reading never lets the close frame drain: drop it.
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                if self._writer_task is not None:
+                    with contextlib.suppress(Exception):
+                        await self._writer_task
+                with contextlib.suppress(Exception):
+                    await self._ws.close(code=code, message=reason.encode("utf-8"))
+        except TimeoutError:
+            self._transport.abort()
 
     def abort(self) -> None:
         self._closing = True
@@ -203,7 +209,7 @@ def make_handler(ws_app: WsApp) -> Any:
             autoping=False,
             compress=ws_app.compress,
             max_msg_size=ws_app.max_frame_size,
-            timeout=5.0,
+            timeout=_CLOSE_TIMEOUT,
         )
         await resp.prepare(request)
         transport = request.transport
