@@ -12,18 +12,18 @@ from contextvars import copy_context
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._context import MessageScope, app_var, connection_var, message_var
+from ._context import MessageScope, app_var, message_var
 from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
 from .exceptions import ProtocolError, WsError
 from .protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     INTERNAL_ERROR,
     NOT_FOUND,
+    ClientMessage,
     Codec,
     JsonCodec,
     encode_error,
     encode_push,
-    encode_reply,
     parse_client_message,
 )
 from .rooms import DeliveryReport, RoomManager, decode_envelope, push_frame_from_envelope
@@ -398,9 +398,11 @@ class WsApp:
     # -- connection lifecycle (called by the adapter) ---------------------------------------
 
     async def open_connection(self, conn: Connection) -> bool:
-        """Run ``on_connect`` hooks in the connection's context; False when refused."""
-        app_var.set(self)
-        connection_var.set(conn)
+        """Run ``on_connect`` hooks; False when refused.
+
+        The caller runs it in the connection's context (the adapter sets the app and
+        connection context variables around the whole connection).
+        """
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -501,12 +503,7 @@ class WsApp:
             return
         msg = scope.message
         if msg.has_id:
-            try:
-                frame = self._encode({"id": msg.id, "data": result})
-            except Exception:
-                log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
-                frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
-            scope.connection.send_frame(frame)
+            self._reply(scope.connection, msg, result)
 
     async def _run_async(self, fn: Callable[[], Awaitable[Any]], scope: MessageScope) -> None:
         message_var.set(scope)
@@ -523,19 +520,20 @@ class WsApp:
                 conn.reply_error(msg.id, 500, INTERNAL_ERROR)
         else:
             if msg.has_id:
-                self._reply(conn, msg.id, result, msg.event, msg.path)
+                self._reply(conn, msg, result)
         finally:
             conn._inflight -= 1
             wake = conn._wake
             if wake is not None and not wake.done():
                 wake.set_result(None)
 
-    def _reply(self, conn: Connection, message_id: Any, result: Any, event: str, path: str) -> None:
+    def _reply(self, conn: Connection, msg: ClientMessage, result: Any) -> None:
+        """Send ``result`` as the reply to ``msg``; 500 when it cannot be encoded."""
         try:
-            frame = encode_reply(message_id, result, self._encode)
+            frame = self._encode({"id": msg.id, "data": result})
         except Exception:
-            log.exception("reply of %s %s cannot be encoded", event, path)
-            frame = encode_error(message_id, 500, INTERNAL_ERROR, self._encode)
+            log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
+            frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
         conn.send_frame(frame)
 
     # -- cross-instance inbound -------------------------------------------------------------
@@ -588,7 +586,7 @@ class WsApp:
     async def _heartbeat(self) -> None:
         interval, timeout = self.heartbeat, self.heartbeat_timeout
         while True:
-            await asyncio.sleep(max(interval - timeout, 0.0) if interval > timeout else interval)
+            await asyncio.sleep(interval - timeout if interval > timeout else interval)
             pinged = []
             for conn in self._connections.values():
                 if not conn.closed:
