@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wsevents import (
+    MemoryBus,
+    MemoryTransport,
     WsApp,
     WsClientError,
     WsError,
@@ -17,6 +22,7 @@ from wsevents import (
     use_ws_rooms,
     use_ws_server,
 )
+from wsevents.rooms import ROOM_CHANNEL_PREFIX
 from wsevents.testing import (
     RecordingSocket,
     prepare_test_ws_connection_context,
@@ -114,6 +120,84 @@ async def test_message_context_rooms_work_and_sends_are_recorded() -> None:
         assert ctx.sent == [{"event": "msg", "path": "/chat/1", "data": "hi"}]
         assert await rooms.leave() == "/chat/1"
         assert rooms.rooms() == ("other",)
+
+
+async def test_message_context_leaves_its_rooms_on_exit() -> None:
+    app = WsApp(heartbeat=0)
+    with prepare_test_ws_message_context("join", "/chat/1", app=app) as first:
+        await use_ws_rooms().join()
+        await use_ws_rooms().join("other")
+    assert first.connection.rooms == ()
+    assert app.room_connections("/chat/1") == ()
+    assert app.rooms.rooms() == ()
+    with prepare_test_ws_message_context("join", "/chat/1", app=app) as second:
+        await use_ws_rooms().join()
+        assert app.room_connections("/chat/1") == (second.connection,)
+
+
+async def test_message_context_exit_keeps_the_other_members() -> None:
+    app = WsApp(heartbeat=0)
+    with prepare_test_ws_connection_context(app) as stays:
+        await app.rooms.join(stays.connection, "/chat/1")
+        with prepare_test_ws_message_context("join", "/chat/1", app=app):
+            await use_ws_rooms().join()
+            assert app.rooms.size("/chat/1") == 2
+        assert app.room_connections("/chat/1") == (stays.connection,)
+    assert app.rooms.rooms() == ()
+
+
+async def test_connection_context_leaves_the_rooms_its_hook_joined() -> None:
+    app = WsApp(heartbeat=0)
+    with prepare_test_ws_connection_context(app) as ctx:
+        await app.rooms.join(ctx.connection, "lobby")
+    assert app.rooms.rooms() == ()
+    assert ctx.connection.rooms == ()
+
+
+async def test_async_message_context_leaves_its_rooms_and_unsubscribes() -> None:
+    bus = MemoryBus()
+    app = WsApp(heartbeat=0, transport=MemoryTransport(bus))
+    async with prepare_test_ws_message_context("join", "/chat/1", app=app) as ctx:
+        assert use_ws_message().path == "/chat/1"
+        await use_ws_rooms().join()
+        assert bus.subscriber_count(ROOM_CHANNEL_PREFIX + "/chat/1") == 1
+    with pytest.raises(RuntimeError):
+        use_ws_message()
+    assert ctx.connection.rooms == ()
+    assert app.rooms.rooms() == ()
+    assert app.rooms.subscribed_rooms() == frozenset()
+    assert bus.subscriber_count(ROOM_CHANNEL_PREFIX + "/chat/1") == 0
+    async with prepare_test_ws_connection_context(app, connection_id="c") as conn_ctx:
+        assert use_ws_connection().id == "c"
+        await app.rooms.join(conn_ctx.connection, "lobby")
+    assert app.rooms.rooms() == ()
+    with pytest.raises(RuntimeError):
+        use_ws_connection()
+
+
+def test_context_classes_are_not_collected_by_pytest(tmp_path: Path) -> None:
+    # A user test module importing them must not warn under filterwarnings = error.
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings =\n    error\n"
+    )
+    (tmp_path / "test_user.py").write_text(
+        "from wsevents.testing import TestConnectionContext, TestMessageContext\n"
+        "from wsevents.testing import prepare_test_ws_message_context\n\n\n"
+        "def test_uses_a_context() -> None:\n"
+        "    with prepare_test_ws_message_context() as ctx:\n"
+        "        assert isinstance(ctx, TestMessageContext)\n"
+        "        assert isinstance(ctx, TestConnectionContext)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-W", "error", "-p", "no:cacheprovider", "-rw"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+    assert "Warning" not in result.stdout + result.stderr
 
 
 # -- RecordingSocket --------------------------------------------------------------------------
@@ -280,3 +364,26 @@ async def test_ws_client_fixture_passes_headers_and_query_and_shares_one_server(
     with pytest.raises(WsClientError) as info:
         await first.call("rpc", "/count")
     assert info.value.code == 503
+
+
+async def test_connect_spread_passes_query_and_headers(ws_cluster) -> None:
+    def build(transport: MemoryTransport) -> WsApp:
+        ws = WsApp(heartbeat=0, transport=transport)
+
+        @ws.on_message("rpc", "/seen")
+        def seen() -> Any:
+            request = use_ws_connection().request
+            assert request is not None
+            return [request.query.get("token"), request.headers.get("X-Name")]
+
+        return ws
+
+    cluster = await ws_cluster(build, instances=2)
+    clients = await cluster.connect_spread(
+        3, first=1, query={"token": "t"}, headers={"X-Name": "ann"}
+    )
+    assert [cluster.instance_of(c) for c in clients] == [1, 0, 1]
+    for client in clients:
+        assert await client.call("rpc", "/seen") == ["t", "ann"]
+    plain = await cluster.connect(0, query={"token": "q"})
+    assert await plain.call("rpc", "/seen") == ["q", None]

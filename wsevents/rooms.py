@@ -165,6 +165,20 @@ class RoomManager:
             await self.leave(conn, room)
         return rooms
 
+    def _leave_all_now(self, conn: Connection) -> tuple[str, ...]:
+        """Remove ``conn`` from every room at once, without awaiting the transport.
+
+        For synchronous cleanup (the testing contexts): a room left empty keeps its channel
+        subscription, which a later join reuses and :meth:`close` drops.
+        """
+        rooms = tuple(conn._rooms)
+        conn._rooms.clear()
+        for room in rooms:
+            members = self._members.get(room)
+            if members is not None and members.pop(conn.id, None) is not None and not members:
+                del self._members[room]
+        return rooms
+
     def connections(self, room: str) -> tuple[Connection, ...]:
         """The local members of ``room``."""
         members = self._members.get(room)

@@ -21,7 +21,7 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 import pytest
@@ -100,6 +100,8 @@ class RecordingSocket:
 class TestConnectionContext:
     """What :func:`prepare_test_ws_connection_context` yields."""
 
+    __test__ = False  # not a test class, although named like one (for pytest's collector)
+
     app: WsApp
     connection: Connection
     socket: RecordingSocket
@@ -114,21 +116,52 @@ class TestConnectionContext:
 class TestMessageContext(TestConnectionContext):
     """What :func:`prepare_test_ws_message_context` yields."""
 
+    __test__ = False
+
     message: ClientMessage = field(default_factory=lambda: ClientMessage("", "/"))
 
 
-@contextlib.contextmanager
-def prepare_test_ws_connection_context(
-    app: WsApp | None = None,
-    *,
-    connection_id: str | None = None,
-    request: web.Request | None = None,
-) -> Iterator[TestConnectionContext]:
-    """Run code as if inside a connection (``use_ws_connection()``, ``use_ws_server()``).
+_Ctx = TypeVar("_Ctx", bound=TestConnectionContext)
 
-    Example:
-        ``with prepare_test_ws_connection_context() as ctx: use_ws_connection().send(...)``
+
+class _PreparedContext(Generic[_Ctx]):
+    """A fake context for ``with`` or ``async with``.
+
+    On exit the fake connection leaves every room it joined, so that later tests on the
+    same app see only their own members. ``with`` removes the membership at once (a room
+    left empty keeps its transport subscription); ``async with`` leaves through
+    :meth:`~wsevents.RoomManager.leave`, which also unsubscribes the room's channel.
     """
+
+    __slots__ = ("_ctx", "_scope")
+
+    def __init__(self, scope: contextlib.AbstractContextManager[_Ctx]) -> None:
+        self._scope = scope
+
+    def __enter__(self) -> _Ctx:
+        self._ctx = self._scope.__enter__()
+        return self._ctx
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self._ctx.app.rooms._leave_all_now(self._ctx.connection)
+        finally:
+            self._scope.__exit__(*exc_info)
+
+    async def __aenter__(self) -> _Ctx:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self._ctx.app.rooms.leave_all(self._ctx.connection)
+        finally:
+            self._scope.__exit__(*exc_info)
+
+
+@contextlib.contextmanager
+def _connection_scope(
+    app: WsApp | None, connection_id: str | None, request: web.Request | None
+) -> Iterator[TestConnectionContext]:
     app = app if app is not None else WsApp(heartbeat=0)
     sock = RecordingSocket()
     conn = Connection(sock, id=connection_id, request=request, codec=app.codec)
@@ -142,22 +175,16 @@ def prepare_test_ws_connection_context(
 
 
 @contextlib.contextmanager
-def prepare_test_ws_message_context(
-    event: str = "message",
-    path: str = "/",
-    data: Any = None,
-    *,
-    message_id: Any = _MISSING,
-    params: Mapping[str, str] | None = None,
-    app: WsApp | None = None,
-    connection_id: str | None = None,
+def _message_scope(
+    event: str,
+    path: str,
+    data: Any,
+    message_id: Any,
+    params: Mapping[str, str] | None,
+    app: WsApp | None,
+    connection_id: str | None,
 ) -> Iterator[TestMessageContext]:
-    """Run code as if inside an ``on_message`` handler.
-
-    ``params`` defaults to what ``app``'s router would extract for ``(event, path)`` when a
-    route matches, else to no params.
-    """
-    with prepare_test_ws_connection_context(app, connection_id=connection_id) as ctx:
+    with _connection_scope(app, connection_id, None) as ctx:
         has_id = message_id is not _MISSING
         msg = ClientMessage(event, path, data, message_id if has_id else None, has_id)
         if params is None:
@@ -168,6 +195,46 @@ def prepare_test_ws_message_context(
             yield TestMessageContext(ctx.app, ctx.connection, ctx.socket, msg)
         finally:
             current_message.context_var.reset(token)
+
+
+def prepare_test_ws_connection_context(
+    app: WsApp | None = None,
+    *,
+    connection_id: str | None = None,
+    request: web.Request | None = None,
+) -> _PreparedContext[TestConnectionContext]:
+    """Run code as if inside a connection (``use_ws_connection()``, ``use_ws_server()``).
+
+    A context manager for ``with`` or ``async with``. On exit the fake connection leaves
+    every room it joined; ``async with`` also unsubscribes the channels of the rooms it
+    left empty (use it with an app that has a transport).
+
+    Example:
+        ``with prepare_test_ws_connection_context() as ctx: use_ws_connection().send(...)``
+    """
+    return _PreparedContext(_connection_scope(app, connection_id, request))
+
+
+def prepare_test_ws_message_context(
+    event: str = "message",
+    path: str = "/",
+    data: Any = None,
+    *,
+    message_id: Any = _MISSING,
+    params: Mapping[str, str] | None = None,
+    app: WsApp | None = None,
+    connection_id: str | None = None,
+) -> _PreparedContext[TestMessageContext]:
+    """Run code as if inside an ``on_message`` handler.
+
+    ``params`` defaults to what ``app``'s router would extract for ``(event, path)`` when a
+    route matches, else to no params. A context manager for ``with`` or ``async with``
+    that leaves the rooms the handler joined on exit, like
+    :func:`prepare_test_ws_connection_context`.
+    """
+    return _PreparedContext(
+        _message_scope(event, path, data, message_id, params, app, connection_id)
+    )
 
 
 def _id_key(message_id: Any) -> bytes:
@@ -791,17 +858,28 @@ class WsCluster:
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
     ) -> WsTestClient:
-        """Open one client on instance number ``instance``."""
+        """Open one client on instance number ``instance``, with ``headers`` and the query
+        string ``query`` on its upgrade request."""
         ws = await self.servers[instance].ws_connect(self.path, headers=headers, params=query)
         client = WsTestClient(ws)
         self.clients.append(client)
         self._instance_of[id(client)] = instance
         return client
 
-    async def connect_spread(self, count: int, *, first: int = 0) -> list[WsTestClient]:
-        """Open ``count`` clients round-robin over the instances, starting at ``first``."""
+    async def connect_spread(
+        self,
+        count: int,
+        *,
+        first: int = 0,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> list[WsTestClient]:
+        """Open ``count`` clients round-robin over the instances, starting at ``first``;
+        ``headers`` and ``query`` go to every upgrade request, as with :meth:`connect`."""
         n = len(self.apps)
-        return [await self.connect((first + i) % n) for i in range(count)]
+        return [
+            await self.connect((first + i) % n, headers=headers, query=query) for i in range(count)
+        ]
 
     def instance_of(self, client: WsTestClient) -> int:
         """The number of the instance ``client`` is connected to."""
