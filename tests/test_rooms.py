@@ -10,7 +10,12 @@ import orjson
 import pytest
 
 from wsevents import Connection, DeliveryReport, MemoryBus, MemoryTransport, RoomManager
-from wsevents.rooms import ROOM_CHANNEL_PREFIX, decode_envelope, encode_envelope
+from wsevents.rooms import (
+    PUBLISH_WARNING_INTERVAL,
+    ROOM_CHANNEL_PREFIX,
+    decode_envelope,
+    encode_envelope,
+)
 from wsevents.testing import RecordingSocket
 from wsevents.transports.base import PayloadHandler
 
@@ -324,6 +329,39 @@ async def test_publish_failure_is_reported_and_local_members_are_still_served(
     assert report.publish_error is transport.publish_error
     assert sock.messages == [{"event": "message", "path": ROOM, "data": "hi"}]
     assert f"publish on {CHANNEL} failed" in caplog.text
+
+
+async def test_failing_publishes_warn_once_per_outage_and_then_at_most_every_interval(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("wsevents.rooms.monotonic", lambda: now[0])
+    transport = RecordingTransport()
+    rooms = RoomManager(transport)
+    transport.publish_error = ConnectionError("bus down")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    with caplog.at_level(logging.DEBUG, logger="wsevents.rooms"):
+        for _ in range(5):
+            assert (await rooms.broadcast(ROOM, "m")).published is False
+        assert len(warnings()) == 1
+        assert f"publish on {CHANNEL} failed: ConnectionError: bus down" in warnings()[0]
+        now[0] += PUBLISH_WARNING_INTERVAL - 0.1
+        await rooms.broadcast(ROOM, "m")
+        assert len(warnings()) == 1
+        now[0] += 0.1  # the interval has passed: one more warning, counting the quiet ones
+        await rooms.broadcast(ROOM, "m")
+        assert len(warnings()) == 2
+        assert "5 more failed" in warnings()[1]
+        transport.publish_error = None
+        assert (await rooms.broadcast(ROOM, "m")).published is True
+        assert any("works again" in r.getMessage() for r in caplog.records)
+        transport.publish_error = ConnectionError("down again")
+        await rooms.broadcast(ROOM, "m")  # a new outage warns at once
+        assert len(warnings()) == 3
+        assert "down again" in warnings()[2]
 
 
 def test_delivery_reports_merge_by_adding_up() -> None:

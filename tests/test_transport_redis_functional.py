@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from wsevents import TransportError
 from wsevents.testing import check_transport
-from wsevents.transports.redis import RedisTransport
+from wsevents.transports.redis import RedisTransport, redact_url
 
 from .redis_support import (
     REDIS_URL,
@@ -298,6 +299,86 @@ async def test_publish_to_an_unreachable_redis_raises_transport_error_and_counts
         await transport.locate_connection("anyone")
     assert await transport.health() is False
     assert time.monotonic() - started < 10
+
+
+SECRET = "s3cret-pw"
+
+
+async def test_unreachable_redis_is_reported_with_the_redacted_url_and_the_cause(
+    make: Callable[..., RedisTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    url, redacted = f"redis://:{SECRET}@127.0.0.1:{port}/0", f"redis://:***@127.0.0.1:{port}/0"
+    cause = f"connecting to 127.0.0.1:{port}"
+    transport = make(url, connect_timeout=0.3, command_timeout=1.0)
+    assert transport.url == redacted
+    with caplog.at_level(logging.WARNING, logger="wsevents.transports.redis"):
+        await transport.start()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # unreachable; did not answer in time
+    assert all(redacted in w and cause in w for w in warnings), warnings
+    with pytest.raises(TransportError) as first:
+        await transport.publish("x", "1")
+    assert redacted in str(first.value) and cause in str(first.value)
+    with pytest.raises(TransportError) as skipped:
+        await transport.publish("x", "2")  # fails at once, still naming URL and cause
+    assert redacted in str(skipped.value) and cause in str(skipped.value)
+    assert SECRET not in caplog.text + str(first.value) + str(skipped.value)
+
+
+async def test_fail_fast_start_raises_naming_the_redacted_url_and_the_cause(
+    make: Callable[..., RedisTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    transport = make(f"redis://:{SECRET}@127.0.0.1:{port}/0", connect_timeout=0.3, fail_fast=True)
+    started = time.monotonic()
+    with (
+        caplog.at_level(logging.WARNING, logger="wsevents.transports.redis"),
+        pytest.raises(TransportError) as info,
+    ):
+        await transport.start()
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert message.startswith(
+        f"Redis at redis://:***@127.0.0.1:{port}/0 did not answer within 0.3 s"
+    )
+    assert f"connecting to 127.0.0.1:{port}" in message
+    assert SECRET not in message
+    assert caplog.records == []  # the error says it all; no warning before it
+    assert transport.connected is False
+
+
+async def test_fail_fast_start_returns_when_redis_answers(
+    make: Callable[..., RedisTransport], prefix: str
+) -> None:
+    transport = make(prefix=prefix, fail_fast=True)
+    await transport.start()
+    assert transport.connected
+
+
+def test_url_of_a_client_passed_in_names_no_credentials() -> None:
+    client = aioredis.Redis(host="127.0.0.1", port=6390, db=3, password=SECRET)
+    assert RedisTransport(client).url == "redis://127.0.0.1:6390/3"
+    unix = aioredis.Redis(unix_socket_path="/run/redis.sock", password=SECRET)
+    assert RedisTransport(unix).url == "unix:///run/redis.sock"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+        ("rediss://user:pw@h/0", "rediss://user:***@h/0"),
+        ("redis://user@h/0", "redis://user@h/0"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("unix://:pw@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("redis://h/0?db=1&password=pw", "redis://h/0?db=1&password=***"),
+        ("redis://:p/w@h:1/0", "redis://:***@h:1/0"),
+        ("redis://:pw@[::1/0", "redis://:***@[::1/0"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url_hides_the_password(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
 
 
 async def test_closed_transport_refuses_to_publish(

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from time import monotonic
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from .protocol import Codec, JsonCodec, encode_push
 from .transports.base import BroadcastTransport, maybe_await
 
 __all__ = [
+    "PUBLISH_WARNING_INTERVAL",
     "ROOM_CHANNEL_PREFIX",
     "DeliveryReport",
     "RoomManager",
@@ -35,6 +37,9 @@ __all__ = [
 log = logging.getLogger("wsevents.rooms")
 
 ROOM_CHANNEL_PREFIX = "ws:room:"
+
+PUBLISH_WARNING_INTERVAL = 60.0
+"""While publishes keep failing, seconds between two warnings (the others log at debug)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,8 @@ class RoomManager:
         self._subscribed: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
+        self._publish_warned_at: float | None = None  # set while publishes fail
+        self._publish_failures_unlogged = 0
 
     # -- membership -------------------------------------------------------------------
 
@@ -255,9 +262,38 @@ class RoomManager:
             payload = encode_envelope(self.instance_id, fields)
             await maybe_await(self.transport.publish(channel, payload))
         except Exception as exc:
-            log.warning("publish on %s failed: %r", channel, exc)
+            self._publish_failed(channel, exc)
             return exc
+        if self._publish_warned_at is not None:
+            log.info(
+                "publishing works again (%d failure(s) after the last warning)",
+                self._publish_failures_unlogged,
+            )
+            self._publish_warned_at = None
+            self._publish_failures_unlogged = 0
         return None
+
+    def _publish_failed(self, channel: str, exc: Exception) -> None:
+        # A broken transport fails every publish: warn once per outage, then at most every
+        # PUBLISH_WARNING_INTERVAL, so that the log stays readable under load.
+        text = str(exc)
+        cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        now = monotonic()
+        warned_at = self._publish_warned_at
+        if warned_at is not None and now - warned_at < PUBLISH_WARNING_INTERVAL:
+            self._publish_failures_unlogged += 1
+            log.debug("publish on %s failed: %s", channel, cause)
+            return
+        more = self._publish_failures_unlogged
+        log.warning(
+            "publish on %s failed: %s%s; while publishes fail, this is logged at most every %g s",
+            channel,
+            cause,
+            f" ({more} more failed since the last warning)" if more else "",
+            PUBLISH_WARNING_INTERVAL,
+        )
+        self._publish_warned_at = now
+        self._publish_failures_unlogged = 0
 
     def _on_room_payload(self, room: str, payload: str) -> None:
         env = decode_envelope(payload, self.instance_id)

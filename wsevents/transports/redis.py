@@ -32,6 +32,7 @@ import inspect
 import logging
 import math
 import random
+import re
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -44,7 +45,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from ..exceptions import TransportError
 from .base import PayloadHandler
 
-__all__ = ["RedisTransport", "StateListener"]
+__all__ = ["RedisTransport", "StateListener", "redact_url"]
 
 log = logging.getLogger("wsevents.transports.redis")
 
@@ -55,6 +56,46 @@ _SUBSCRIBE_BATCH = 512
 _DIRECTORY_BATCH = 500
 _MAX_BACKLOG = 10_000
 _PUBLISH_STRIPES = 64
+
+
+_PASSWORD_IN_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and error messages.
+
+    Works on malformed URLs too (it never raises); when in doubt it hides more.
+
+    Example:
+        ``redact_url("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"``
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, host = rest.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            rest = f"{user}:***@{host}"
+        url = f"{scheme}{sep}{rest}"
+    return _PASSWORD_IN_QUERY.sub(r"\1***", url)
+
+
+def _describe_client(client: Any) -> str:
+    """Where a client connects, as a URL without credentials (for messages)."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None) or {}
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}"
+    if kwargs.get("host"):
+        ssl = "ssl" in getattr(getattr(pool, "connection_class", None), "__name__", "").lower()
+        host, port, db = kwargs["host"], kwargs.get("port", 6379), kwargs.get("db", 0)
+        return f"{'rediss' if ssl else 'redis'}://{host}:{port}/{db}"
+    return f"a {type(pool).__name__}"  # e.g. a Sentinel-managed pool
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: message`` of an error, for messages that name the cause."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _text(value: Any) -> str:
@@ -172,6 +213,9 @@ class RedisTransport:
         reconnect_max_delay: largest delay between two attempts.
         directory_ttl: seconds a directory entry lives unless its instance refreshes it
             (every third of it); the entries of a crashed instance vanish after that.
+        fail_fast: make :meth:`start` raise :class:`~wsevents.TransportError` when the
+            first connection is not made within ``connect_timeout``, instead of starting
+            anyway and retrying in the background.
 
     Failure semantics:
         * ``publish`` raises :class:`~wsevents.TransportError` (counted in
@@ -199,6 +243,7 @@ class RedisTransport:
         reconnect_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
         directory_ttl: float = 30.0,
+        fail_fast: bool = False,
     ) -> None:
         if min(ping_interval, ping_timeout, connect_timeout, command_timeout) <= 0:
             raise ValueError("intervals and timeouts must be > 0")
@@ -215,6 +260,9 @@ class RedisTransport:
         self.reconnect_delay = float(reconnect_delay)
         self.reconnect_max_delay = float(reconnect_max_delay)
         self.directory_ttl = float(directory_ttl)
+        self.fail_fast = fail_fast
+        self.url = _describe_client(client)
+        """Where Redis is, password redacted (for messages)."""
         self.publish_failures = 0
         """Publishes that raised :class:`~wsevents.TransportError`."""
         self.published = 0
@@ -234,7 +282,9 @@ class RedisTransport:
         self._up = False
         self._up_event = asyncio.Event()
         self._state: bool | None = None  # last state reported to the listeners
-        self._fail_fast = False
+        self._fail_at_once = False  # down and a publish failed: later ones fail at once
+        self._last_error: BaseException | None = None
+        self._quiet_start = False  # a fail-fast start() reports the failure itself
         self._listeners: list[StateListener] = []
         self._local: dict[str, str] = {}  # directory entries of this process
         self._deleting: set[str] = set()  # entries whose DEL is in flight
@@ -258,13 +308,14 @@ class RedisTransport:
         reconnect_delay: float = 0.1,
         reconnect_max_delay: float = 5.0,
         directory_ttl: float = 30.0,
+        fail_fast: bool = False,
         **redis_kwargs: Any,
     ) -> RedisTransport:
         """A transport over a new client for ``url`` (closed with the transport).
 
         ``redis_kwargs`` go to :func:`redis.asyncio.from_url` (``password``,
         ``ssl_ca_certs``, ``client_name``...). No I/O happens here: it may run at import
-        time, outside an event loop.
+        time, outside an event loop. Messages name ``url`` with its password redacted.
 
         Unless ``retry`` is given, a command that fails on a broken pooled connection (as
         every pooled connection is after a Redis restart) is retried twice on a fresh one.
@@ -288,7 +339,9 @@ class RedisTransport:
             reconnect_delay=reconnect_delay,
             reconnect_max_delay=reconnect_max_delay,
             directory_ttl=directory_ttl,
+            fail_fast=fail_fast,
         )
+        transport.url = redact_url(url)
         transport._owns_client = True
         return transport
 
@@ -346,16 +399,46 @@ class RedisTransport:
     async def start(self) -> None:
         """Start the reader and the directory refresh; wait up to ``connect_timeout`` for
         the first connection (when Redis is not reachable yet, it keeps trying in the
-        background and the app starts anyway)."""
+        background and the app starts anyway, unless ``fail_fast``).
+
+        Raises:
+            TransportError: with ``fail_fast``, Redis did not answer in time (the message
+                names the URL, password redacted, and the last error).
+        """
         self._closed = False
-        self._ensure_tasks()
         if self._up:
+            self._ensure_tasks()
             return
+        self._quiet_start = self.fail_fast
+        self._ensure_tasks()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self._up_event.wait()
         except TimeoutError:
-            log.warning("Redis is not reachable yet; retrying in the background")
+            cause = _cause(self._last_error) if self._last_error is not None else "no answer"
+            if self.fail_fast:
+                await self._stop_background()
+                raise TransportError(
+                    f"Redis at {self.url} did not answer within {self.connect_timeout:g} s: {cause}"
+                ) from self._last_error
+            log.warning(
+                "Redis at %s did not answer within %g s (%s); starting anyway, retrying in "
+                "the background",
+                self.url,
+                self.connect_timeout,
+                cause,
+            )
+        finally:
+            self._quiet_start = False
+
+    async def _stop_background(self) -> None:
+        """Stop the reader and the refresh after a failed fail-fast start (registrations
+        stay, so a later :meth:`start` can try again)."""
+        tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
+        self._reader_task = self._refresh_task = None
+        await self._stop_tasks([*tasks, *(t for t in self._tasks if not t.done())])
+        self._set_down_quietly()
+        self._state = None
 
     async def close(self) -> None:
         """Stop the tasks, drop every subscription with the pub/sub connection, delete this
@@ -402,9 +485,12 @@ class RedisTransport:
         if self._closed:
             self.publish_failures += 1
             raise TransportError("the Redis transport is closed")
-        if self._fail_fast and not self._up:
+        if self._fail_at_once and not self._up:
             self.publish_failures += 1
-            raise TransportError(f"publish on {channel} skipped: Redis is unavailable")
+            raise TransportError(
+                f"Redis at {self.url} is unavailable, publish skipped "
+                f"(last error: {self._last_cause()})"
+            )
         full = self.prefix + channel
         try:
             async with (
@@ -415,8 +501,13 @@ class RedisTransport:
         except Exception as exc:
             self.publish_failures += 1
             if not self._up:
-                self._fail_fast = True
-            raise TransportError(f"publish on {channel} failed") from exc
+                self._fail_at_once = True
+            if isinstance(exc, TimeoutError):
+                cause = f"no answer within {self.command_timeout:g} s"
+            else:
+                cause = _cause(exc)
+                self._last_error = exc
+            raise TransportError(f"Redis at {self.url}: {cause}") from exc
         self.published += 1
 
     async def subscribe(self, channel: str, handler: PayloadHandler) -> None:
@@ -446,7 +537,9 @@ class RedisTransport:
             async with asyncio.timeout(self.ping_timeout):
                 await confirmed
         except Exception as exc:
-            log.warning("subscribing to %s failed (%r); reconnecting", full, exc)
+            log.warning(
+                "subscribing to %s at %s failed (%s); reconnecting", full, self.url, _cause(exc)
+            )
             self._abort(conn)
 
     async def unsubscribe(self, channel: str) -> None:
@@ -462,7 +555,12 @@ class RedisTransport:
         try:
             await conn.send_command("UNSUBSCRIBE", full, check_health=False)
         except Exception as exc:
-            log.warning("unsubscribing from %s failed (%r); reconnecting", full, exc)
+            log.warning(
+                "unsubscribing from %s at %s failed (%s); reconnecting",
+                full,
+                self.url,
+                _cause(exc),
+            )
             self._abort(conn)
 
     # -- ConnectionDirectory ------------------------------------------------------------
@@ -475,7 +573,7 @@ class RedisTransport:
         if self._closed:
             return
         self._local[connection_id] = instance_id
-        if self._fail_fast and not self._up:
+        if self._fail_at_once and not self._up:
             return
         self._ensure_tasks()
         try:
@@ -489,7 +587,7 @@ class RedisTransport:
         if self._closed:
             return  # close() deletes every entry still in _local
         self._local.pop(connection_id, None)
-        if self._fail_fast and not self._up:
+        if self._fail_at_once and not self._up:
             return
         self._deleting.add(connection_id)  # close() deletes it too if this is cut short
         try:
@@ -508,13 +606,17 @@ class RedisTransport:
         """
         if self._closed:
             raise TransportError("the Redis transport is closed")
-        if self._fail_fast and not self._up:
-            raise TransportError("Redis is unavailable")
+        if self._fail_at_once and not self._up:
+            raise TransportError(
+                f"Redis at {self.url} is unavailable (last error: {self._last_cause()})"
+            )
         try:
             async with asyncio.timeout(self.command_timeout):
                 value = await self.client.get(self._key(connection_id))
         except Exception as exc:
-            raise TransportError(f"directory lookup of {connection_id} failed") from exc
+            raise TransportError(
+                f"directory lookup of {connection_id} at {self.url} failed: {_cause(exc)}"
+            ) from exc
         return None if value is None else _text(value)
 
     # -- internals: tasks ---------------------------------------------------------------
@@ -604,7 +706,11 @@ class RedisTransport:
             async with asyncio.timeout(self.ping_timeout):
                 confirmed = await asyncio.gather(*waiters)
         except TimeoutError:
-            log.warning("Redis did not confirm the subscriptions in time; reconnecting")
+            log.warning(
+                "Redis at %s did not confirm the subscriptions within %g s; reconnecting",
+                self.url,
+                self.ping_timeout,
+            )
             self._abort(conn)
             return
         if not all(confirmed) or self._conn is not conn:
@@ -623,7 +729,11 @@ class RedisTransport:
                     alive = await pong
             except Exception as exc:
                 if self._conn is conn:
-                    log.warning("Redis pub/sub connection unresponsive (%r); reconnecting", exc)
+                    log.warning(
+                        "Redis pub/sub connection to %s unresponsive (%s); reconnecting",
+                        self.url,
+                        _cause(exc) if not isinstance(exc, TimeoutError) else "no PONG in time",
+                    )
                     self._abort(conn)
                 return
             if not alive:
@@ -715,11 +825,12 @@ class RedisTransport:
     def _went_up(self) -> None:
         self._up = True
         self._up_event.set()
-        self._fail_fast = False
+        self._fail_at_once = False
+        self._last_error = None
         self._refresh_wakeup.set()  # rewrite the directory (Redis may have restarted empty)
         if self._state is False:
             self.reconnects += 1
-            log.info("Redis pub/sub connection restored")
+            log.info("Redis pub/sub connection to %s restored", self.url)
             self._state = True
             self._notify(True)
         else:
@@ -727,16 +838,24 @@ class RedisTransport:
 
     def _went_down(self, exc: BaseException) -> None:
         was_up = self._up
+        self._last_error = exc
         self._set_down_quietly()
         if self._state is not False:
             if was_up:
-                log.warning("Redis pub/sub connection lost (%r); reconnecting", exc)
+                log.warning(
+                    "Redis pub/sub connection to %s lost (%s); reconnecting", self.url, _cause(exc)
+                )
+            elif self._quiet_start:  # start() raises with the cause if it does not come up
+                log.debug("Redis at %s is unreachable (%s); retrying", self.url, _cause(exc))
             else:
-                log.warning("Redis is unreachable (%r); retrying", exc)
+                log.warning("Redis at %s is unreachable (%s); retrying", self.url, _cause(exc))
             self._state = False
             self._notify(False)
         else:
-            log.debug("Redis still unreachable: %r", exc)
+            log.debug("Redis at %s still unreachable (%s)", self.url, _cause(exc))
+
+    def _last_cause(self) -> str:
+        return "none yet" if self._last_error is None else _cause(self._last_error)
 
     def _set_down_quietly(self) -> None:
         self._up = False
@@ -770,13 +889,13 @@ class RedisTransport:
             self._refresh_wakeup.clear()
             if self._closed:
                 return
-            if not self._local or (self._fail_fast and not self._up):
+            if not self._local or (self._fail_at_once and not self._up):
                 continue
             try:
                 await self._refresh_directory()
             except Exception as exc:
                 if self._up:
-                    log.warning("directory refresh failed: %r", exc)
+                    log.warning("directory refresh at %s failed: %s", self.url, _cause(exc))
                 else:
                     log.debug("directory refresh failed: %r", exc)
 
