@@ -63,3 +63,8 @@ loop_reporter = WsApp(heartbeat=0)
 def report_loop() -> str:
     """The module of the running event loop's class (``uvloop`` under ``--loop uvloop``)."""
     return type(asyncio.get_running_loop()).__module__
+
+
+def make_plain_aiohttp_app() -> web.Application:
+    """An aiohttp Application without a WsApp attached."""
+    return web.Application()

@@ -16,6 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+import wsevents
+
 pytestmark = pytest.mark.functional
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,3 +241,257 @@ def test_unknown_loop_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+# -- usage errors: one line on stderr, exit status 2 ------------------------------------------
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wsevents", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single ``error: ...`` line of a run that exited with 2, with no traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "serving" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_port_in_use_is_one_line_error_and_never_says_serving() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_error(run_cli("run", "examples.reference_app:app", "--port", str(port)))
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert "in use" in line
+    assert "--port" in line  # the hint: choose another port
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_port_out_of_range_is_one_line_error(port: str) -> None:
+    line = one_line_error(run_cli("run", "examples.reference_app:app", "--port", port))
+    assert "--port" in line
+    assert "0 to 65535" in line
+
+
+def test_path_without_leading_slash_is_one_line_error_with_a_hint() -> None:
+    line = one_line_error(
+        run_cli("run", "examples.reference_app:app", "--path", "ws", "--port", "0")
+    )
+    assert "--path" in line
+    assert "/ws" in line  # the hint
+
+
+def test_unknown_option_is_one_line_error() -> None:
+    line = one_line_error(run_cli("run", "examples.reference_app:app", "--nope"))
+    assert "--nope" in line
+
+
+def test_callable_that_is_not_a_factory_is_one_line_error() -> None:
+    line = one_line_error(run_cli("run", "json:loads", "--port", "0"))
+    assert "json:loads" in line
+    assert "without arguments" in line
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["examples/reference_app.py", "./examples/reference_app.py", "examples/reference_app.py:app"],
+)
+def test_file_path_target_is_one_line_error_with_a_module_path_hint(target: str) -> None:
+    line = one_line_error(run_cli("run", target, "--port", "0"))
+    assert "use a module path such as examples.reference_app:app" in line
+
+
+def test_version_prints_the_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wsevents {wsevents.__version__}"
+
+
+def test_run_help_shows_every_option_with_its_default() -> None:
+    result = run_cli("run", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for fragment in (
+        "--host HOST",
+        "(default: 127.0.0.1)",
+        "(default: 8080)",
+        "(default: /ws)",
+        "(default: info)",
+        "(default: asyncio)",
+        "--allow-origin ORIGIN",
+        "--redis-url URL",
+        "--redis-fail-fast",
+        "(default: 5.0)",
+    ):
+        assert fragment in text, fragment
+
+
+def spawn_piping_stderr(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wsevents", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_serving_is_logged_only_once_the_socket_listens(
+    session: aiohttp.ClientSession,
+) -> None:
+    # --port 0: the port is only known from the "serving" line, which must come after the bind.
+    proc = spawn_piping_stderr("run", "examples.reference_app:app", "--port", "0")
+    try:
+        assert proc.stderr is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), READY_TIMEOUT)
+        assert "serving examples.reference_app:app on ws://127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+        # No retry: the first connection attempt after the line must succeed.
+        async with session.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            assert await rpc(ws, "/echo", "first try") == {"id": 1, "data": "first try"}
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+# -- --allow-origin -------------------------------------------------------------------------
+
+FOREIGN = "https://app.example.com"
+
+
+async def test_foreign_origin_is_refused_without_allow_origin(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    server = start_server("examples.reference_app:app")
+    await server.wait_ready()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await session.ws_connect(server.url("/ws"), origin=FOREIGN)
+    assert info.value.status == 403
+    async with session.ws_connect(server.url("/ws")) as ws:  # no Origin: not a browser
+        assert await rpc(ws, "/echo", 1) == {"id": 1, "data": 1}
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "allowed"),
+    [
+        ("examples.reference_app:app", "/ws", [FOREIGN]),
+        ("examples.reference_app:app", "/ws", ["*"]),
+        ("tests.cli_targets:make_ws_app", "/ws", ["https://other.example", FOREIGN + "/"]),
+        ("tests.cli_targets:make_aiohttp_app", "/custom", [FOREIGN.upper()]),
+    ],
+)
+async def test_allow_origin_lets_that_origin_connect(
+    start_server: Callable[..., Server],
+    session: aiohttp.ClientSession,
+    target: str,
+    path: str,
+    allowed: list[str],
+) -> None:
+    flags = [arg for origin in allowed for arg in ("--allow-origin", origin)]
+    server = start_server(target, *flags)
+    await server.wait_ready()
+    async with session.ws_connect(server.url(path), origin=FOREIGN) as ws:
+        reply = await rpc(ws, "/echo", "from a browser")
+    assert reply["id"] == 1 and "error" not in reply
+    if "*" not in allowed:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await session.ws_connect(server.url(path), origin="https://evil.example")
+        assert info.value.status == 403
+
+
+def test_allow_origin_without_a_scheme_is_one_line_error() -> None:
+    line = one_line_error(
+        run_cli("run", "examples.reference_app:app", "--allow-origin", "app.example.com")
+    )
+    assert "https://app.example.com" in line  # the hint
+
+
+def test_allow_origin_with_an_aiohttp_app_without_ws_app_is_one_line_error() -> None:
+    line = one_line_error(
+        run_cli("run", "tests.cli_targets:make_plain_aiohttp_app", "--allow-origin", "*")
+    )
+    assert "--allow-origin needs a WsApp" in line
+
+
+# -- --redis-url failures -------------------------------------------------------------------
+
+SECRET = "s3cret-pw"
+
+
+def test_malformed_redis_url_is_one_line_error_naming_the_redacted_url() -> None:
+    url = f"redis://:{SECRET}@127.0.0.1:notaport/0"
+    line = one_line_error(
+        run_cli("run", "examples.reference_app:app", "--port", "0", "--redis-url", url)
+    )
+    assert "bad --redis-url redis://:***@127.0.0.1:notaport/0" in line
+    assert "notaport" in line.split("/0", 1)[1]  # the cause
+    assert SECRET not in line
+
+
+def test_redis_fail_fast_exits_2_naming_the_redacted_url_and_the_cause() -> None:
+    port = free_port()  # nothing listens there
+    result = run_cli(
+        "run",
+        "examples.reference_app:app",
+        "--port",
+        "0",
+        "--redis-url",
+        f"redis://:{SECRET}@127.0.0.1:{port}/0",
+        "--redis-fail-fast",
+        "--redis-connect-timeout",
+        "0.5",
+    )
+    line = one_line_error(result)
+    assert f"redis://:***@127.0.0.1:{port}/0" in line
+    assert "did not answer within 0.5 s" in line
+    assert f"connecting to 127.0.0.1:{port}" in line  # the cause
+    assert SECRET not in line
+
+
+async def test_unreachable_redis_warnings_name_url_and_cause_once(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    redis_port = free_port()  # nothing listens there
+    url = f"redis://:{SECRET}@127.0.0.1:{redis_port}/0"
+    server = start_server(
+        "examples.reference_app:app", "--redis-url", url, "--redis-connect-timeout", "0.5"
+    )
+    await server.wait_ready()
+    async with session.ws_connect(server.url("/ws")) as ws:
+        for i in range(1, 6):
+            # The announcement reaches this client too, before the reply.
+            assert await rpc(ws, "/announce", i, i) == {
+                "event": "announcement",
+                "path": "/announce",
+                "data": i,
+            }
+            reply = json.loads((await asyncio.wait_for(ws.receive(), REPLY_TIMEOUT)).data)
+            assert reply == {"id": i, "data": {"sent": True}}
+    server.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0
+    output = server.output()
+    assert SECRET not in output
+    redacted = f"redis://:***@127.0.0.1:{redis_port}/0"
+    cause = f"connecting to 127.0.0.1:{redis_port}"
+    warnings = [line for line in output.splitlines() if " WARNING " in line]
+    unreachable = [line for line in warnings if "unreachable" in line]
+    assert unreachable, output
+    assert all(redacted in line and cause in line for line in unreachable), unreachable
+    publishes = [line for line in warnings if "publish on ws:broadcast failed" in line]
+    assert len(publishes) == 1, output  # one per outage, not one per publish
+    assert redacted in publishes[0] and cause in publishes[0], publishes[0]

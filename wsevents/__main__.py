@@ -4,32 +4,107 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import inspect
 import logging
+import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+from . import __version__
 
 __all__ = ["main"]
 
 USAGE_ERROR = 2
 
+log = logging.getLogger("wsevents")
 
-class TargetError(Exception):
+
+class UsageError(Exception):
+    """An option or the target cannot be used; the message is shown to the user."""
+
+
+class TargetError(UsageError):
     """The MODULE:ATTR target cannot be loaded or is not servable."""
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a usage error on one line, with where to find help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0 to 65535)")
+    return port
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} must start with '/', e.g. /{text}")
+    return text
+
+
+def _origin(text: str) -> str:
+    if text != "*" and "://" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an origin; an origin looks like https://{text}"
+        )
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wsevents", description="wsevents tools")
+    parser = _ArgumentParser(prog="python -m wsevents", description="wsevents tools")
+    parser.add_argument("--version", action="version", version=f"wsevents {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="serve a WsApp or an aiohttp Application")
-    run.add_argument("target", help="MODULE:ATTR, a WsApp, an aiohttp Application or a factory")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8080)
-    run.add_argument("--path", default="/ws", help="WebSocket endpoint (for a WsApp)")
+    run = sub.add_parser(
+        "run",
+        help="serve a WsApp or an aiohttp Application",
+        description="Serve a WsApp or an aiohttp Application until Ctrl-C or SIGTERM.",
+        formatter_class=_HelpFormatter,
+    )
     run.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
+        "target",
+        help="MODULE:ATTR (e.g. examples.reference_app:app): a WsApp, an aiohttp Application "
+        "or a factory returning one",
+    )
+    run.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    run.add_argument("--port", type=_port, default=8080, help="TCP port (0: any free port)")
+    run.add_argument(
+        "--path", type=_path, default="/ws", help="WebSocket endpoint (for a WsApp target)"
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="log level",
     )
     run.add_argument(
         "--loop",
@@ -38,14 +113,48 @@ def _parser() -> argparse.ArgumentParser:
         help="event loop implementation (uvloop needs: pip install 'wsevents[uvloop]')",
     )
     run.add_argument(
+        "--allow-origin",
+        action="append",
+        type=_origin,
+        metavar="ORIGIN",
+        help="browser origin allowed to connect, e.g. https://app.example.com; repeat it for "
+        "several, or give '*' for any (default: an Origin must match the Host)",
+    )
+    run.add_argument(
         "--redis-url",
-        default=None,
+        metavar="URL",
         help="broadcast through Redis to the other instances (redis://, rediss://, unix://)",
+    )
+    run.add_argument(
+        "--redis-connect-timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for Redis at start",
+    )
+    run.add_argument(
+        "--redis-fail-fast",
+        action="store_true",
+        help="exit with status 2 when Redis does not answer at start, instead of serving "
+        "alone and retrying in the background",
     )
     return parser
 
 
-def plug_redis(target: Any, url: str) -> None:
+def _ws_app_of(target: Any, option: str) -> Any:
+    """The WsApp of ``target``: itself, or the one attached to an aiohttp Application."""
+    from .app import WsApp
+    from .server import WS_APP
+
+    ws_app = target if isinstance(target, WsApp) else target.get(WS_APP)
+    if not isinstance(ws_app, WsApp):
+        raise TargetError(f"{option} needs a WsApp, or an aiohttp Application with one attached")
+    return ws_app
+
+
+def plug_redis(
+    target: Any, url: str, *, connect_timeout: float = 5.0, fail_fast: bool = False
+) -> None:
     """Give the target's WsApp a RedisTransport for ``url`` (before it starts).
 
     For an aiohttp Application, the WsApp is the one attached to it (``app[WS_APP]``).
@@ -53,30 +162,63 @@ def plug_redis(target: Any, url: str) -> None:
     Raises:
         TargetError: no WsApp to plug into, or a bad URL.
     """
-    from .app import WsApp
-    from .server import WS_APP
-    from .transports.redis import RedisTransport
+    from .transports.redis import RedisTransport, redact_url
 
-    ws_app = target if isinstance(target, WsApp) else target.get(WS_APP)
-    if not isinstance(ws_app, WsApp):
-        raise TargetError("--redis-url needs a WsApp, or an aiohttp Application with one attached")
+    ws_app = _ws_app_of(target, "--redis-url")
     try:
-        transport = RedisTransport.from_url(url)
-    except ValueError as exc:
-        raise TargetError(f"bad --redis-url: {exc}") from exc
-    if ws_app.transport is not None:
-        logging.getLogger("wsevents").warning(
-            "--redis-url replaces the transport the app was created with"
+        transport = RedisTransport.from_url(
+            url, connect_timeout=connect_timeout, fail_fast=fail_fast
         )
+    except ValueError as exc:
+        password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+        reason = str(exc).replace(password, "***") if password else str(exc)
+        raise TargetError(f"bad --redis-url {redact_url(url)}: {reason}") from exc
+    if ws_app.transport is not None:
+        log.warning("--redis-url replaces the transport the app was created with")
     ws_app.set_transport(transport)
+
+
+def plug_origins(target: Any, origins: Sequence[str]) -> None:
+    """Set the browser origins allowed to connect to the target's WsApp (``"*"``: any).
+
+    Raises:
+        TargetError: no WsApp to apply them to.
+    """
+    ws_app = _ws_app_of(target, "--allow-origin")
+    # Normalised as WsApp(allowed_origins=...) does.
+    ws_app.allowed_origins = tuple(o.rstrip("/").lower() for o in origins)
+
+
+def _file_path_hint(module_name: str, attr: str) -> str | None:
+    """For a target given as a file path, the module path to use instead."""
+    if "/" not in module_name and "\\" not in module_name and not module_name.endswith(".py"):
+        return None
+    path = module_name.replace("\\", "/").removesuffix(".py")
+    while path.startswith("./"):
+        path = path[2:]
+    module = ".".join(part for part in path.split("/") if part)
+    return f"use a module path such as {module}:{attr or 'app'}"
+
+
+def _required_parameters(fn: Any) -> list[str]:
+    """Parameters ``fn`` cannot be called without (empty when unknown)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    return [
+        name
+        for name, p in signature.parameters.items()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
 
 
 def load_target(spec: str, loop: asyncio.AbstractEventLoop | None = None) -> Any:
     """Import ``MODULE:ATTR`` and return a WsApp or an aiohttp Application.
 
-    A callable that is neither is called as a factory. An async factory is awaited on
-    ``loop`` (a throwaway loop when None): serve on that same loop, since what the factory
-    creates (clients, pools, tasks) is bound to it.
+    A callable that is neither is called as a factory, without arguments. An async factory
+    is awaited on ``loop`` (a throwaway loop when None): serve on that same loop, since
+    what the factory creates (clients, pools, tasks) is bound to it.
 
     Raises:
         TargetError: with a message for the user.
@@ -86,8 +228,12 @@ def load_target(spec: str, loop: asyncio.AbstractEventLoop | None = None) -> Any
     from .app import WsApp
 
     module_name, sep, attr = spec.partition(":")
+    hint = _file_path_hint(module_name, attr)
+    if hint is not None:
+        raise TargetError(f"{spec!r} is a file path; {hint}")
     if not sep or not module_name or not attr:
-        raise TargetError(f"target must look like MODULE:ATTR, got {spec!r}")
+        example = f"{module_name or 'mymodule'}:app"
+        raise TargetError(f"target must look like MODULE:ATTR (e.g. {example}), got {spec!r}")
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     try:
@@ -101,6 +247,12 @@ def load_target(spec: str, loop: asyncio.AbstractEventLoop | None = None) -> Any
         except AttributeError:
             raise TargetError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, WsApp | web.Application) and callable(obj):
+        required = _required_parameters(obj)
+        if required:
+            raise TargetError(
+                f"{spec} needs arguments ({', '.join(required)}): it is not a WsApp, an aiohttp "
+                "Application or a factory, which is called without arguments"
+            )
         obj = obj()
         if inspect.isawaitable(obj):
             obj = asyncio.run(_await(obj)) if loop is None else loop.run_until_complete(obj)
@@ -123,10 +275,93 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
             uvloop = importlib.import_module("uvloop")
         except ImportError:
             msg = "--loop uvloop needs uvloop: pip install 'wsevents[uvloop]'"
-            raise TargetError(msg) from None
+            raise UsageError(msg) from None
         loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
         return loop
     return asyncio.new_event_loop()
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Bind a listening-to-be socket per address of ``host``, as aiohttp would.
+
+    Binding before serving turns a port in use into an error before anything starts, and
+    lets "serving" be logged only once the sockets are bound.
+
+    Raises:
+        UsageError: the host does not resolve or an address cannot be bound.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"cannot resolve --host {host}: {exc}") from None
+    bound: list[socket.socket] = []
+    seen: set[Any] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise UsageError(_bind_error(host, port, exc)) from None
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    reason = (exc.strerror or str(exc)).lower()
+    text = f"cannot listen on {host}:{port}: {reason}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{text} (another server runs there: choose another --port, or stop it)"
+    if exc.errno == errno.EACCES and 0 < port < 1024:
+        return f"{text} (ports below 1024 need privileges: choose a --port from 1024)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{text} (--host is not an address of this machine)"
+    return text
+
+
+def _serve(
+    target: Any,
+    socks: list[socket.socket],
+    *,
+    spec: str,
+    host: str,
+    path: str,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Serve on the bound sockets until Ctrl-C or SIGTERM, then shut down gracefully."""
+    from aiohttp import web
+
+    from .app import WsApp
+    from .server import WS_APP, build_app
+
+    app = build_app(target, path) if isinstance(target, WsApp) else target
+    ws_app = app.get(WS_APP)
+    port = socks[0].getsockname()[1]
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = f"ws://{authority}{path}" if isinstance(target, WsApp) else f"http://{authority}"
+
+    def serving(_: str) -> None:  # aiohttp calls it once every socket listens
+        log.info("serving %s on %s", spec, where)
+
+    web.run_app(
+        app,
+        sock=socks,
+        access_log=None,
+        print=serving,
+        shutdown_timeout=ws_app.shutdown_timeout + 5.0 if ws_app is not None else 10.0,
+        handle_signals=True,
+        loop=loop,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,25 +370,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        loop = _new_loop(args.loop)  # run() serves on it, then closes it
-    except TargetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    try:
-        target = load_target(args.target, loop)
-        if args.redis_url:
-            plug_redis(target, args.redis_url)
-    except TargetError as exc:
-        loop.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    from .server import run
+    from .exceptions import TransportError
 
-    logging.getLogger("wsevents").info(
-        "serving %s on ws://%s:%d%s", args.target, args.host, args.port, args.path
-    )
-    run(target, host=args.host, port=args.port, path=args.path, loop=loop)
+    socks: list[socket.socket] = []
+    loop: asyncio.AbstractEventLoop | None = None
+    try:
+        loop = _new_loop(args.loop)  # serving runs on it, then closes it
+        socks = bind(args.host, args.port)
+        target = load_target(args.target, loop)
+        if args.allow_origin:
+            plug_origins(target, args.allow_origin)
+        if args.redis_url:
+            plug_redis(
+                target,
+                args.redis_url,
+                connect_timeout=args.redis_connect_timeout,
+                fail_fast=args.redis_fail_fast,
+            )
+    except UsageError as exc:
+        for sock in socks:
+            sock.close()
+        if loop is not None:
+            loop.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        _serve(target, socks, spec=args.target, host=args.host, path=args.path, loop=loop)
+    except TransportError as exc:  # --redis-fail-fast: Redis did not answer at start
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    finally:
+        for sock in socks:
+            sock.close()
     return 0
 
 
