@@ -1,0 +1,43 @@
+"""The documentation builds with ``mkdocs build --strict``.
+
+Skipped when mkdocs is not installed (``pip install -e ".[docs]"``), except under CI
+(``CI`` set), where a missing mkdocs fails: the docs build must not silently stop running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "wsevents"
+
+
+def _require_mkdocs() -> None:
+    missing = [m for m in ("mkdocs", "mkdocstrings", "material") if not importlib.util.find_spec(m)]
+    if not missing:
+        return
+    reason = f"{', '.join(missing)} not installed (pip install -e '.[docs]')"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {reason}")
+    pytest.skip(reason)
+
+
+def test_docs_build_strict(tmp_path: Path) -> None:
+    _require_mkdocs()
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr}"
