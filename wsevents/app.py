@@ -601,6 +601,39 @@ class WsApp:
                     conn._socket.abort()
 
 
-def create_ws_app(**options: Any) -> WsApp:
+def create_ws_app(
+    *,
+    heartbeat: float = 30.0,
+    heartbeat_timeout: float = 5.0,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_frame_size: int = 16 << 20,
+    codec: Codec | None = None,
+    transport: BroadcastTransport | None = None,
+    compress: bool = False,
+    allowed_origins: Sequence[str] | str | None = None,
+    max_in_flight: int = 64,
+    max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
+    shutdown_timeout: float = 10.0,
+    ignore_case: bool = False,
+    ignore_trailing_slash: bool = False,
+    route_cache_size: int = 1024,
+) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
-    return WsApp(**options)
+    # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
+    # tests/test_app_signature.py keeps this signature identical to WsApp.__init__.
+    return WsApp(
+        heartbeat=heartbeat,
+        heartbeat_timeout=heartbeat_timeout,
+        max_message_size=max_message_size,
+        max_frame_size=max_frame_size,
+        codec=codec,
+        transport=transport,
+        compress=compress,
+        allowed_origins=allowed_origins,
+        max_in_flight=max_in_flight,
+        max_send_buffer=max_send_buffer,
+        shutdown_timeout=shutdown_timeout,
+        ignore_case=ignore_case,
+        ignore_trailing_slash=ignore_trailing_slash,
+        route_cache_size=route_cache_size,
+    )
