@@ -68,8 +68,8 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 class WsApp:
     """A WebSocket application: routed message handlers, rooms and lifecycle hooks.
 
-    Create it with :func:`create_ws_app` (or directly), register handlers with
-    :meth:`on_message`, then mount it with :meth:`attach` or run it with :meth:`run`.
+    Create it with [`create_ws_app`][] (or directly), register handlers with
+    [`on_message`][], then mount it with [`attach`][] or run it with [`run`][].
 
     Args:
         heartbeat: seconds between pings to every connection (0 = no heartbeat).
@@ -170,7 +170,7 @@ class WsApp:
         self.router.add(event, pattern, _Handler(handler, _is_async(handler)))
 
     def on_message(self, event: str, pattern: str) -> Callable[[F], F]:
-        """Decorator form of :meth:`add_message_handler`."""
+        """Decorator form of [`add_message_handler`][]."""
 
         def register(fn: F) -> F:
             self.add_message_handler(event, pattern, fn)
@@ -203,7 +203,7 @@ class WsApp:
         return fn
 
     def on_transport_up(self, fn: F) -> F:
-        """Run ``fn`` when the transport is back after :meth:`on_transport_down` (every
+        """Run ``fn`` when the transport is back after [`on_transport_down`][] (every
         subscription restored): the moment to resynchronise clients."""
         self._on_transport_state.append((True, _Handler(fn, _is_async(fn))))
         return fn
@@ -340,7 +340,7 @@ class WsApp:
                 await asyncio.wait(pending, timeout=1.0)
 
     async def close(self) -> None:
-        """Shut down, stop the heartbeat and close the transport (and a :meth:`listen` server)."""
+        """Shut down, stop the heartbeat and close the transport (and a [`listen`][] server)."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()  # its shutdown and cleanup hooks call back here
@@ -369,13 +369,13 @@ class WsApp:
         self._started = False
 
     def attach(self, app: web.Application, path: str = "/ws") -> web.Application:
-        """Mount on an aiohttp application at ``path`` (see :func:`wsevents.server.attach`)."""
+        """Mount on an aiohttp application at ``path`` (see [`wsevents.server.attach`][])."""
         from .server import attach  # the adapter is the only layer that imports aiohttp
 
         return attach(self, app, path)
 
     def run(self, *, host: str = "127.0.0.1", port: int = 8080, path: str = "/ws") -> None:
-        """Serve standalone until Ctrl-C / SIGTERM (see :func:`wsevents.server.run`)."""
+        """Serve standalone until Ctrl-C / SIGTERM (see [`wsevents.server.run`][])."""
         from .server import run
 
         run(self, host=host, port=port, path=path)
@@ -383,7 +383,7 @@ class WsApp:
     async def listen(
         self, *, host: str = "127.0.0.1", port: int = 0, path: str = "/ws"
     ) -> tuple[str, int]:
-        """Serve standalone inside the running loop until :meth:`close`.
+        """Serve standalone inside the running loop until [`close`][].
 
         Returns:
             The bound ``(host, port)``; ``port=0`` picks a free one.
@@ -601,6 +601,39 @@ class WsApp:
                     conn._socket.abort()
 
 
-def create_ws_app(**options: Any) -> WsApp:
-    """Create a :class:`WsApp`; keyword options as for :class:`WsApp`."""
-    return WsApp(**options)
+def create_ws_app(
+    *,
+    heartbeat: float = 30.0,
+    heartbeat_timeout: float = 5.0,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_frame_size: int = 16 << 20,
+    codec: Codec | None = None,
+    transport: BroadcastTransport | None = None,
+    compress: bool = False,
+    allowed_origins: Sequence[str] | str | None = None,
+    max_in_flight: int = 64,
+    max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
+    shutdown_timeout: float = 10.0,
+    ignore_case: bool = False,
+    ignore_trailing_slash: bool = False,
+    route_cache_size: int = 1024,
+) -> WsApp:
+    """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
+    # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
+    # tests/test_app_signature.py keeps this signature identical to WsApp.__init__.
+    return WsApp(
+        heartbeat=heartbeat,
+        heartbeat_timeout=heartbeat_timeout,
+        max_message_size=max_message_size,
+        max_frame_size=max_frame_size,
+        codec=codec,
+        transport=transport,
+        compress=compress,
+        allowed_origins=allowed_origins,
+        max_in_flight=max_in_flight,
+        max_send_buffer=max_send_buffer,
+        shutdown_timeout=shutdown_timeout,
+        ignore_case=ignore_case,
+        ignore_trailing_slash=ignore_trailing_slash,
+        route_cache_size=route_cache_size,
+    )

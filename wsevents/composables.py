@@ -89,7 +89,7 @@ def use_route_params() -> RouteParams:
 
 
 class WsRooms:
-    """Rooms as seen from the current message (what :func:`use_ws_rooms` returns).
+    """Rooms as seen from the current message (what [`use_ws_rooms`][] returns).
 
     The default room is the current message's path.
     """
@@ -150,7 +150,7 @@ def use_ws_rooms() -> WsRooms:
 
 
 def use_ws_server() -> WsApp:
-    """The current :class:`~wsevents.WsApp`: connections, server-wide broadcast, send_to.
+    """The current [`WsApp`][wsevents.WsApp]: connections, server-wide broadcast, send_to.
 
     Raises:
         RuntimeError: called outside any connection or message of a running app (use the

@@ -23,7 +23,7 @@ DEFAULT_MAX_SEND_BUFFER = 4 << 20
 
 
 class SocketLike(Protocol):
-    """What a :class:`Connection` needs from a WebSocket; the aiohttp adapter provides one.
+    """What a [`Connection`][] needs from a WebSocket; the aiohttp adapter provides one.
 
     Every method is synchronous: sending never waits for the peer.
     """
@@ -38,7 +38,7 @@ class SocketLike(Protocol):
         ...
 
     def buffer_size(self) -> int:
-        """Bytes accepted by :meth:`write` and not yet handed to the network."""
+        """Bytes accepted by [`write`][] and not yet handed to the network."""
         ...
 
     def close(self, code: int, reason: str) -> None:

@@ -1,6 +1,6 @@
 """The wsevents error tree.
 
-Only :class:`WsError` carries text that a client may see; every other exception a
+Only [`WsError`][] carries text that a client may see; every other exception a
 handler raises reaches the client as ``500 "Internal Error"``.
 """
 

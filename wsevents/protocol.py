@@ -4,7 +4,7 @@ Client → server: ``{"event": str, "path": str, "data"?: any, "id"?: any}``.
 Server → client: replies ``{"id", "data"}`` / ``{"id", "error": {"code", "message"}}`` and
 pushes ``{"event", "path", "params"?, "data"?}``.
 
-The codec is pluggable (:class:`Codec`); the default is JSON through orjson, sent as text
+The codec is pluggable ([`Codec`][]); the default is JSON through orjson, sent as text
 frames. Nothing here does I/O.
 """
 
@@ -92,7 +92,7 @@ def parse_client_message(
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     decode: Callable[[str | bytes], Any] = orjson.loads,
 ) -> ClientMessage:
-    """Parse one frame into a :class:`ClientMessage`.
+    """Parse one frame into a [`ClientMessage`][].
 
     Raises:
         ProtocolError: the frame is over ``max_size`` UTF-8 bytes, is not valid for the

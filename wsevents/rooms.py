@@ -1,7 +1,7 @@
 """Rooms: which local connections are in which room, and broadcasts across instances.
 
 Delivery is local-first: local members get the push directly, once, from one encoded
-frame; other instances get an *envelope* through the :class:`BroadcastTransport` on the
+frame; other instances get an *envelope* through the [`BroadcastTransport`][] on the
 room's channel ``ws:room:<room>``. Every envelope carries the sender's instance id, and an
 instance drops its own, so a transport that echoes to the publisher (Redis pub/sub) never
 delivers twice.

@@ -29,7 +29,7 @@ __all__ = ["CLIENT_JS", "WS_APP", "add_client_route", "attach", "listen", "run"]
 log = logging.getLogger("wsevents.server")
 
 WS_APP = web.AppKey("wsevents.app", WsApp)
-"""Where :func:`attach` stores the WsApp on the aiohttp application."""
+"""Where [`attach`][] stores the WsApp on the aiohttp application."""
 
 _PACK2 = struct.Struct("!BB").pack
 _PACK4 = struct.Struct("!BBH").pack
@@ -48,7 +48,7 @@ def _header(opcode: int, length: int) -> bytes:
 
 
 class _AiohttpSocket:
-    """:class:`~wsevents.connection.SocketLike` over an aiohttp ``WebSocketResponse``.
+    """[`SocketLike`][wsevents.connection.SocketLike] over an aiohttp ``WebSocketResponse``.
 
     Uncompressed data frames are framed here and written to the transport synchronously
     (a server never masks). With permessage-deflate the frames go through aiohttp's own

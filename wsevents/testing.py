@@ -1,7 +1,7 @@
 """Testing helpers: fake connection/message contexts, an in-process client, pytest fixtures.
 
 Loaded as a pytest plugin (entry point ``wsevents``), it provides the fixture
-``ws_client``: ``client = await ws_client(ws_app)`` connects a :class:`WsTestClient` to
+``ws_client``: ``client = await ws_client(ws_app)`` connects a [`WsTestClient`][] to
 ``ws_app`` served by pytest-aiohttp's ``aiohttp_client``.
 """
 
@@ -57,7 +57,7 @@ _MISSING: Any = object()
 
 
 class RecordingSocket:
-    """A :class:`~wsevents.connection.SocketLike` that records what is sent to it."""
+    """A [`SocketLike`][wsevents.connection.SocketLike] that records what is sent to it."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
@@ -98,7 +98,7 @@ class RecordingSocket:
 
 @dataclass
 class TestConnectionContext:
-    """What :func:`prepare_test_ws_connection_context` yields."""
+    """What [`prepare_test_ws_connection_context`][] yields."""
 
     __test__ = False  # not a test class, although named like one (for pytest's collector)
 
@@ -114,7 +114,7 @@ class TestConnectionContext:
 
 @dataclass
 class TestMessageContext(TestConnectionContext):
-    """What :func:`prepare_test_ws_message_context` yields."""
+    """What [`prepare_test_ws_message_context`][] yields."""
 
     __test__ = False
 
@@ -245,8 +245,8 @@ def _id_key(message_id: Any) -> bytes:
 class WsTestClient:
     """A protocol-aware client over an aiohttp client WebSocket.
 
-    Replies are matched to :meth:`call` by id; everything else (pushes, replies nobody
-    waits for) is queued for :meth:`next_push` / :meth:`next_message`.
+    Replies are matched to [`call`][] by id; everything else (pushes, replies nobody
+    waits for) is queued for [`next_push`][] / [`next_message`][].
     """
 
     def __init__(self, ws: ClientWebSocketResponse) -> None:
@@ -319,7 +319,7 @@ class WsTestClient:
     async def call_raw(
         self, event: str, path: str, data: Any = _MISSING, *, message_id: Any, timeout: float = 5.0
     ) -> Any:
-        """Like :meth:`call` with an explicit id (e.g. ``None``, ``0`` or ``""``)."""
+        """Like [`call`][] with an explicit id (e.g. ``None``, ``0`` or ``""``)."""
         reply = await self.request(event, path, data, message_id=message_id, timeout=timeout)
         if "error" in reply:
             err = reply["error"]
@@ -343,7 +343,7 @@ class WsTestClient:
         return reply
 
     async def next_message(self, timeout: float = 5.0) -> Any:
-        """The next frame that no :meth:`call` claimed (push or stray reply)."""
+        """The next frame that no [`call`][] claimed (push or stray reply)."""
         try:
             return await asyncio.wait_for(self._inbox.get(), timeout)
         except TimeoutError:
@@ -413,7 +413,7 @@ async def ws_client(aiohttp_client: Any) -> AsyncIterator[ClientFactory]:
 # -- broadcast transports: the conformance suite ------------------------------------------
 
 TransportFactory = Callable[[], "BroadcastTransport | Awaitable[BroadcastTransport]"]
-"""Makes one more transport on the shared medium (see :func:`check_transport`)."""
+"""Makes one more transport on the shared medium (see [`check_transport`][])."""
 
 
 class _Inbox:
@@ -449,7 +449,7 @@ class _Inbox:
 
 
 class _TransportRun:
-    """One check of :func:`check_transport`: its transports, channels and failures."""
+    """One check of [`check_transport`][]: its transports, channels and failures."""
 
     def __init__(
         self, factory: TransportFactory, prefix: str, check: str, timeout: float, quiet: float
@@ -789,10 +789,10 @@ async def check_transport(
     timeout: float = 5.0,
     quiet: float = 0.2,
 ) -> None:
-    """The conformance suite every :class:`~wsevents.BroadcastTransport` must pass.
+    """The conformance suite every [`BroadcastTransport`][wsevents.BroadcastTransport] must pass.
 
     ``factory`` is called several times per check (sync or async); every transport it
-    returns must be on the **same medium** (one :class:`~wsevents.MemoryBus`, one Redis
+    returns must be on the **same medium** (one [`MemoryBus`][wsevents.MemoryBus], one Redis
     server...), since the checks publish on one and expect delivery on another. Transport
     methods may be sync or async; optional ``start()`` is called after creation and
     ``close()`` at the end of each check (without ``close()``, what is still subscribed is
@@ -831,10 +831,10 @@ async def check_transport(
 
 
 class WsCluster:
-    """Several :class:`~wsevents.WsApp` instances on one :class:`~wsevents.MemoryBus`.
+    """Several [`WsApp`][wsevents.WsApp] instances on one [`MemoryBus`][wsevents.MemoryBus].
 
     Each instance is served on its own test server; clients connect to a chosen instance.
-    Made by :func:`serve_memory_cluster` or the ``ws_cluster`` fixture.
+    Made by [`serve_memory_cluster`][] or the ``ws_cluster`` fixture.
 
     Attributes:
         bus: the shared bus (``bus.subscriber_count(channel)``, ``bus.directory``).
@@ -932,7 +932,7 @@ ClusterFactory = Callable[..., Awaitable[WsCluster]]
 async def ws_cluster(aiohttp_client: Any) -> AsyncIterator[ClusterFactory]:
     """Factory fixture: ``cluster = await ws_cluster(build, instances=3, path="/ws")``.
 
-    See :func:`serve_memory_cluster`; the clients of every cluster are closed at the end.
+    See [`serve_memory_cluster`][]; the clients of every cluster are closed at the end.
     """
     clusters: list[WsCluster] = []
 

@@ -18,7 +18,7 @@ _MAX_EXPONENT = 62
 class Backoff:
     """The delay before each reconnect attempt.
 
-    The ceiling of attempt ``n`` (counted from 0 since the last :meth:`reset`) is
+    The ceiling of attempt ``n`` (counted from 0 since the last [`reset`][]) is
     ``base_delay * 2**n`` (exponential) or ``base_delay * (n + 1)`` (linear), capped at
     ``max_delay``. The delay itself is drawn uniformly from ``[0, ceiling]`` ("full
     jitter"), so clients dropped by one server restart do not all come back at once.
@@ -27,7 +27,7 @@ class Backoff:
         base_delay: seconds; the ceiling of the first attempt.
         max_delay: seconds; no ceiling is higher.
         max_retries: attempts allowed after a loss (None = unlimited); then
-            :meth:`next_delay` returns None.
+            [`next_delay`][] returns None.
         strategy: ``"exponential"`` or ``"linear"``.
         rand: a source of floats in ``[0, 1)`` (tests pass a fixed one).
 

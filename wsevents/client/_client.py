@@ -43,10 +43,10 @@ ReconnectHook = Callable[[int], Awaitable[None] | None]
 PushHandler = Callable[[Push], Awaitable[None] | None]
 
 DEFAULT_QUEUE_SIZE = 1000
-"""Messages :meth:`WsClient.send` keeps while (re)connecting; the oldest go first."""
+"""Messages [`WsClient.send`][] keeps while (re)connecting; the oldest go first."""
 
 DEFAULT_PUSH_QUEUE_SIZE = 1000
-"""Pushes one :meth:`WsClient.pushes` iterator keeps unread; the oldest go first."""
+"""Pushes one [`WsClient.pushes`][] iterator keeps unread; the oldest go first."""
 
 CLIENT_CLOSE_REASON = "Client closed"
 
@@ -66,7 +66,7 @@ class _State(Enum):
 
 
 class Subscription:
-    """What :meth:`WsClient.subscribe` returns: await it (or :meth:`unsubscribe`) to stop.
+    """What [`WsClient.subscribe`][] returns: await it (or [`unsubscribe`][]) to stop.
 
     Attributes:
         path: the subscribed path.
@@ -85,7 +85,7 @@ class Subscription:
 
     @property
     def active(self) -> bool:
-        """False once :meth:`unsubscribe` was called."""
+        """False once [`unsubscribe`][] was called."""
         return self._active
 
     async def unsubscribe(self) -> None:
@@ -110,9 +110,9 @@ class PushStream:
 
     Pushes are buffered from creation on, up to ``max_queue``: when a push arrives and
     the buffer is full, the oldest buffered push is dropped and counted in
-    :attr:`dropped`. Iteration ends once the client is closed or has lost its connection
+    [`dropped`][]. Iteration ends once the client is closed or has lost its connection
     for good (no reconnect), after the buffered pushes. Use ``async with`` (or
-    :meth:`aclose`) to stop listening early; an abandoned stream also stops when it is
+    [`aclose`][]) to stop listening early; an abandoned stream also stops when it is
     garbage-collected.
     """
 
@@ -203,7 +203,7 @@ class WsClient:
 
     Args:
         url: ``ws://`` or ``wss://`` address of the endpoint.
-        reconnect: reconnect after the connection is lost (not after :meth:`close`).
+        reconnect: reconnect after the connection is lost (not after [`close`][]).
         base_delay: seconds; the ceiling of the first reconnect delay. Attempt ``n``
             (from 0) waits a random delay in ``[0, min(max_delay, base_delay * 2**n)]``
             (exponential) or ``[0, min(max_delay, base_delay * (n + 1))]`` (linear):
@@ -212,11 +212,11 @@ class WsClient:
         max_retries: reconnect attempts per loss (None = unlimited); then the client
             gives up.
         backoff: ``"exponential"`` or ``"linear"``.
-        queue_size: messages :meth:`send` keeps while connecting or reconnecting. When
+        queue_size: messages [`send`][] keeps while connecting or reconnecting. When
             full, the **oldest** queued message is dropped and counted in
-            :attr:`dropped` (the newest state wins; memory stays bounded). 0 queues
+            [`dropped`][] (the newest state wins; memory stays bounded). 0 queues
             nothing.
-        rpc_timeout: default seconds a :meth:`call` may take, waiting for a connection
+        rpc_timeout: default seconds a [`call`][] may take, waiting for a connection
             included.
         headers: sent with every handshake; the dict may be changed (say, from
             ``on_reconnect``) and the next handshake uses it.
@@ -234,7 +234,7 @@ class WsClient:
             since the last success), after its delay.
 
     Hooks may be sync or async. ``on_open`` and ``on_reconnect`` are awaited before the
-    client goes on (so ``on_reconnect`` can refresh :attr:`headers`); async ``on_close``
+    client goes on (so ``on_reconnect`` can refresh ``headers``); async ``on_close``
     and ``on_error`` run as tasks, so they cannot stall reading.
     """
 
@@ -303,7 +303,7 @@ class WsClient:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called; the client cannot be used again."""
+        """True once [`close`][] was called; the client cannot be used again."""
         return self._state is _State.CLOSED
 
     @property
@@ -369,7 +369,7 @@ class WsClient:
         """Close for good: stop reconnecting, fail pending calls (503), clear the queue.
 
         Closes the socket with 1000 ``"Client closed"``, runs ``on_close`` for it, ends
-        every :meth:`pushes` iterator and closes the client's own HTTP session. Calling
+        every [`pushes`][] iterator and closes the client's own HTTP session. Calling
         it again does nothing.
         """
         if self._state is _State.CLOSED:
@@ -409,7 +409,7 @@ class WsClient:
 
         While the client is connecting or reconnecting the message goes to the bounded
         offline queue, flushed in order once connected (when full, the oldest queued
-        message is dropped: see :attr:`dropped`).
+        message is dropped: see [`dropped`][]).
 
         Returns:
             True when written or queued; False when dropped: not connected and not about
@@ -459,7 +459,7 @@ class WsClient:
         data. A subscribe the server refuses raises and is not remembered.
 
         Raises:
-            WsClientError: as :meth:`call`.
+            WsClientError: as [`call`][].
         """
         reply = await self.call("subscribe", path, data, timeout)
         self._subscriptions[path] = data
@@ -480,7 +480,7 @@ class WsClient:
     def pushes(
         self, event: str, pattern: str, *, max_queue: int = DEFAULT_PUSH_QUEUE_SIZE
     ) -> PushStream:
-        """An async iterator of pushes, like :meth:`on` (buffer bounded by ``max_queue``).
+        """An async iterator of pushes, like [`on`][] (buffer bounded by ``max_queue``).
 
         Example:
             ``async for push in client.pushes("message", "/chat/rooms/*"): ...``
@@ -781,7 +781,7 @@ class WsClient:
     # -- internals: hooks and tasks -------------------------------------------------------
 
     def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` as a task that :meth:`close` cancels if it is still running."""
+        """Run ``coro`` as a task that [`close`][] cancels if it is still running."""
         _ = self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

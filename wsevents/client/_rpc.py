@@ -17,7 +17,7 @@ __all__ = ["PendingCall", "Reply", "RpcTracker", "build_message", "parse_server_
 
 
 class PendingCall(Protocol):
-    """What :class:`RpcTracker` needs from a pending call (``asyncio.Future`` has it)."""
+    """What [`RpcTracker`][] needs from a pending call (``asyncio.Future`` has it)."""
 
     def done(self) -> bool: ...
 

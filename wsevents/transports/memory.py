@@ -22,7 +22,7 @@ class _Subscription:
 
 
 class MemoryBus:
-    """The shared medium of :class:`MemoryTransport` instances (one per simulated cluster).
+    """The shared medium of [`MemoryTransport`][] instances (one per simulated cluster).
 
     It also keeps the cluster's connection directory.
     """
@@ -38,7 +38,7 @@ class MemoryBus:
 
 
 class MemoryTransport:
-    """A :class:`~wsevents.BroadcastTransport` over a :class:`MemoryBus`.
+    """A [`BroadcastTransport`][wsevents.BroadcastTransport] over a [`MemoryBus`][].
 
     Like Redis pub/sub, a publish reaches every subscriber of the channel, the publisher's
     own included; payloads are delivered asynchronously, in publish order per channel.

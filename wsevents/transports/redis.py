@@ -6,7 +6,7 @@ Import it from ``wsevents.transports.redis`` (``import wsevents`` never loads re
 
     ws = create_ws_app(transport=RedisTransport.from_url("redis://127.0.0.1:6379/0"))
 
-``rediss://`` URLs (TLS) and every option of :func:`redis.asyncio.from_url` work. With
+``rediss://`` URLs (TLS) and every option of ``redis.asyncio.from_url`` work. With
 Sentinel, pass a client managed by it; the transport follows failovers by reconnecting::
 
     from redis.asyncio.sentinel import Sentinel
@@ -189,8 +189,8 @@ class _Subscription:
 
 
 class RedisTransport:
-    """A :class:`~wsevents.BroadcastTransport` and :class:`~wsevents.ConnectionDirectory`
-    over Redis.
+    """A [`BroadcastTransport`][wsevents.BroadcastTransport] and
+    [`ConnectionDirectory`][wsevents.ConnectionDirectory] over Redis.
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -199,14 +199,14 @@ class RedisTransport:
     through the client's connection pool.
 
     Args:
-        client: the ``redis.asyncio.Redis`` client to use (it stays open at :meth:`close`;
-            a client made by :meth:`from_url` is closed).
+        client: the ``redis.asyncio.Redis`` client to use (it stays open at [`close`][];
+            a client made by [`from_url`][] is closed).
         prefix: put before every channel and key name, to share a Redis between apps.
         ping_interval: seconds between PINGs sent through the pub/sub connection, so a
             silently dead subscription is noticed.
         ping_timeout: seconds a PING (and the initial subscription confirmation) may take
-            before the connection is considered dead; also the default of :meth:`health`.
-        connect_timeout: seconds a (re)connection attempt may take; :meth:`start` waits
+            before the connection is considered dead; also the default of [`health`][].
+        connect_timeout: seconds a (re)connection attempt may take; [`start`][] waits
             this long for the first connection.
         command_timeout: seconds a publish or a directory command may take.
         reconnect_delay: base of the exponential backoff between reconnection attempts.
@@ -218,17 +218,17 @@ class RedisTransport:
             anyway and retrying in the background.
 
     Failure semantics:
-        * ``publish`` raises :class:`~wsevents.TransportError` (counted in
-          :attr:`publish_failures`); while the pub/sub connection is down and a publish has
+        * ``publish`` raises [`TransportError`][wsevents.TransportError] (counted in
+          [`publish_failures`][]); while the pub/sub connection is down and a publish has
           already failed, later publishes fail at once instead of waiting for a timeout.
         * ``subscribe`` never raises because Redis is unreachable: it keeps the
           registration, returns at once and the subscription is made on reconnect.
         * Directory writes of a live instance are restored by its refresh loop when they
           fail or when Redis loses them (a restart without persistence);
-          ``locate_connection`` raises :class:`~wsevents.TransportError` when Redis cannot
+          ``locate_connection`` raises [`TransportError`][wsevents.TransportError] when Redis cannot
           answer.
 
-    After :meth:`close`, :meth:`start` may run it again (on any event loop).
+    After [`close`][], [`start`][] may run it again (on any event loop).
     """
 
     def __init__(
@@ -264,7 +264,7 @@ class RedisTransport:
         self.url = _describe_client(client)
         """Where Redis is, password redacted (for messages)."""
         self.publish_failures = 0
-        """Publishes that raised :class:`~wsevents.TransportError`."""
+        """Publishes that raised [`TransportError`][wsevents.TransportError]."""
         self.published = 0
         """Publishes that Redis accepted."""
         self.reconnects = 0
@@ -313,7 +313,7 @@ class RedisTransport:
     ) -> RedisTransport:
         """A transport over a new client for ``url`` (closed with the transport).
 
-        ``redis_kwargs`` go to :func:`redis.asyncio.from_url` (``password``,
+        ``redis_kwargs`` go to ``redis.asyncio.from_url`` (``password``,
         ``ssl_ca_certs``, ``client_name``...). No I/O happens here: it may run at import
         time, outside an event loop. Messages name ``url`` with its password redacted.
 
@@ -442,7 +442,7 @@ class RedisTransport:
 
     async def close(self) -> None:
         """Stop the tasks, drop every subscription with the pub/sub connection, delete this
-        instance's directory entries and close the client if :meth:`from_url` made it."""
+        instance's directory entries and close the client if [`from_url`][] made it."""
         self._closed = True
         tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
         self._reader_task = self._refresh_task = None
@@ -631,7 +631,7 @@ class RedisTransport:
     async def _stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
         """Cancel ``tasks`` and wait for them, cancelling again if one ignores it.
 
-        A cancellation can be lost inside redis-py on Python 3.11 (see :meth:`from_url`);
+        A cancellation can be lost inside redis-py on Python 3.11 (see [`from_url`][]);
         the loops also stop on ``_closed``, so a second request ends them.
         """
         pending = {t for t in tasks if not t.done()}
