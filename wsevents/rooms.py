@@ -176,7 +176,7 @@ class RoomManager:
         """Remove ``conn`` from every room at once, without awaiting the transport.
 
         For synchronous cleanup (the testing contexts): a room left empty keeps its channel
-        subscription, which a later join reuses and :meth:`close` drops.
+        subscription, which a later join reuses and [`close`][] drops.
         """
         rooms = tuple(conn._rooms)
         conn._rooms.clear()

@@ -130,7 +130,7 @@ class _PreparedContext(Generic[_Ctx]):
     On exit the fake connection leaves every room it joined, so that later tests on the
     same app see only their own members. ``with`` removes the membership at once (a room
     left empty keeps its transport subscription); ``async with`` leaves through
-    :meth:`~wsevents.RoomManager.leave`, which also unsubscribes the room's channel.
+    [`leave`][wsevents.RoomManager.leave], which also unsubscribes the room's channel.
     """
 
     __slots__ = ("_ctx", "_scope")
@@ -230,7 +230,7 @@ def prepare_test_ws_message_context(
     ``params`` defaults to what ``app``'s router would extract for ``(event, path)`` when a
     route matches, else to no params. A context manager for ``with`` or ``async with``
     that leaves the rooms the handler joined on exit, like
-    :func:`prepare_test_ws_connection_context`.
+    [`prepare_test_ws_connection_context`][].
     """
     return _PreparedContext(
         _message_scope(event, path, data, message_id, params, app, connection_id)
@@ -875,7 +875,7 @@ class WsCluster:
         query: Mapping[str, str] | None = None,
     ) -> list[WsTestClient]:
         """Open ``count`` clients round-robin over the instances, starting at ``first``;
-        ``headers`` and ``query`` go to every upgrade request, as with :meth:`connect`."""
+        ``headers`` and ``query`` go to every upgrade request, as with [`connect`][]."""
         n = len(self.apps)
         return [
             await self.connect((first + i) % n, headers=headers, query=query) for i in range(count)

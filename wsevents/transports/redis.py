@@ -213,7 +213,7 @@ class RedisTransport:
         reconnect_max_delay: largest delay between two attempts.
         directory_ttl: seconds a directory entry lives unless its instance refreshes it
             (every third of it); the entries of a crashed instance vanish after that.
-        fail_fast: make :meth:`start` raise :class:`~wsevents.TransportError` when the
+        fail_fast: make [`start`][] raise [`TransportError`][wsevents.TransportError] when the
             first connection is not made within ``connect_timeout``, instead of starting
             anyway and retrying in the background.
 
@@ -433,7 +433,7 @@ class RedisTransport:
 
     async def _stop_background(self) -> None:
         """Stop the reader and the refresh after a failed fail-fast start (registrations
-        stay, so a later :meth:`start` can try again)."""
+        stay, so a later [`start`][] can try again)."""
         tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
         self._reader_task = self._refresh_task = None
         await self._stop_tasks([*tasks, *(t for t in self._tasks if not t.done())])
