@@ -70,8 +70,9 @@ TEST_PAGE = "<!doctype html><meta charset='utf-8'><title>wsevents browser test</
 class ServerThread:
     """An aiohttp application served on 127.0.0.1 (a free port) from its own loop."""
 
-    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+    def __init__(self, make_app: Callable[[], web.Application], port: int = 0) -> None:
         self._make_app = make_app
+        self._port = port
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="browser-test-server")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -109,7 +110,7 @@ class ServerThread:
         runner = web.AppRunner(self._make_app(), handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", self._port)
             await site.start()
             self.port = runner.addresses[0][1]
             self._ready.set()
@@ -619,3 +620,63 @@ def test_chat_two_tabs_talk_and_see_the_leave_notice(driver: WebDriver, tmp_path
         assert log_text.index("Bobhello from Bob") < log_text.index("Adahi Bob, welcome!")
         driver.close()
         driver.switch_to.window(first)
+
+
+def members_of(driver: WebDriver) -> str:
+    text: str = driver.find_element(By.ID, "members").text
+    return text
+
+
+def test_chat_members_have_no_duplicates_after_a_server_restart(driver: WebDriver) -> None:
+    with ServerThread(create_chat_app) as server:
+        port = server.port
+        ada = driver.current_window_handle
+        join_chat(driver, server.url(), "Ada", "lobby")
+        driver.switch_to.new_window("tab")
+        bob = driver.current_window_handle
+        join_chat(driver, server.url(), "Bob", "lobby")
+        wait_text(driver, "members", "2 here: Ada, Bob")
+    # Both tabs lost the server (1001) and retry; a new one comes up on the same port.
+    with ServerThread(create_chat_app, port=port) as server:
+        driver.switch_to.new_window("tab")
+        cy = driver.current_window_handle
+        join_chat(driver, server.url(), "Cy", "lobby")
+        for tab in (ada, bob, cy):
+            driver.switch_to.window(tab)
+            # Each tab settles on the server's list: every member once.
+            WebDriverWait(driver, 20).until(
+                lambda d: members_of(d) == "3 here: Ada, Bob, Cy",
+                message="the member list never settled on Ada, Bob, Cy",
+            )
+        driver.switch_to.window(cy)
+        say(driver, "all here")
+        for tab in (ada, bob):
+            driver.switch_to.window(tab)
+            wait_text(driver, "log", "Cyall here")
+            assert members_of(driver) == "3 here: Ada, Bob, Cy"
+            wait_text(driver, "status", "online")
+        for tab in (bob, cy):
+            driver.switch_to.window(tab)
+            driver.close()
+        driver.switch_to.window(ada)
+
+
+def test_chat_wraps_a_long_word_instead_of_overflowing(driver: WebDriver) -> None:
+    with ServerThread(create_chat_app) as server:
+        join_chat(driver, server.url(), "Ada", "lobby")
+        word = "x" * 400
+        say(driver, word)
+        wait_text(driver, "log", word)
+        sizes = driver.execute_script(
+            """
+const log = document.getElementById("log");
+const line = log.lastElementChild;
+return { line: [line.scrollWidth, line.clientWidth], log: [log.scrollWidth, log.clientWidth],
+         height: line.getBoundingClientRect().height };
+"""
+        )
+        line_scroll, line_client = sizes["line"]
+        log_scroll, log_client = sizes["log"]
+        assert line_scroll <= line_client, sizes
+        assert log_scroll <= log_client, sizes
+        assert sizes["height"] > 40, sizes  # wrapped over several lines
