@@ -8,12 +8,15 @@ Chromium or chromedriver is not installed (``apt-get install chromium chromium-d
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
@@ -67,8 +70,9 @@ TEST_PAGE = "<!doctype html><meta charset='utf-8'><title>wsevents browser test</
 class ServerThread:
     """An aiohttp application served on 127.0.0.1 (a free port) from its own loop."""
 
-    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+    def __init__(self, make_app: Callable[[], web.Application], port: int = 0) -> None:
         self._make_app = make_app
+        self._port = port
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="browser-test-server")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,13 +110,86 @@ class ServerThread:
         runner = web.AppRunner(self._make_app(), handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", self._port)
             await site.start()
             self.port = runner.addresses[0][1]
             self._ready.set()
             await self._stop.wait()
         finally:
             await runner.cleanup()
+
+
+class RefusingServer:
+    """A bare TCP server that answers a WebSocket handshake and refuses it in the same write.
+
+    The 101 response and the close frame leave in one segment, so the browser learns of
+    the close while it is still handling the open: the tightest timing a refusal can have.
+    ``ws://127.0.0.1:<port>/1008`` closes with 1008 "Unauthorized", ``/1011`` with 1011
+    "Internal Error".
+    """
+
+    REFUSALS: ClassVar[dict[str, tuple[int, str]]] = {
+        "/1008": (1008, "Unauthorized"),
+        "/1011": (1011, "Internal Error"),
+    }
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.port = 0
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> RefusingServer:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("the refusing server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "the refusing server did not stop"
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1]
+            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            key = headers.get("Sec-WebSocket-Key", headers.get("sec-websocket-key", ""))
+            accept = base64.b64encode(
+                hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+            ).decode()
+            code, reason = self.REFUSALS[path]
+            payload = code.to_bytes(2, "big") + reason.encode()
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                + accept.encode()
+                + b"\r\n\r\n"
+                + bytes([0x88, len(payload)])
+                + payload
+            )
+            await writer.drain()
+            await reader.read(1024)  # the browser's close frame (or EOF)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
 
 
 def reference_web_app() -> web.Application:
@@ -353,6 +430,126 @@ return { ceilings, linear, min: Math.min(...draws), max: Math.max(...draws) };
     assert 720 < result["max"] <= 800
 
 
+REFUSALS_JS = """
+const REFUSALS = { bad: [1008, "Unauthorized"], boom: [1011, "Internal Error"] };
+const bounded = (promise, ms) =>
+  Promise.race([promise, new Promise((resolve) => setTimeout(() => resolve("timed out"), ms))]);
+const refusalOf = async (promise) => {
+  try { await promise; return "resolved"; }
+  catch (err) {
+    const { name, code, message, closeCode, reason } = err;
+    return [name, err instanceof WsClientError, code, message, closeCode, reason];
+  }
+};
+"""
+
+
+@pytest.mark.parametrize("reconnect", [False, True], ids=["plain", "reconnect"])
+def test_refused_connections_report_open_close_and_reject_ready(
+    driver: WebDriver, reference_server: ServerThread, reconnect: bool
+) -> None:
+    driver.get(reference_server.url())
+    with RefusingServer() as raw:
+        # The reference app refuses in on_connect; the bare server in the handshake's write.
+        targets = {
+            "/ws?token=bad": 1008,
+            "/ws?token=boom": 1011,
+            raw.url("/1008"): 1008,
+            raw.url("/1011"): 1011,
+        }
+        result = run_js(
+            driver,
+            REFUSALS_JS
+            + f"const reconnect = {'true' if reconnect else 'false'};"
+            + f"const targets = {json.dumps(list(targets))};"
+            + """
+const runs = [];
+for (const target of targets) {
+  for (let i = 0; i < 20; i++) {
+    const events = [];
+    let closed;
+    const closing = new Promise((resolve) => (closed = resolve));
+    const client = new WsClient(target, {
+      reconnect, baseDelay: 10, maxDelay: 20,
+      onOpen: () => events.push(["open"]),
+      onClose: (code, reason) => { events.push(["close", code, reason]); closed(); },
+      onReconnect: (n) => events.push(["reconnect", n]),
+    });
+    const ready = await bounded(refusalOf(client.ready()), 5000);
+    const waited = await bounded(refusalOf(client.call("rpc", "/echo", 1)), 5000);
+    if (await bounded(closing, 5000) === "timed out") events.push(["no close"]);
+    runs.push({ target, ready, waited, events, state: client.state });
+    client.close();
+  }
+}
+return runs;
+""",
+        )
+    assert len(result) == 80
+    for run in result:
+        code = targets[run["target"]]
+        reason = {1008: "Unauthorized", 1011: "Internal Error"}[code]
+        refusal = ["WsConnectionRefused", True, code, reason, code, reason]
+        assert run == {
+            "target": run["target"],
+            "ready": refusal,
+            "waited": refusal,
+            "events": [["open"], ["close", code, reason]],
+            "state": "disconnected",
+        }
+
+
+def test_refused_reconnects_are_reported_and_end_after_max_retries(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        REFUSALS_JS
+        + """
+const events = [];
+let gaveUp;
+const givingUp = new Promise((resolve) => (gaveUp = resolve));
+const client = new WsClient("/ws", {
+  reconnect: true, baseDelay: 10, maxDelay: 20, maxRetries: 3,
+  onOpen: () => events.push(["open"]),
+  onClose: (code, reason) => events.push(["close", code, reason]),
+  onReconnect: (n) => {
+    events.push(["reconnect", n]);
+    if (!client.url.endsWith("?token=bad")) client.url += "?token=bad";
+  },
+  onError: (err) => {
+    if (err instanceof WsClientError) { events.push(["error", err.code, err.message]); gaveUp(); }
+  },
+});
+await client.ready();
+// A subscription to replay: the refusal comes while the replay waits for its reply.
+await client.subscribe("/chat/rooms/refused");
+client.call("rpc", "/kick").catch(() => {});
+const outcome = await bounded(givingUp, 10000);
+return { events, outcome: outcome ?? "gave up", state: client.state,
+         ready: await bounded(refusalOf(client.ready()), 5000) };
+""",
+    )
+    refused = [["open"], ["close", 1008, "Unauthorized"]]
+    assert result == {
+        "events": [
+            ["open"],
+            ["close", 4000, "kicked"],
+            ["reconnect", 1],
+            *refused,
+            ["reconnect", 2],
+            *refused,
+            ["reconnect", 3],
+            *refused,
+            ["error", 503, "Reconnect failed"],
+        ],
+        "outcome": "gave up",
+        "state": "disconnected",
+        "ready": ["WsConnectionRefused", True, 1008, "Unauthorized", 1008, "Unauthorized"],
+    }
+
+
 # -- the chat example ---------------------------------------------------------------------------
 
 
@@ -423,3 +620,63 @@ def test_chat_two_tabs_talk_and_see_the_leave_notice(driver: WebDriver, tmp_path
         assert log_text.index("Bobhello from Bob") < log_text.index("Adahi Bob, welcome!")
         driver.close()
         driver.switch_to.window(first)
+
+
+def members_of(driver: WebDriver) -> str:
+    text: str = driver.find_element(By.ID, "members").text
+    return text
+
+
+def test_chat_members_have_no_duplicates_after_a_server_restart(driver: WebDriver) -> None:
+    with ServerThread(create_chat_app) as server:
+        port = server.port
+        ada = driver.current_window_handle
+        join_chat(driver, server.url(), "Ada", "lobby")
+        driver.switch_to.new_window("tab")
+        bob = driver.current_window_handle
+        join_chat(driver, server.url(), "Bob", "lobby")
+        wait_text(driver, "members", "2 here: Ada, Bob")
+    # Both tabs lost the server (1001) and retry; a new one comes up on the same port.
+    with ServerThread(create_chat_app, port=port) as server:
+        driver.switch_to.new_window("tab")
+        cy = driver.current_window_handle
+        join_chat(driver, server.url(), "Cy", "lobby")
+        for tab in (ada, bob, cy):
+            driver.switch_to.window(tab)
+            # Each tab settles on the server's list: every member once.
+            WebDriverWait(driver, 20).until(
+                lambda d: members_of(d) == "3 here: Ada, Bob, Cy",
+                message="the member list never settled on Ada, Bob, Cy",
+            )
+        driver.switch_to.window(cy)
+        say(driver, "all here")
+        for tab in (ada, bob):
+            driver.switch_to.window(tab)
+            wait_text(driver, "log", "Cyall here")
+            assert members_of(driver) == "3 here: Ada, Bob, Cy"
+            wait_text(driver, "status", "online")
+        for tab in (bob, cy):
+            driver.switch_to.window(tab)
+            driver.close()
+        driver.switch_to.window(ada)
+
+
+def test_chat_wraps_a_long_word_instead_of_overflowing(driver: WebDriver) -> None:
+    with ServerThread(create_chat_app) as server:
+        join_chat(driver, server.url(), "Ada", "lobby")
+        word = "x" * 400
+        say(driver, word)
+        wait_text(driver, "log", word)
+        sizes = driver.execute_script(
+            """
+const log = document.getElementById("log");
+const line = log.lastElementChild;
+return { line: [line.scrollWidth, line.clientWidth], log: [log.scrollWidth, log.clientWidth],
+         height: line.getBoundingClientRect().height };
+"""
+        )
+        line_scroll, line_client = sizes["line"]
+        log_scroll, log_client = sizes["log"]
+        assert line_scroll <= line_client, sizes
+        assert log_scroll <= log_client, sizes
+        assert sizes["height"] > 40, sizes  # wrapped over several lines

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 import wsevents
 from examples import reference_app
 from wsevents import WsApp, WsError, use_ws_connection, use_ws_message
-from wsevents.client import Push, WsClient, WsClientError
+from wsevents.client import Push, WsClient, WsClientError, WsConnectionRefused
 
 pytestmark = pytest.mark.functional
 
@@ -289,18 +289,181 @@ async def test_connect_with_reconnect_retries_until_the_server_is_up(
     assert hooks.kinds()[-1] == "open"
 
 
-async def test_rejected_handshake_closes_with_the_servers_code(
-    reference: TestServer, clients: ClientFactory
+def gatekeeper() -> WsApp:
+    """An app whose ``on_connect`` refuses by the ``X-Token`` header, or by ``?refuse=``."""
+    ws = WsApp(heartbeat=0)
+
+    @ws.on_connect
+    async def authenticate() -> None:
+        request = use_ws_connection().request
+        assert request is not None
+        refuse = request.query.get("refuse") or request.headers.get("X-Token")
+        if refuse == "401":
+            raise WsError(401, "Unauthorized")
+        if refuse == "403":
+            raise WsError(403, "private")
+        if refuse == "boom":
+            raise RuntimeError("token service exploded")  # logged, never sent
+
+    @ws.on_message("rpc", "/echo")
+    def echo() -> Any:
+        return use_ws_message().data
+
+    @ws.on_message("rpc", "/kick")
+    def kick() -> None:
+        use_ws_connection().close(4000, "kicked")
+
+    return ws
+
+
+REFUSALS = [
+    ("401", 1008, "Unauthorized"),
+    ("403", 1008, "private"),
+    ("boom", 1011, "Internal Error"),
+]
+
+
+@pytest.mark.parametrize("reconnect", [False, True], ids=["plain", "reconnect"])
+@pytest.mark.parametrize(("refuse", "code", "reason"), REFUSALS)
+async def test_connect_raises_the_refusal_with_its_close_code_and_reason(
+    aiohttp_server: ServerFactory,
+    clients: ClientFactory,
+    refuse: str,
+    code: int,
+    reason: str,
+    reconnect: bool,
 ) -> None:
+    server = await aiohttp_server(serve(gatekeeper()))
+    for _ in range(20):  # the refusal never loses a race against the setup
+        hooks = Hooks()
+        options = FAST if reconnect else {}
+        client = clients(url_of(server, f"?refuse={refuse}"), **options, **hooks.kwargs())
+        connecting = asyncio.create_task(client.connect())
+        # Tasks start in order: connect() is under way when the call looks, so it waits.
+        waiting = asyncio.create_task(client.call("rpc", "/echo", 1))
+        with pytest.raises(WsConnectionRefused) as info:
+            await connecting
+        refusal = info.value
+        assert isinstance(refusal, WsClientError)
+        assert (refusal.close_code, refusal.reason) == (code, reason)
+        assert (refusal.code, refusal.message, str(refusal)) == (code, reason, f"{code}: {reason}")
+        # No on_open, so no on_close: the refusal is connect()'s error (and on_error's).
+        assert hooks.events == [("error", refusal)]
+        assert not client.connected
+        with pytest.raises(WsConnectionRefused) as waited:
+            await waiting
+        assert waited.value is refusal
+        with pytest.raises(WsConnectionRefused) as later:
+            await client.call("rpc", "/echo", 2)
+        assert later.value is refusal
+
+
+@pytest.mark.parametrize(("refuse", "code", "reason"), REFUSALS)
+async def test_async_with_raises_the_refusal(
+    aiohttp_server: ServerFactory, refuse: str, code: int, reason: str
+) -> None:
+    server = await aiohttp_server(serve(gatekeeper()))
+    entered = False
+    with pytest.raises(WsConnectionRefused) as info:
+        async with WsClient(url_of(server, f"?refuse={refuse}")):
+            entered = True
+    assert not entered
+    assert (info.value.close_code, info.value.reason) == (code, reason)
+
+
+async def test_refused_reconnects_go_to_on_error_and_end_after_max_retries(
+    aiohttp_server: ServerFactory, clients: ClientFactory
+) -> None:
+    server = await aiohttp_server(serve(gatekeeper()))
     hooks = Hooks()
-    client = clients(url_of(reference, "?token=bad"), **hooks.kwargs())
-    try:
-        await client.connect()
-    except WsClientError as exc:  # the close may win the race against the setup
-        assert exc.code == 503
-    await hooks.until("close")
-    assert hooks.of("close") == [("close", 1008, "Unauthorized")]
+    client = clients(url_of(server), **FAST, max_retries=3, **hooks.kwargs())
+
+    def revoke(attempt: int) -> None:
+        hooks.on_reconnect(attempt)
+        client.headers["X-Token"] = "401"  # the token was revoked meanwhile
+
+    client.on_reconnect = revoke
+    await client.connect()
+    with pytest.raises(WsClientError):
+        await client.call("rpc", "/kick")
+    await hooks.until("error", 4)  # three refusals, then giving up
+    kinds = [
+        (e[0], type(e[1]).__name__, e[1].code, e[1].message) if e[0] == "error" else e
+        for e in hooks.events
+    ]
+    refused = ("error", "WsConnectionRefused", 1008, "Unauthorized")
+    assert kinds == [
+        ("open",),
+        ("close", 4000, "kicked"),
+        ("reconnect", 1),
+        refused,
+        ("reconnect", 2),
+        refused,
+        ("reconnect", 3),
+        refused,
+        ("error", "WsClientError", 503, "Reconnect failed"),
+    ]
     assert not client.connected
+    with pytest.raises(WsConnectionRefused):
+        await client.call("rpc", "/echo", 1)
+
+
+def mute_server() -> web.Application:
+    """Accepts the WebSocket and never reads from it: no pong, no close."""
+    app = web.Application()
+    stop = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await stop.wait()  # until the server shuts down (it cancels the handler)
+        return ws
+
+    app.router.add_get("/ws", handler)
+    return app
+
+
+async def test_connect_waits_for_the_pong_within_connect_timeout(
+    aiohttp_server: ServerFactory, clients: ClientFactory
+) -> None:
+    server = await aiohttp_server(mute_server())
+    hooks = Hooks()
+    client = clients(url_of(server), connect_timeout=0.2, **hooks.kwargs())
+    with pytest.raises(WsClientError) as info:
+        await client.connect()
+    assert (info.value.code, info.value.message) == (503, "Connection failed")
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert hooks.of("open") == []
+    # Without the confirmation the handshake alone makes the connection.
+    unconfirmed = clients(url_of(server), confirm_connect=False, **hooks.kwargs())
+    await unconfirmed.connect()
+    assert unconfirmed.connected and hooks.of("open") == [("open",)]
+
+
+async def test_protocols_are_offered_in_the_handshake(
+    aiohttp_server: ServerFactory, clients: ClientFactory
+) -> None:
+    offered: list[str] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        offered.append(request.headers.get("Sec-WebSocket-Protocol", ""))
+        ws = web.WebSocketResponse(protocols=("wsevents.v2",))
+        await ws.prepare(request)
+        async for _ in ws:  # answers the client's ping
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = await aiohttp_server(app)
+    client = clients(url_of(server), protocols=["wsevents.v1", "wsevents.v2"])
+    assert client.protocol is None
+    await client.connect()
+    assert offered == ["wsevents.v1,wsevents.v2"]
+    assert client.protocol == "wsevents.v2"
+    plain = clients(url_of(server))
+    await plain.connect()
+    assert offered[-1] == "" and plain.protocol is None
 
 
 async def test_async_with_opens_and_closes_with_1000(

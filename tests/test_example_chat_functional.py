@@ -74,7 +74,12 @@ async def test_join_notice_history_and_leave_notice(join: Any) -> None:
         ]
         joined = await anext(notices)
     assert joined == Push("system", "/chat/lobby", {"room": "lobby"}, joined.data)
-    assert joined.data == {"kind": "join", "name": "Bob", "text": "Bob joined"}
+    assert joined.data == {
+        "kind": "join",
+        "name": "Bob",
+        "text": "Bob joined",
+        "members": ["Ada", "Bob"],
+    }
 
     await bob.call("message", "/chat/lobby", {"text": "hi"})
     async with asyncio.timeout(5):
@@ -84,7 +89,7 @@ async def test_join_notice_history_and_leave_notice(join: Any) -> None:
     await bob.close()
     async with asyncio.timeout(5):
         left = await anext(notices)
-    assert left.data == {"kind": "leave", "name": "Bob", "text": "Bob left"}
+    assert left.data == {"kind": "leave", "name": "Bob", "text": "Bob left", "members": ["Ada"]}
 
 
 async def test_unsubscribe_pushes_a_leave_notice(join: Any) -> None:
@@ -95,7 +100,8 @@ async def test_unsubscribe_pushes_a_leave_notice(join: Any) -> None:
     notices = ada.pushes("system", "/chat/lobby")
     await sub()
     async with asyncio.timeout(5):
-        assert (await anext(notices)).data["text"] == "Bob left"
+        left = (await anext(notices)).data
+    assert (left["text"], left["members"]) == ("Bob left", ["Ada"])
     with pytest.raises(WsClientError) as info:
         await bob.call("message", "/chat/lobby", {"text": "gone"})
     assert info.value.code == 403

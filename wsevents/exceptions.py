@@ -11,6 +11,7 @@ __all__ = [
     "RoutingError",
     "TransportError",
     "WsClientError",
+    "WsConnectionRefused",
     "WsError",
     "WsEventsError",
 ]
@@ -61,6 +62,24 @@ class WsClientError(WsEventsError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+class WsConnectionRefused(WsClientError):
+    """The server refused the connection: it closed the socket right after the handshake.
+
+    A wsevents server does so when an ``on_connect`` hook raises: 1008 with the error's
+    message for a ``WsError`` 401/403, 1011 otherwise. ``code`` is the close code and
+    ``message`` its reason, so ``str(exc)`` reads ``1008: Unauthorized``.
+
+    Attributes:
+        close_code: the close code the server sent.
+        reason: the close reason the server sent (may be empty).
+    """
+
+    def __init__(self, close_code: int, reason: str = "") -> None:
+        super().__init__(close_code, reason or f"Connection refused ({close_code})")
+        self.close_code = int(close_code)
+        self.reason = reason
 
 
 _DEFAULT_MESSAGES = {

@@ -9,10 +9,15 @@ Protocol (paths are ``/chat/<room>``, room names are 1-32 of ``A-Z a-z 0-9 _ -``
 - connect to ``/ws?name=<name>``: the name is cleaned (printable, 1-24 characters) or
   becomes ``guest-xxxx``;
 - ``subscribe`` joins and replies ``{room, name, members, history}`` (the last messages
-  of the room); the other members get a ``system`` push ``{kind: "join", name, text}``;
+  of the room); the other members get a ``system`` push ``{kind: "join", name, text,
+  members}``. Subscribing again (as a client does after a reconnect) only replies: the
+  members as they are now;
 - ``message`` with ``{"text"}`` (1-500 characters) pushes ``message`` ``{name, text, ts}``
   to every member, the sender included, and keeps it in the room's history;
 - ``unsubscribe`` (or closing the tab) leaves; the others get ``{kind: "leave", ...}``.
+
+Every notice carries the room's member list after the change, so a page shows the
+server's list rather than adding and removing names itself.
 """
 
 from __future__ import annotations
@@ -83,12 +88,20 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         name: str = use_ws_connection().state["name"]
         return name
 
-    def notice(kind: str, name: str) -> dict[str, Any]:
-        verb = "joined" if kind == "join" else "left"
-        return {"kind": kind, "name": name, "text": f"{name} {verb}"}
+    def members(room: str, leaving: str | None = None) -> list[str]:
+        conns = use_ws_server().room_connections(room)
+        return sorted(c.state.get("name", "?") for c in conns if c.id != leaving)
 
-    def members(room: str) -> list[str]:
-        return sorted(c.state.get("name", "?") for c in use_ws_server().room_connections(room))
+    def notice(kind: str, name: str, room: str) -> dict[str, Any]:
+        verb = "joined" if kind == "join" else "left"
+        # The leaver is still a member while its notice goes out: leave it out of the list.
+        leaving = use_ws_connection().id if kind == "leave" else None
+        return {
+            "kind": kind,
+            "name": name,
+            "text": f"{name} {verb}",
+            "members": members(room, leaving),
+        }
 
     @ws.on_connect
     def take_name() -> None:
@@ -101,7 +114,8 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         conn = use_ws_connection()
         rooms = use_ws_server().rooms
         for room in conn.rooms:
-            await rooms.broadcast(room, "system", notice("leave", my_name()), exclude_id=conn.id)
+            leave = notice("leave", my_name(), room)
+            await rooms.broadcast(room, "system", leave, exclude_id=conn.id)
 
     @ws.on_message("subscribe", ROOM)
     async def join() -> dict[str, Any]:
@@ -109,7 +123,7 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         rooms = use_ws_rooms()
         if room not in rooms.rooms():
             await rooms.join()
-            await rooms.broadcast("system", notice("join", my_name()))
+            await rooms.broadcast("system", notice("join", my_name(), room))
         return {
             "room": use_route_params().get("room"),
             "name": my_name(),
@@ -122,7 +136,7 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         room = use_ws_message().path
         rooms = use_ws_rooms()
         if room in rooms.rooms():
-            await rooms.broadcast("system", notice("leave", my_name()))
+            await rooms.broadcast("system", notice("leave", my_name(), room))
             await rooms.leave()
         return {"left": True}
 

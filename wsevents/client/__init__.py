@@ -8,7 +8,7 @@ iterators, reconnects with jittered backoff. See ``docs/python-client.md``.
 
 from __future__ import annotations
 
-from ..exceptions import WsClientError
+from ..exceptions import WsClientError, WsConnectionRefused
 from ._client import (
     DEFAULT_PUSH_QUEUE_SIZE,
     DEFAULT_QUEUE_SIZE,
@@ -36,4 +36,5 @@ __all__ = [
     "Subscription",
     "WsClient",
     "WsClientError",
+    "WsConnectionRefused",
 ]

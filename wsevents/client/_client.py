@@ -8,14 +8,14 @@ import inspect
 import logging
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from enum import Enum
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
 
-from ..exceptions import WsClientError
+from ..exceptions import WsClientError, WsConnectionRefused
 from ..protocol import JsonCodec
 from ._backoff import Backoff, BackoffStrategy
 from ._listeners import Listeners, Push
@@ -53,6 +53,9 @@ CLIENT_CLOSE_REASON = "Client closed"
 _TEXT = aiohttp.WSMsgType.TEXT
 _BINARY = aiohttp.WSMsgType.BINARY
 _CLOSE = aiohttp.WSMsgType.CLOSE
+_PING = aiohttp.WSMsgType.PING
+_PONG = aiohttp.WSMsgType.PONG
+_CONFIRM_PING = b"wsevents"
 _encode = JsonCodec.encode
 _decode = JsonCodec.decode
 
@@ -221,15 +224,25 @@ class WsClient:
         headers: sent with every handshake; the dict may be changed (say, from
             ``on_reconnect``) and the next handshake uses it.
         heartbeat: seconds between client pings (None = only answer the server's).
-        connect_timeout: seconds one connection attempt may take.
+        connect_timeout: seconds one connection attempt may take, the confirmation
+            included.
+        confirm_connect: after the handshake, ping the server and wait for its pong
+            before the connection counts as open. A wsevents server answers only once
+            its ``on_connect`` hooks accepted the connection; one that refuses closes
+            instead, and the attempt fails with :class:`WsConnectionRefused`. False
+            saves the round trip; a refusal then shows as a lost connection.
+        protocols: WebSocket subprotocols to offer; the one the server picked is
+            :attr:`protocol`.
         session: an ``aiohttp.ClientSession`` to use (not closed by the client); by
             default the client makes and closes its own.
         on_open: ``on_open()``, after each connection is ready (queue flushed,
             subscriptions replayed).
-        on_close: ``on_close(code, reason)``, after each open connection ends.
-        on_error: ``on_error(exc)``: a failed connection attempt, a push handler that
-            raised, a subscription the server refused on replay, or giving up
-            reconnecting (``WsClientError(503)``).
+        on_close: ``on_close(code, reason)``, after each open connection ends (once
+            per ``on_open``).
+        on_error: ``on_error(exc)``: a failed connection attempt, a refused one
+            (:class:`WsConnectionRefused`), a push handler that raised, a subscription
+            the server refused on replay, or giving up reconnecting
+            (``WsClientError(503)``).
         on_reconnect: ``on_reconnect(attempt)``, before each reconnect attempt (1, 2, …
             since the last success), after its delay.
 
@@ -257,6 +270,8 @@ class WsClient:
         on_close: CloseHook | None = None,
         on_error: ErrorHook | None = None,
         on_reconnect: ReconnectHook | None = None,
+        confirm_connect: bool = True,
+        protocols: Sequence[str] = (),
     ) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
@@ -268,6 +283,8 @@ class WsClient:
         self.headers: dict[str, str] = dict(headers) if headers else {}
         self.heartbeat = heartbeat
         self.connect_timeout = float(connect_timeout)
+        self.confirm_connect = confirm_connect
+        self.protocols = tuple(protocols)
         self.queue_size = queue_size
         self.on_open = on_open
         self.on_close = on_close
@@ -290,6 +307,8 @@ class WsClient:
         self._subscriptions: dict[str, Any] = {}
         self._waiters: set[asyncio.Future[None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._confirming: asyncio.Future[None] | None = None  # the pong awaited by _setup
+        self._refusal: WsConnectionRefused | None = None  # why the last attempt was refused
 
     def __repr__(self) -> str:
         return f"<WsClient {self.url} {self._state.value}>"
@@ -305,6 +324,12 @@ class WsClient:
     def closed(self) -> bool:
         """True once [`close`][] was called; the client cannot be used again."""
         return self._state is _State.CLOSED
+
+    @property
+    def protocol(self) -> str | None:
+        """The subprotocol the server picked for the current connection, if any."""
+        ws = self._ws
+        return ws.protocol if ws is not None else None
 
     @property
     def queued(self) -> int:
@@ -324,7 +349,11 @@ class WsClient:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # __aexit__ will not run: release the session now
+            raise
         return self
 
     async def __aexit__(
@@ -339,9 +368,12 @@ class WsClient:
         """Connect; returns once the connection is ready and ``on_open`` has run.
 
         With ``reconnect`` on, failed attempts are retried with backoff until one
-        succeeds or ``max_retries`` is spent. Returns at once when already connected.
+        succeeds or ``max_retries`` is spent; a refusal ends it at once. Returns at once
+        when already connected.
 
         Raises:
+            WsConnectionRefused: the server closed the connection right after the
+                handshake (an ``on_connect`` hook refused it): its close code and reason.
             WsClientError: 503 when no connection could be made (the cause is chained),
                 or when the client was closed.
         """
@@ -355,6 +387,7 @@ class WsClient:
             )
         if self._state is not _State.CONNECTING:
             self._state = _State.CONNECTING
+            self._refusal = None
             if self.reconnect:
                 self._backoff.reset()
                 self._start_connector(immediate=True)
@@ -363,6 +396,8 @@ class WsClient:
                 return
         await self._wait_for_change(None)
         if self._state is not _State.OPEN and self._state is not _State.CONNECTING:
+            if self._refusal is not None and not self.closed:
+                raise self._refusal
             raise WsClientError(503, "Connection closed" if self.closed else "Connection failed")
 
     async def close(self) -> None:
@@ -496,8 +531,13 @@ class WsClient:
 
     async def _dial(self) -> aiohttp.ClientWebSocketResponse:
         assert self._session is not None
+        # autoping off: the reader answers pings itself and sees the pong of _confirm.
         return await self._session.ws_connect(
-            self.url, headers=self.headers, heartbeat=self.heartbeat, autoping=True
+            self.url,
+            headers=self.headers,
+            heartbeat=self.heartbeat,
+            autoping=False,
+            protocols=self.protocols,
         )
 
     async def _connect_once(self) -> None:
@@ -509,6 +549,8 @@ class WsClient:
             if not isinstance(exc, Exception):
                 raise  # cancelled
             await self._fire(self.on_error, exc)
+            if isinstance(exc, WsConnectionRefused):
+                raise exc from None
             raise WsClientError(503, "Connection failed") from exc
         if not opened:
             self._release_waiters()
@@ -529,6 +571,8 @@ class WsClient:
         self._start(self._connect_loop(immediate))
 
     async def _connect_loop(self, immediate: bool) -> None:
+        # Started by connect() (immediate) rather than by a loss: a refusal ends it.
+        first = immediate
         try:
             while self._state is _State.CONNECTING:
                 if not immediate:
@@ -545,12 +589,31 @@ class WsClient:
                     ws = await self._dial()
                 except Exception as exc:
                     log.debug("connection attempt failed: %r", exc)
+                    self._refusal = None
                     await self._fire(self.on_error, exc)
                     continue
                 if self._state is not _State.CONNECTING:
                     await ws.close()
                     return
-                if await self._setup(ws):
+                try:
+                    ready = await self._setup(ws)
+                except Exception as exc:
+                    if self._ws is ws:
+                        self._ws = None
+                        self._start(_close_quietly(ws))
+                    refused = isinstance(exc, WsConnectionRefused)
+                    if not refused:
+                        self._refusal = None
+                    log.debug("connection attempt failed: %r", exc)
+                    if refused and first and self._state is _State.CONNECTING:
+                        # The server said no to connect(): retrying would hide its reason.
+                        self._state = _State.DISCONNECTED
+                        self._queue.clear()
+                        self._release_waiters()
+                        self._end_streams()
+                    await self._fire(self.on_error, exc)
+                    continue
+                if ready:
                     # A loss from here on starts a new connector: this one is done.
                     self._connecting = False
                     await self._fire(self.on_open)
@@ -568,9 +631,17 @@ class WsClient:
         await self._fire(self.on_error, WsClientError(503, "Reconnect failed"))
 
     async def _setup(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Make a fresh socket ready: reader, flush, replay, flush again; True when OPEN."""
+        """Make a fresh socket ready: reader, confirm, flush, replay, flush; True when OPEN.
+
+        Raises:
+            WsConnectionRefused: the server closed the socket instead of answering the
+                confirmation ping.
+            TimeoutError: no pong within ``connect_timeout``.
+        """
         self._ws = ws
         self._reader = self._spawn(self._read(ws))
+        if self.confirm_connect:
+            await self._confirm(ws)
         self._backoff.reset()
         if not await self._flush(ws):
             return False
@@ -581,6 +652,26 @@ class WsClient:
             return False
         self._state = _State.OPEN
         return True
+
+    async def _confirm(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Ping and await the pong: the server reads, so its ``on_connect`` accepted us.
+
+        A wsevents server (and an ``@wooksjs/event-ws`` one) runs ``on_connect`` before it
+        reads any frame, so a refusal's close always comes before the pong.
+        """
+        waiter = asyncio.get_running_loop().create_future()
+        self._confirming = waiter
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                try:
+                    await ws.ping(_CONFIRM_PING)
+                except Exception as exc:  # closing already: the reader settles the waiter
+                    log.debug("confirmation ping failed: %r", exc)
+                await waiter
+        finally:
+            self._confirming = None
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # retrieved
 
     async def _flush(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
         queue = self._queue
@@ -631,7 +722,7 @@ class WsClient:
             if state is _State.CLOSED:
                 raise WsClientError(503, "Connection closed")
             if state is not _State.CONNECTING:
-                raise WsClientError(503, "Not connected")
+                raise self._refusal or WsClientError(503, "Not connected")
             try:
                 await self._wait_for_change(deadline)
             except TimeoutError:
@@ -711,6 +802,13 @@ class WsClient:
                 kind = msg.type
                 if kind is _TEXT or kind is _BINARY:
                     self._on_frame(msg.data)
+                elif kind is _PING:
+                    with contextlib.suppress(Exception):
+                        await ws.pong(msg.data)
+                elif kind is _PONG:
+                    confirming = self._confirming
+                    if confirming is not None and not confirming.done():
+                        confirming.set_result(None)
                 elif kind is _CLOSE:
                     code = msg.data if isinstance(msg.data, int) else 1005
                     reason = msg.extra if isinstance(msg.extra, str) else ""
@@ -720,7 +818,7 @@ class WsClient:
                     if isinstance(msg.data, Exception):
                         self._fire_nowait(self.on_error, msg.data)
                     break
-                elif kind is not aiohttp.WSMsgType.PING and kind is not aiohttp.WSMsgType.PONG:
+                else:
                     code = ws.close_code or 1006  # CLOSING (our close) or CLOSED
                     break
         except Exception as exc:
@@ -759,9 +857,19 @@ class WsClient:
             self._report(exc)
 
     def _lost(self, ws: aiohttp.ClientWebSocketResponse, code: int, reason: str) -> None:
+        confirming = self._confirming
+        if confirming is not None and not confirming.done() and self._ws is ws:
+            # Closed instead of answering the confirmation ping: refused (1006: it broke).
+            if code == 1006:
+                confirming.set_exception(WsClientError(503, "Connection lost"))
+            else:
+                # Stored before the waiters are released below: they raise it.
+                self._refusal = WsConnectionRefused(code, reason)
+                confirming.set_exception(self._refusal)
         if self._ws is not ws:
             return
         self._ws = None
+        was_open = self._state is _State.OPEN
         self._rpc.fail_all(503, "Connection lost")
         if self.reconnect:
             self._state = _State.CONNECTING
@@ -771,7 +879,8 @@ class WsClient:
             self._state = _State.DISCONNECTED
             self._release_waiters()
             self._end_streams()
-        self._fire_nowait(self.on_close, code, reason)
+        if was_open:  # on_close pairs with on_open: a socket lost while set up never opened
+            self._fire_nowait(self.on_close, code, reason)
 
     def _end_streams(self) -> None:
         for stream in list(self._streams):

@@ -16,6 +16,7 @@
 
 const DEFAULT_RPC_TIMEOUT = 10000;
 const DEFAULT_QUEUE_SIZE = 1000;
+const DEFAULT_ACCEPT_WINDOW = 100;
 const CLIENT_CLOSE_REASON = "Client closed";
 
 /** An RPC failed: the server's error reply, 408 (timeout) or 503 (not connected). */
@@ -24,6 +25,20 @@ export class WsClientError extends Error {
     super(message ?? `WsClientError ${code}`);
     this.name = "WsClientError";
     this.code = code;
+  }
+}
+
+/**
+ * The server closed the socket before it was ready: it refused the connection (an
+ * on_connect hook raised: 1008 for 401/403, 1011 otherwise). `code` and `closeCode` are
+ * the close code, `message` and `reason` its reason.
+ */
+export class WsConnectionRefused extends WsClientError {
+  constructor(closeCode, reason) {
+    super(closeCode, reason || `Connection refused (${closeCode})`);
+    this.name = "WsConnectionRefused";
+    this.closeCode = closeCode;
+    this.reason = reason;
   }
 }
 
@@ -138,11 +153,21 @@ function normalizeReconnect(opts) {
  *
  * Options: reconnect (false), baseDelay (1000), maxDelay (30000), maxRetries (Infinity),
  * backoff ("exponential" | "linear"), queueSize (1000), rpcTimeout (10000), protocols,
- * messageParser, messageSerializer, onOpen(), onClose(code, reason), onError(err),
- * onReconnect(attempt).
+ * acceptWindow (100), messageParser, messageSerializer, onOpen(), onClose(code, reason),
+ * onError(err), onReconnect(attempt).
  *
  * States: "connecting" (first connect, or reconnecting), "open", "disconnected" (lost,
  * and nothing reconnects by itself), "closed" (close() was called; final).
+ *
+ * Lifecycle of each socket: once it opens, the module waits acceptWindow ms for a
+ * refusal (a server that refuses in on_connect closes right after the handshake), then
+ * flushes the queue and replays subscriptions, and only then is "open": onOpen fires and
+ * ready() resolves. A socket that opened fires onOpen and then onClose(code, reason) once
+ * each, with the close's real code and reason; when it closes before it was ready,
+ * onOpen fires right before its onClose. Closed by the server before it was ready, it
+ * was refused: ready() and calls waiting for the connection reject with
+ * WsConnectionRefused. A refused first connection is final ("disconnected"), with
+ * reconnect on too; refused reconnects are retried with growing delays until maxRetries.
  */
 export class WsClient {
   constructor(url, opts = {}) {
@@ -151,6 +176,8 @@ export class WsClient {
     this.queueSize = opts.queueSize ?? DEFAULT_QUEUE_SIZE;
     if (!(this.queueSize >= 0)) throw new RangeError("queueSize must be >= 0");
     this.protocols = opts.protocols;
+    this.acceptWindow = opts.acceptWindow ?? DEFAULT_ACCEPT_WINDOW;
+    if (!(this.acceptWindow >= 0)) throw new RangeError("acceptWindow must be >= 0");
     this.serialize = opts.messageSerializer ?? JSON.stringify;
     this.parse = opts.messageParser ?? JSON.parse;
     const reconnect = normalizeReconnect(opts);
@@ -167,6 +194,8 @@ export class WsClient {
     this._listeners = new Listeners();
     this._subscriptions = new Map(); // path -> data
     this._timer = null;
+    this._everReady = false; // a connection of this client was ready once
+    this._refusal = null; // the WsConnectionRefused of the last refused socket
     this._hooks = { open: [], close: [], error: [], reconnect: [] };
     if (opts.onOpen) this.onOpen(opts.onOpen);
     if (opts.onClose) this.onClose(opts.onClose);
@@ -270,7 +299,10 @@ export class WsClient {
     return this._listeners.add(event, pattern, handler);
   }
 
-  /** Resolves once open (at once if open); rejects with 503 if that cannot happen. */
+  /**
+   * Resolves once open (at once if open). Rejects with WsConnectionRefused when the
+   * server refused the connection, with 503 when it cannot open otherwise.
+   */
   ready(timeout = Infinity) {
     return this._whenOpen(Date.now() + timeout);
   }
@@ -326,42 +358,64 @@ export class WsClient {
     }
     ws.binaryType = "arraybuffer";
     this._ws = ws;
-    // onClose pairs with onOpen: a socket closed before it was set up never opened.
-    let opened = false;
-    ws.addEventListener("open", async () => {
-      opened = await this._setup(ws);
+    // Per socket: "opened" when the browser opened it, "ready" once onOpen fired. The
+    // close may come while the setup still awaits (the wait for a refusal, the replay):
+    // the setup then stops, and the close handler fires the onOpen it owes.
+    const life = { opened: false, ready: false };
+    ws.addEventListener("open", () => {
+      life.opened = true;
+      this._setup(ws, life);
     });
     ws.addEventListener("message", (ev) => this._onFrame(ev.data));
     ws.addEventListener("error", (ev) => this._emit("error", ev));
     ws.addEventListener("close", (ev) => {
       if (this._ws !== ws) return;
       this._ws = null;
+      const code = ev.code;
+      const reason = ev.reason || "";
+      const emitPair = () => {
+        if (!life.opened) return;
+        if (!life.ready) this._emit("open");
+        this._emit("close", code, reason);
+      };
       if (this._state === "closed") {
-        if (opened) this._emit("close", ev.code, ev.reason || "");
+        emitPair();
         return;
       }
+      // 1006: no close frame came, the connection broke; any other code is the server's.
+      const refused = life.opened && !life.ready && code !== 1006;
+      this._refusal = refused ? new WsConnectionRefused(code, reason) : null;
       this._failPending(503, "Connection lost");
-      if (this.reconnect) {
+      if (this.reconnect && !(refused && !this._everReady)) {
         this._state = "connecting";
-        this._scheduleOrGiveUp();
+        emitPair();
+        // After the hooks, so that giving up (onError) comes after this onClose; a hook
+        // may have closed the client.
+        if (this._state === "connecting") this._scheduleOrGiveUp();
       } else {
         this._state = "disconnected";
+        this._queue.length = 0;
         this._release();
+        emitPair();
       }
-      if (opened) this._emit("close", ev.code, ev.reason || "");
     });
   }
 
-  async _setup(ws) {
-    this.backoff.reset();
+  async _setup(ws, life) {
     const stillCurrent = () => this._ws === ws && ws.readyState === 1 && this._state === "connecting";
-    if (!this._flush(ws)) return false;
+    // A server refusing in on_connect closes right after the handshake, before any other
+    // frame: wait for that close a little before flushing into a socket about to go away.
+    if (this.acceptWindow > 0) await settle(ws, this.acceptWindow);
+    if (!stillCurrent() || !this._flush(ws)) return;
     await this._replay(ws);
-    if (!stillCurrent() || !this._flush(ws)) return false;
+    if (!stillCurrent() || !this._flush(ws)) return;
+    this.backoff.reset();
+    this._everReady = true;
+    this._refusal = null;
     this._state = "open";
+    life.ready = true;
     this._emit("open");
     this._release();
-    return true;
   }
 
   _flush(ws) {
@@ -425,7 +479,9 @@ export class WsClient {
       const check = () => {
         if (this._state === "open") return resolve();
         if (this._state === "closed") return reject(new WsClientError(503, "Connection closed"));
-        if (this._state !== "connecting") return reject(new WsClientError(503, "Not connected"));
+        if (this._state !== "connecting") {
+          return reject(this._refusal ?? new WsClientError(503, "Not connected"));
+        }
         const remaining = deadline - Date.now();
         if (remaining <= 0) return reject(new WsClientError(503, "Not connected"));
         let timer = null;
@@ -555,6 +611,19 @@ export class WsClient {
       }
     }
   }
+}
+
+/** Resolves after `ms`, or as soon as `ws` closes. */
+function settle(ws, ms) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      ws.removeEventListener("close", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    ws.addEventListener("close", done);
+  });
 }
 
 function message(event, path, data, id) {
