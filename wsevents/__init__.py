@@ -22,6 +22,7 @@ from .exceptions import (
     RoutingError,
     TransportError,
     WsClientError,
+    WsConnectionRefused,
     WsError,
     WsEventsError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "WsApp",
     "WsClient",
     "WsClientError",
+    "WsConnectionRefused",
     "WsError",
     "WsEventsError",
     "WsRooms",

@@ -229,10 +229,11 @@ class WsClient:
         confirm_connect: after the handshake, ping the server and wait for its pong
             before the connection counts as open. A wsevents server answers only once
             its ``on_connect`` hooks accepted the connection; one that refuses closes
-            instead, and the attempt fails with :class:`WsConnectionRefused`. False
-            saves the round trip; a refusal then shows as a lost connection.
+            instead, and the attempt fails with
+            [`WsConnectionRefused`][wsevents.WsConnectionRefused]. False saves the round trip;
+            a refusal then shows as a lost connection.
         protocols: WebSocket subprotocols to offer; the one the server picked is
-            :attr:`protocol`.
+            [`protocol`][].
         session: an ``aiohttp.ClientSession`` to use (not closed by the client); by
             default the client makes and closes its own.
         on_open: ``on_open()``, after each connection is ready (queue flushed,
@@ -240,8 +241,8 @@ class WsClient:
         on_close: ``on_close(code, reason)``, after each open connection ends (once
             per ``on_open``).
         on_error: ``on_error(exc)``: a failed connection attempt, a refused one
-            (:class:`WsConnectionRefused`), a push handler that raised, a subscription
-            the server refused on replay, or giving up reconnecting
+            ([`WsConnectionRefused`][wsevents.WsConnectionRefused]), a push handler that
+            raised, a subscription the server refused on replay, or giving up reconnecting
             (``WsClientError(503)``).
         on_reconnect: ``on_reconnect(attempt)``, before each reconnect attempt (1, 2, …
             since the last success), after its delay.
