@@ -181,9 +181,10 @@ class WsApp:
     def on_connect(self, fn: F) -> F:
         """Run ``fn`` when a connection opens, before any of its messages.
 
-        Raising ``WsError`` 401/403 closes the socket with 1008 and the error's message;
-        another ``WsError`` closes with 1011 and its message; any other exception closes
-        with 1011 ``"Internal Error"`` (the exception is logged, never sent).
+        Raising ``WsError`` refuses the connection with the error's message as the close
+        reason: a client error (4xx, e.g. 401, 403, 429) closes with 1008 (policy
+        violation), any other code with 1011. Any other exception closes with 1011
+        ``"Internal Error"`` (the exception is logged, never sent).
         """
         self._on_connect.append(_Handler(fn, _is_async(fn)))
         return fn
@@ -409,7 +410,7 @@ class WsApp:
                 if hook.is_async:
                     await result
             except WsError as exc:
-                code = 1008 if exc.code in (401, 403) else 1011
+                code = 1008 if 400 <= exc.code < 500 else 1011
                 conn.close(code, exc.message)
                 return False
             except Exception:

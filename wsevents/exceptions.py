@@ -24,7 +24,7 @@ class WsError(WsEventsError):
     """An error with an HTTP-like code whose message is sent to the client.
 
     Raise it from a handler to reply ``{"id", "error": {"code", "message"}}``, or from an
-    ``on_connect`` hook to refuse the connection (401/403 close with 1008).
+    ``on_connect`` hook to refuse the connection (4xx close with 1008, others 1011).
 
     Example:
         ``raise WsError(403, "private room")``
