@@ -133,6 +133,116 @@ async def test_allowed_origins_star_allows_any(aiohttp_client) -> None:
         await sock.close()
 
 
+# -- subprotocols -----------------------------------------------------------------------------
+
+
+def protocol_app(**options: Any) -> WsApp:
+    ws = make_app(**options)
+
+    @ws.on_message("rpc", "/subprotocol")
+    def subprotocol() -> str | None:
+        return use_ws_connection().subprotocol
+
+    return ws
+
+
+async def handshake(client: Any, protocol_header: str | None) -> tuple[int, dict[str, str]]:
+    """A hand-written WebSocket handshake: the response's status and headers."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: {client.server.host}:{client.server.port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if protocol_header is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {protocol_header}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    writer.close()
+    await writer.wait_closed()
+    status_line, *header_lines = head.decode().strip().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}
+
+
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [(("json",), "json"), (("v2", "json"), "v2"), (("json", "v2"), "json"), ((), None)],
+)
+async def test_by_default_the_first_protocol_the_client_offers_is_selected(
+    aiohttp_client, offered, selected
+) -> None:
+    # A front end created with protocols: ['json'] aborts unless one comes back.
+    client = await serve(aiohttp_client, protocol_app())
+    sock = await client.ws_connect("/ws", protocols=offered)
+    assert sock.protocol == selected
+    await sock.send_json({"event": "rpc", "path": "/subprotocol", "id": 1})
+    assert await next_frame(sock) == {"id": 1, "data": selected}
+
+
+async def test_handshake_response_header_names_the_selected_subprotocol(aiohttp_client) -> None:
+    client = await serve(aiohttp_client, protocol_app(subprotocols=["v2", "json"]))
+    assert (await handshake(client, "json"))[1]["sec-websocket-protocol"] == "json"
+    assert (await handshake(client, "json, v2"))[1]["sec-websocket-protocol"] == "v2"
+    status, headers = await handshake(client, None)
+    assert status == 101
+    assert "sec-websocket-protocol" not in headers
+
+
+async def test_subprotocols_option_selects_in_server_preference_order(aiohttp_client) -> None:
+    client = await serve(aiohttp_client, protocol_app(subprotocols=("v2", "json")))
+    for offered, selected in [
+        (("json", "v2"), "v2"),
+        (("json",), "json"),
+        (("x", "json", "y"), "json"),
+        ((), None),
+    ]:
+        sock = await client.ws_connect("/ws", protocols=offered)
+        assert sock.protocol == selected, offered
+        await sock.send_json({"event": "rpc", "path": "/subprotocol", "id": 1})
+        assert await next_frame(sock) == {"id": 1, "data": selected}
+        await sock.close()
+
+
+@pytest.mark.parametrize("subprotocols", [["v2", "json"], []])
+async def test_client_offering_no_supported_subprotocol_is_refused_with_400(
+    aiohttp_client, subprotocols
+) -> None:
+    ws = protocol_app(subprotocols=subprotocols)
+    connects: list[str] = []
+    ws.on_connect(lambda: connects.append(use_ws_connection().id))
+    client = await serve(aiohttp_client, ws)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/ws", protocols=("xml", "v1"))
+    assert info.value.status == 400
+    assert connects == []
+    sock = await client.ws_connect("/ws")  # offering none is fine
+    await sock.send_json({"event": "rpc", "path": "/subprotocol", "id": 1})
+    assert await next_frame(sock) == {"id": 1, "data": None}
+
+
+@pytest.mark.parametrize("header", ["", " ", "json,", ",json", "json, ,v2", "a b", "j(son)", "é"])
+async def test_malformed_subprotocol_header_is_refused_with_400(aiohttp_client, header) -> None:
+    client = await serve(aiohttp_client, protocol_app())
+    status, headers = await handshake(client, header)
+    assert status == 400
+    assert "sec-websocket-protocol" not in headers
+
+
+@pytest.mark.parametrize("subprotocols", [[""], ["a b"], ["json", "x,y"]])
+def test_subprotocols_option_must_be_tokens(subprotocols) -> None:
+    with pytest.raises(ValueError, match="subprotocol"):
+        WsApp(subprotocols=subprotocols)
+
+
+def test_subprotocols_option_accepts_one_string() -> None:
+    assert WsApp(subprotocols="json").subprotocols == ("json",)
+    assert WsApp().subprotocols is None
+
+
 # -- message and frame size -------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from .protocol import (
     JsonCodec,
     encode_error,
     encode_push,
+    is_token,
     parse_client_message,
 )
 from .rooms import DeliveryReport, RoomManager, decode_envelope, push_frame_from_envelope
@@ -85,6 +86,10 @@ class WsApp:
             per recipient and memory per connection).
         allowed_origins: browser origins allowed to connect, or ``"*"``; by default an
             ``Origin`` must match the ``Host`` (requests without ``Origin`` are allowed).
+        subprotocols: WebSocket subprotocols the server speaks, in order of preference:
+            the first one the client offers is selected, and a client offering only others
+            is refused with HTTP 400. None (the default) selects the first protocol the
+            client offers, whatever it is. A client offering none connects without one.
         max_in_flight: async handlers that may run at once per connection; when reached,
             reading from that connection pauses until one finishes.
         max_send_buffer: bytes of unsent output after which a connection is closed as a slow
@@ -106,6 +111,7 @@ class WsApp:
         transport: BroadcastTransport | None = None,
         compress: bool = False,
         allowed_origins: Sequence[str] | str | None = None,
+        subprotocols: Sequence[str] | str | None = None,
         max_in_flight: int = 64,
         max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
         shutdown_timeout: float = 10.0,
@@ -128,6 +134,13 @@ class WsApp:
             allowed_origins = [allowed_origins]
         self.allowed_origins: tuple[str, ...] | None = (
             tuple(o.rstrip("/").lower() for o in allowed_origins) if allowed_origins else None
+        )
+        if isinstance(subprotocols, str):
+            subprotocols = [subprotocols]
+        if subprotocols is not None and not all(map(is_token, subprotocols)):
+            raise ValueError("subprotocols must be HTTP tokens (no spaces, commas or quotes)")
+        self.subprotocols: tuple[str, ...] | None = (
+            tuple(subprotocols) if subprotocols is not None else None
         )
         self.max_in_flight = max_in_flight
         self.max_send_buffer = max_send_buffer

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ __all__ = [
     "encode_push",
     "encode_reply",
     "parse_client_message",
+    "select_subprotocol",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
@@ -285,3 +287,32 @@ def encode_push(
     if data is not None:
         push["data"] = data
     return encode(push)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def is_token(value: str) -> bool:
+    """Whether ``value`` is an HTTP token, the syntax of a subprotocol name."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+def select_subprotocol(offered: str, supported: Sequence[str] | None) -> str:
+    """The subprotocol to answer a ``Sec-WebSocket-Protocol`` request header with.
+
+    ``supported`` lists the server's subprotocols by preference: the first the client
+    offers wins. None selects the client's first offer, whatever it is.
+
+    Raises:
+        ValueError: the header is not a comma-separated list of tokens, or it offers
+            none of ``supported``.
+    """
+    offers = [offer.strip(" \t") for offer in offered.split(",")]
+    if not all(map(is_token, offers)):
+        raise ValueError("malformed Sec-WebSocket-Protocol header")
+    if supported is None:
+        return offers[0]
+    for name in supported:
+        if name in offers:
+            return name
+    raise ValueError("no supported subprotocol offered")

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from ._context import current_app, current_connection
 from .app import WsApp
 from .connection import Connection
+from .protocol import select_subprotocol
 
 __all__ = ["CLIENT_JS", "WS_APP", "add_client_route", "attach", "listen", "run"]
 
@@ -205,7 +206,17 @@ def make_handler(ws_app: WsApp) -> Any:
             raise web.HTTPServiceUnavailable(text="Server shutting down")
         if not origin_allowed(request, ws_app.allowed_origins):
             raise web.HTTPForbidden(text="Origin not allowed")
+        protocols: tuple[str, ...] = ()
+        offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
+        if offered is not None:
+            # aiohttp picks in the client's order and, without a match, answers without a
+            # protocol (browsers then abort) and logs a warning: we choose, or refuse.
+            try:
+                protocols = (select_subprotocol(offered, ws_app.subprotocols),)
+            except ValueError as exc:
+                raise web.HTTPBadRequest(text=str(exc).capitalize()) from None
         resp = web.WebSocketResponse(
+            protocols=protocols,
             autoping=False,
             compress=ws_app.compress,
             max_msg_size=ws_app.max_frame_size,
@@ -217,7 +228,11 @@ def make_handler(ws_app: WsApp) -> Any:
             return resp
         sock = _AiohttpSocket(resp, transport)
         conn = Connection(
-            sock, request=request, codec=ws_app.codec, max_send_buffer=ws_app.max_send_buffer
+            sock,
+            request=request,
+            codec=ws_app.codec,
+            max_send_buffer=ws_app.max_send_buffer,
+            subprotocol=resp.ws_protocol,
         )
         with _connection_context(ws_app, conn):
             if not await ws_app.open_connection(conn):
