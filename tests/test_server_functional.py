@@ -302,6 +302,53 @@ async def test_frame_over_max_frame_size_closes_with_1009(aiohttp_client) -> Non
     assert await next_frame(bystander) == {"id": 1, "data": "ok"}
 
 
+@pytest.mark.parametrize("size", [4 * MIB, 16 * MIB])
+async def test_client_sending_a_frame_far_over_max_frame_size_reads_1009(
+    aiohttp_client, size
+) -> None:
+    # The server must not reset the connection while the client is still sending, or the
+    # client never reads the close frame and sees an abnormal 1006.
+    ws = make_app(max_message_size=1024, max_frame_size=64 * 1024)
+    gone: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(use_ws_connection().id))
+    client = await serve(aiohttp_client, ws)
+    sock = await client.ws_connect("/ws")
+    await sock.send_json({"event": "rpc", "path": "/whoami", "id": 1})
+    sender_id = (await next_frame(sock))["data"]
+    bystander = await client.ws_connect("/ws")
+    await sock.send_str(sized_message(size))
+    msg = await sock.receive(timeout=TIMEOUT)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+    assert sock.close_code == 1009
+    assert await asyncio.wait_for(gone, TIMEOUT) == sender_id
+    await bystander.send_json({"event": "rpc", "path": "/echo", "data": "ok", "id": 1})
+    assert await next_frame(bystander) == {"id": 1, "data": "ok"}
+
+
+async def test_client_going_silent_inside_an_oversize_frame_is_closed_in_bounded_time(
+    aiohttp_client,
+) -> None:
+    ws = make_app(max_message_size=1024, max_frame_size=64 * 1024)
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(None))
+    client = await serve(aiohttp_client, ws)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {client.server.host}:{client.server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    # A masked text frame announcing 8 MiB, of which only 1 MiB ever comes.
+    writer.write(b"\x81\xff" + (8 * MIB).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * MIB)
+    # The close frame 1009, then the end of the connection (EOF), not a wait forever.
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"\x88\x02\x03\xf1"
+    writer.close()
+    await asyncio.wait_for(gone, TIMEOUT)
+
+
 # -- frames -----------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from ._context import current_app, current_connection
 from .app import WsApp
@@ -35,9 +35,15 @@ WS_APP = web.AppKey("wsevents.app", WsApp)
 _PACK2 = struct.Struct("!BB").pack
 _PACK4 = struct.Struct("!BBH").pack
 _PACK10 = struct.Struct("!BBQ").pack
+_PACK_CODE = struct.Struct("!H").pack
 _OP_TEXT, _OP_BINARY, _OP_PING, _OP_PONG = 0x1, 0x2, 0x9, 0xA
 _CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take, flushing included, before the socket is dropped."""
+_LINGER_TIME = _CLOSE_TIMEOUT
+_LINGER_IDLE = 1.0
+_LINGER_BYTES = 64 << 20
+"""After a frame over max_frame_size: how long (in all, and without any data) and how much
+the server reads and discards before it closes, so the client reads the close code."""
 
 
 def _header(opcode: int, length: int) -> bytes:
@@ -134,6 +140,27 @@ class _AiohttpSocket:
         self._closing = True
         self._transport.abort()
 
+    async def close_after_oversize_frame(self, code: int) -> None:
+        """Send the close frame, then read and discard what the client still sends.
+
+        Closing the TCP connection with unread input resets it: a client still sending
+        the rest of a large frame would lose the close frame and see 1006. This reads on,
+        up to the bounds above or the client's own close, and then closes the transport.
+        """
+        if self._closing or self._transport.is_closing():
+            return  # our own close, not aiohttp's reaction to an oversize frame
+        self._closing = True
+        transport = self._transport
+        transport.write(_PACK2(0x88, 2) + _PACK_CODE(code))
+        done = asyncio.get_running_loop().create_future()
+        transport.set_protocol(_Discard(transport.get_protocol(), done))
+        if not transport.is_reading():
+            transport.resume_reading()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LINGER_TIME):
+                await done
+        transport.close()
+
     async def wait_closed(self) -> None:
         if self._close_task is not None:
             with contextlib.suppress(Exception):
@@ -153,6 +180,54 @@ class _AiohttpSocket:
             self._queued = 0
         finally:
             self._writer_task = None
+
+
+class _Discard(asyncio.Protocol):
+    """Reads and drops everything, within the linger bounds; forwards the connection's end."""
+
+    def __init__(self, protocol: asyncio.BaseProtocol, done: asyncio.Future[None]) -> None:
+        self._protocol = protocol
+        self._done = done
+        self._left = _LINGER_BYTES
+        self._idle = asyncio.get_running_loop().call_later(_LINGER_IDLE, self._finish)
+
+    def _finish(self) -> None:
+        self._idle.cancel()
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0:
+            self._finish()
+        elif not self._done.done():
+            self._idle.cancel()
+            self._idle = asyncio.get_running_loop().call_later(_LINGER_IDLE, self._finish)
+
+    def eof_received(self) -> bool:
+        self._finish()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+        self._protocol.connection_lost(exc)
+
+
+class _WebSocketResponse(web.WebSocketResponse):
+    """aiohttp's response, but a frame over ``max_frame_size`` closes without a reset."""
+
+    oversize: _AiohttpSocket | None = None
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        # aiohttp's reader refuses the frame, and receive() closes with 1009 and then
+        # closes the transport at once, while the client is still sending.
+        sock = self.oversize
+        if code == WSCloseCode.MESSAGE_TOO_BIG and sock is not None and not self.closed:
+            self.oversize = None
+            await sock.close_after_oversize_frame(code)
+        return await super().close(code=code, message=message, drain=drain)
 
 
 def _norm_authority(scheme: str, netloc: str) -> str:
@@ -215,7 +290,7 @@ def make_handler(ws_app: WsApp) -> Any:
                 protocols = (select_subprotocol(offered, ws_app.subprotocols),)
             except ValueError as exc:
                 raise web.HTTPBadRequest(text=str(exc).capitalize()) from None
-        resp = web.WebSocketResponse(
+        resp = _WebSocketResponse(
             protocols=protocols,
             autoping=False,
             compress=ws_app.compress,
@@ -226,7 +301,7 @@ def make_handler(ws_app: WsApp) -> Any:
         transport = request.transport
         if transport is None:  # the peer left during the handshake
             return resp
-        sock = _AiohttpSocket(resp, transport)
+        sock = resp.oversize = _AiohttpSocket(resp, transport)
         conn = Connection(
             sock,
             request=request,
