@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiohttp import WSMsgType, web
 
 from wsevents import (
     WsApp,
+    WsError,
     use_ws_connection,
     use_ws_message,
     use_ws_rooms,
@@ -131,6 +133,24 @@ async def test_allowed_origins_star_allows_any(aiohttp_client) -> None:
         await sock.send_json({"event": "rpc", "path": "/echo", "data": origin, "id": 1})
         assert await next_frame(sock) == {"id": 1, "data": origin}
         await sock.close()
+
+
+async def test_refused_origins_are_logged_as_rate_limited_warnings(aiohttp_client, caplog) -> None:
+    client = await serve(aiohttp_client, make_app())
+    with caplog.at_level(logging.WARNING, logger="wsevents"):
+        for origin in ["http://evil.example"] * 20 + ["http://other.example"] * 3:
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await client.ws_connect("/ws", headers={"Origin": origin})
+        # A flood of random origins is capped too.
+        for i in range(100):
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await client.ws_connect("/ws", headers={"Origin": f"http://evil{i}.example"})
+    warnings = [r for r in caplog.records if r.name.startswith("wsevents")]
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    assert sum("'http://evil.example'" in r.getMessage() for r in warnings) == 1
+    assert sum("'http://other.example'" in r.getMessage() for r in warnings) == 1
+    assert 2 < len(warnings) <= 10
+    assert all("allowed_origins" in r.getMessage() for r in warnings)
 
 
 # -- subprotocols -----------------------------------------------------------------------------
@@ -422,6 +442,79 @@ async def test_text_frame_with_invalid_utf8_closes_only_that_connection_1007(
     fresh = await client.ws_connect("/ws")
     await fresh.send_json({"event": "rpc", "path": "/echo", "data": "new", "id": 1})
     assert await next_frame(fresh) == {"id": 1, "data": "new"}
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+
+def server_lines(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("wsevents")]
+
+
+async def test_open_and_close_are_logged_at_debug_with_the_connection_id(
+    aiohttp_client, caplog
+) -> None:
+    ws = make_app()
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(None))
+    client = await serve(aiohttp_client, ws)
+    with caplog.at_level(logging.DEBUG, logger="wsevents"):
+        sock = await client.ws_connect("/ws")
+        await sock.send_json({"event": "rpc", "path": "/whoami", "id": 1})
+        conn_id = (await next_frame(sock))["data"]
+        await sock.close(code=4001, message=b"bye")
+        await asyncio.wait_for(gone, TIMEOUT)
+    lines = [line for line in server_lines(caplog) if conn_id in line]
+    assert len(lines) == 2, lines
+    assert "open" in lines[0]
+    assert "closed" in lines[1] and "4001" in lines[1]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "wsevents.server")
+
+
+async def test_server_side_close_is_logged_with_its_code(aiohttp_client, caplog) -> None:
+    ws = make_app()
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(None))
+
+    @ws.on_message("rpc", "/kick")
+    def kick() -> None:
+        use_ws_connection().close(4002, "kicked")
+
+    client = await serve(aiohttp_client, ws)
+    with caplog.at_level(logging.DEBUG, logger="wsevents"):
+        sock = await client.ws_connect("/ws")
+        await sock.send_json({"event": "rpc", "path": "/kick"})
+        msg = await sock.receive(timeout=TIMEOUT)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 4002)
+        await asyncio.wait_for(gone, TIMEOUT)
+    closed = [line for line in server_lines(caplog) if "closed" in line]
+    assert len(closed) == 1 and "4002" in closed[0] and "server" in closed[0], closed
+
+
+async def test_refused_connections_are_logged_at_debug_with_the_reason(
+    aiohttp_client, caplog
+) -> None:
+    ws = make_app(subprotocols=["v2"])
+
+    @ws.on_connect
+    def refuse() -> None:
+        if use_ws_connection().request.query.get("token") != "ok":  # type: ignore[union-attr]
+            raise WsError(401, "Token expired")
+
+    client = await serve(aiohttp_client, ws)
+    with caplog.at_level(logging.DEBUG, logger="wsevents"):
+        sock = await client.ws_connect("/ws")
+        msg = await sock.receive(timeout=TIMEOUT)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1008)
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/ws?token=ok", protocols=("v1",))
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/ws?token=ok", headers={"Origin": "http://evil.example"})
+    lines = server_lines(caplog)
+    refused = [line for line in lines if "refused" in line]
+    assert any("1008" in line and "Token expired" in line for line in refused), lines
+    assert any("subprotocol" in line for line in refused), lines
+    assert any("http://evil.example" in line for line in refused), lines
 
 
 # -- heartbeat --------------------------------------------------------------------------------

@@ -424,13 +424,15 @@ class WsApp:
                     await result
             except WsError as exc:
                 code = 1008 if 400 <= exc.code < 500 else 1011
+                log.debug("refused %s in on_connect (WsError %s): %d", conn.id, exc, code)
                 conn.close(code, exc.message)
                 return False
             except Exception:
-                log.exception("on_connect failed")
+                log.exception("on_connect failed, refused %s: 1011", conn.id)
                 conn.close(1011, INTERNAL_ERROR)
                 return False
         if conn.closed:  # the hook closed it itself
+            log.debug("refused %s: on_connect closed it", conn.id)
             return False
         self._connections[conn.id] = conn
         if self._directory is not None:

@@ -44,6 +44,9 @@ _LINGER_IDLE = 1.0
 _LINGER_BYTES = 64 << 20
 """After a frame over max_frame_size: how long (in all, and without any data) and how much
 the server reads and discards before it closes, so the client reads the close code."""
+_ORIGIN_WARNING_WINDOW = 60.0
+_ORIGIN_WARNING_LINES = 5
+"""Refused origins are logged once per origin per window, in at most so many lines."""
 
 
 def _header(opcode: int, length: int) -> bytes:
@@ -71,6 +74,7 @@ class _AiohttpSocket:
         "_transport",
         "_writer_task",
         "_ws",
+        "sent_code",
     )
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
@@ -83,6 +87,7 @@ class _AiohttpSocket:
         self._queue: deque[tuple[bytes, bool]] | None = deque() if self._deflate else None
         self._queued = 0
         self._writer_task: asyncio.Task[None] | None = None
+        self.sent_code: int | None = None  # the close code of a close the server started
 
     @property
     def closed(self) -> bool:
@@ -122,6 +127,7 @@ class _AiohttpSocket:
         if self._closing:
             return
         self._closing = True
+        self.sent_code = code
         self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -137,6 +143,8 @@ class _AiohttpSocket:
             self._transport.abort()
 
     def abort(self) -> None:
+        if not self._closing:
+            self.sent_code = WSCloseCode.ABNORMAL_CLOSURE
         self._closing = True
         self._transport.abort()
 
@@ -150,6 +158,7 @@ class _AiohttpSocket:
         if self._closing or self._transport.is_closing():
             return  # our own close, not aiohttp's reaction to an oversize frame
         self._closing = True
+        self.sent_code = code
         transport = self._transport
         transport.write(_PACK2(0x88, 2) + _PACK_CODE(code))
         done = asyncio.get_running_loop().create_future()
@@ -230,6 +239,39 @@ class _WebSocketResponse(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
+class _OriginWarnings:
+    """Rate limit of the refused-origin warning: a flood of handshakes logs a few lines."""
+
+    __slots__ = ("_lines", "_seen", "_suppressed", "_window_end")
+
+    def __init__(self) -> None:
+        self._window_end = 0.0
+        self._seen: set[str] = set()
+        self._lines = 0
+        self._suppressed = 0
+
+    def refused(self, request: web.BaseRequest, origin: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if now >= self._window_end:
+            self._window_end = now + _ORIGIN_WARNING_WINDOW
+            self._seen.clear()
+            self._lines = 0
+        if origin in self._seen or self._lines >= _ORIGIN_WARNING_LINES:
+            self._suppressed += 1
+            return
+        self._seen.add(origin)
+        self._lines += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        log.warning(
+            "refused a WebSocket from origin %r (Host %r); allowed_origins allows it. "
+            "Refused origins are logged once per %d s (%d more refused since the last line)",
+            origin[:200],
+            request.host[:200],
+            _ORIGIN_WARNING_WINDOW,
+            suppressed,
+        )
+
+
 def _norm_authority(scheme: str, netloc: str) -> str:
     netloc = netloc.lower()
     default = {"http": ":80", "https": ":443", "ws": ":80", "wss": ":443"}.get(scheme)
@@ -276,10 +318,16 @@ def _connection_context(ws_app: WsApp, conn: Connection) -> Iterator[None]:
 def make_handler(ws_app: WsApp) -> Any:
     """The aiohttp request handler that upgrades to WebSocket and serves ``ws_app``."""
 
+    origin_warnings = _OriginWarnings()
+
     async def handler(request: web.Request) -> web.StreamResponse:
         if ws_app.closing:
+            log.debug("refused an upgrade from %s: shutting down", request.remote)
             raise web.HTTPServiceUnavailable(text="Server shutting down")
         if not origin_allowed(request, ws_app.allowed_origins):
+            origin = request.headers.get(hdrs.ORIGIN, "")
+            log.debug("refused an upgrade from %s: origin %r", request.remote, origin[:200])
+            origin_warnings.refused(request, origin)
             raise web.HTTPForbidden(text="Origin not allowed")
         protocols: tuple[str, ...] = ()
         offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
@@ -289,6 +337,7 @@ def make_handler(ws_app: WsApp) -> Any:
             try:
                 protocols = (select_subprotocol(offered, ws_app.subprotocols),)
             except ValueError as exc:
+                log.debug("refused an upgrade from %s: %s %r", request.remote, exc, offered[:200])
                 raise web.HTTPBadRequest(text=str(exc).capitalize()) from None
         resp = _WebSocketResponse(
             protocols=protocols,
@@ -313,9 +362,15 @@ def make_handler(ws_app: WsApp) -> Any:
             if not await ws_app.open_connection(conn):
                 await sock.wait_closed()
                 return resp
+            log.debug("open %s from %s (subprotocol %s)", conn.id, request.remote, conn.subprotocol)
             try:
                 await _read_loop(ws_app, conn, resp, sock)
             finally:
+                if sock.sent_code is not None:
+                    log.debug("closed %s: %d by the server", conn.id, sock.sent_code)
+                else:
+                    code = resp.close_code
+                    log.debug("closed %s: %d by the client", conn.id, code or 1006)
                 # aiohttp cancels this handler when the peer leaves if handler_cancellation
                 # is on (its test server always is): the cleanup and the on_disconnect hooks
                 # run in a task of their own, to completion (shutdown waits for it too).
