@@ -448,10 +448,14 @@ async def test_on_connect_reads_the_upgrade_request(ws_client, is_async) -> None
 @pytest.mark.parametrize(
     ("error", "code", "reason"),
     [
+        (WsError(400, "Bad token"), 1008, "Bad token"),
         (WsError(401, "Token expired"), 1008, "Token expired"),
         (WsError(403), 1008, "Forbidden"),
-        (WsError(429, "Too many connections"), 1011, "Too many connections"),
+        (WsError(404, "No such tenant"), 1008, "No such tenant"),
+        (WsError(429, "Too many connections"), 1008, "Too many connections"),
+        (WsError(499, "Client gone"), 1008, "Client gone"),
         (WsError(500, "Try later"), 1011, "Try later"),
+        (WsError(503), 1011, "Service Unavailable"),
     ],
 )
 async def test_on_connect_ws_error_closes_with_its_message(

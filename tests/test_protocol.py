@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from wsevents.exceptions import ProtocolError
 from wsevents.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_NESTING_DEPTH,
     ClientMessage,
     Codec,
     JsonCodec,
@@ -84,14 +86,58 @@ def test_deep_nesting_is_a_protocol_error_not_a_crash() -> None:
         parse_client_message(raw)
 
 
-def test_moderate_nesting_is_parsed() -> None:
-    depth = 500
-    raw = '{"event": "rpc", "path": "/a", "data": ' + "[" * depth + "]" * depth + "}"
-    data = parse_client_message(raw).data
-    for _ in range(depth - 1):
-        assert isinstance(data, list) and len(data) == 1
-        data = data[0]
-    assert data == []
+def nested(kind: str, depth: int, leaf: str = "1") -> str:
+    """JSON text of ``depth`` nested arrays or objects around ``leaf``."""
+    if kind == "array":
+        return "[" * depth + leaf + "]" * depth
+    return '{"k":' * depth + leaf + "}" * depth
+
+
+def nested_frame(kind: str, depth: int, leaf: str = "1") -> str:
+    """An echo RPC whose nesting is ``depth`` levels, its own object included."""
+    return '{"event":"rpc","path":"/a","id":1,"data":' + nested(kind, depth - 1, leaf) + "}"
+
+
+def test_max_nesting_depth_is_the_deepest_orjson_encodes() -> None:
+    # What the parser accepts must be echoable: orjson encodes 254 levels, not 255.
+    assert MAX_NESTING_DEPTH == 254
+    for kind in ("array", "object"):
+        orjson.dumps(orjson.loads(nested(kind, MAX_NESTING_DEPTH)))
+        with pytest.raises(orjson.JSONEncodeError):
+            orjson.dumps(orjson.loads(nested(kind, MAX_NESTING_DEPTH + 1)))
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("leaf", ["1", '"\\ud83d"'], ids=["plain", "lone-surrogate"])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_nesting_up_to_the_limit_parses_and_re_encodes(
+    kind: str, leaf: str, as_bytes: bool
+) -> None:
+    text = nested_frame(kind, MAX_NESTING_DEPTH, leaf)
+    raw: str | bytes = text.encode() if as_bytes else text
+    msg = parse_client_message(raw)
+    assert msg.data == json.loads(nested(kind, MAX_NESTING_DEPTH - 1, leaf))
+    assert json.loads(encode_reply(msg.id, msg.data)) == {"id": 1, "data": msg.data}
+
+
+@pytest.mark.parametrize("kind", ["array", "object"])
+@pytest.mark.parametrize("leaf", ["1", '"\\ud83d"'], ids=["plain", "lone-surrogate"])
+@pytest.mark.parametrize("as_bytes", [False, True])
+@pytest.mark.parametrize("depth", [MAX_NESTING_DEPTH + 1, 500, 900, 1024, 1025, 5000])
+def test_nesting_over_the_limit_is_a_protocol_error(
+    kind: str, leaf: str, as_bytes: bool, depth: int
+) -> None:
+    text = nested_frame(kind, depth, leaf)
+    with pytest.raises(ProtocolError):
+        parse_client_message(text.encode() if as_bytes else text)
+    with pytest.raises(ValueError):
+        JsonCodec.decode(text)
+
+
+def test_a_frame_with_many_shallow_containers_is_parsed() -> None:
+    # More brackets than the limit, none of them deep.
+    data = [{"a": [i]} for i in range(2 * MAX_NESTING_DEPTH)]
+    assert parse_client_message(frame(event="rpc", path="/a", data=data)).data == data
 
 
 def test_default_max_message_size_is_one_mib() -> None:
@@ -332,6 +378,65 @@ def test_encoders_stringify_non_string_dict_keys() -> None:
     }
 
 
+LONE_SURROGATE_FRAME = '{"event":"rpc","path":"/echo","id":30,"data":"a\\ud83db"}'
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_lone_surrogate_escape_parses_and_encodes_back_as_the_same_escape(
+    as_bytes: bool,
+) -> None:
+    # A JavaScript string cut inside an emoji: valid JSON that orjson alone refuses.
+    raw = LONE_SURROGATE_FRAME.encode() if as_bytes else LONE_SURROGATE_FRAME
+    msg = parse_client_message(raw)
+    assert (msg.id, msg.data) == (30, "a\ud83db")
+    reply = encode_reply(msg.id, msg.data)
+    assert reply == b'{"id":30,"data":"a\\ud83db"}'
+    push = encode_push("message", "/room", {"\udc00": ["\ud83d", "é"]}, {"k": "\ud83d"})
+    assert json.loads(push) == {
+        "event": "message",
+        "path": "/room",
+        "params": {"k": "\ud83d"},
+        "data": {"\udc00": ["\ud83d", "é"]},
+    }
+    push.decode("ascii")  # escaped, so any UTF-8 reader accepts it
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("123456789012345678901234567890", 1.2345678901234568e29),
+        ("-123456789012345678901234567890", -1.2345678901234568e29),
+        ("18446744073709551615", 18446744073709551615),
+        ("-9223372036854775808", -9223372036854775808),
+        ("1.5", 1.5),
+        ('{"a":[true,false,null]}', {"a": [True, False, None]}),
+    ],
+)
+def test_the_lone_surrogate_path_reads_numbers_like_orjson(data: str, expected: Any) -> None:
+    text = '{"event":"rpc","path":"/a","data":[' + data + ',"\\ud83d"]}'
+    value = parse_client_message(text).data[0]
+    assert value == orjson.loads(data) == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "data", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" * 400, '"\\ud83d', "[,]"]
+)
+def test_the_lone_surrogate_path_refuses_what_orjson_refuses(data: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_client_message('{"event":"rpc","path":"/a","data":[' + data + ',"\\ud83d"]}')
+
+
+def test_encoding_falls_back_only_for_surrogates() -> None:
+    for unencodable in (object(), 2**70, {"x": {1, 2}}, ["\ud83d", object()]):
+        with pytest.raises(TypeError):
+            JsonCodec.encode({"data": unencodable})
+    # Keys that are not strings are stringified on the fallback path too.
+    assert json.loads(JsonCodec.encode({"data": {1: "\ud83d", None: 2}})) == {
+        "data": {"1": "\ud83d", "null": 2}
+    }
+
+
 def test_json_codec_round_trips_text_and_bytes() -> None:
     encoded = JsonCodec.encode({"a": "é", "b": [1, None]})
     assert isinstance(encoded, bytes)
@@ -373,6 +478,21 @@ def test_any_bytes_give_a_message_or_protocol_error(raw: bytes, max_size: int) -
 @given(any_text, sizes)
 def test_any_text_gives_a_message_or_protocol_error(raw: str, max_size: int) -> None:
     _parse_or_error(raw, max_size)
+
+
+# Text where lone surrogates are frequent, not one code point in five hundred.
+surrogate_text = st.text(
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
+    | st.characters(exclude_categories=())
+)
+
+
+@given(surrogate_text, st.dictionaries(surrogate_text, surrogate_text, max_size=3))
+def test_any_text_round_trips_through_the_json_codec(text: str, obj: dict[str, str]) -> None:
+    message = {"data": text, "obj": obj}
+    encoded = JsonCodec.encode(message)
+    assert JsonCodec.decode(encoded) == message
+    assert JsonCodec.decode(encoded.decode()) == message
 
 
 @given(json_values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiohttp import WSMsgType, web
 
 from wsevents import (
     WsApp,
+    WsError,
     use_ws_connection,
     use_ws_message,
     use_ws_rooms,
@@ -133,6 +135,134 @@ async def test_allowed_origins_star_allows_any(aiohttp_client) -> None:
         await sock.close()
 
 
+async def test_refused_origins_are_logged_as_rate_limited_warnings(aiohttp_client, caplog) -> None:
+    client = await serve(aiohttp_client, make_app())
+    with caplog.at_level(logging.WARNING, logger="wsevents"):
+        for origin in ["http://evil.example"] * 20 + ["http://other.example"] * 3:
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await client.ws_connect("/ws", headers={"Origin": origin})
+        # A flood of random origins is capped too.
+        for i in range(100):
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await client.ws_connect("/ws", headers={"Origin": f"http://evil{i}.example"})
+    warnings = [r for r in caplog.records if r.name.startswith("wsevents")]
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    assert sum("'http://evil.example'" in r.getMessage() for r in warnings) == 1
+    assert sum("'http://other.example'" in r.getMessage() for r in warnings) == 1
+    assert 2 < len(warnings) <= 10
+    assert all("allowed_origins" in r.getMessage() for r in warnings)
+
+
+# -- subprotocols -----------------------------------------------------------------------------
+
+
+def protocol_app(**options: Any) -> WsApp:
+    ws = make_app(**options)
+
+    @ws.on_message("rpc", "/subprotocol")
+    def subprotocol() -> str | None:
+        return use_ws_connection().subprotocol
+
+    return ws
+
+
+async def handshake(client: Any, protocol_header: str | None) -> tuple[int, dict[str, str]]:
+    """A hand-written WebSocket handshake: the response's status and headers."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: {client.server.host}:{client.server.port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if protocol_header is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {protocol_header}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    writer.close()
+    await writer.wait_closed()
+    status_line, *header_lines = head.decode().strip().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}
+
+
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [(("json",), "json"), (("v2", "json"), "v2"), (("json", "v2"), "json"), ((), None)],
+)
+async def test_by_default_the_first_protocol_the_client_offers_is_selected(
+    aiohttp_client, offered, selected
+) -> None:
+    # A front end created with protocols: ['json'] aborts unless one comes back.
+    client = await serve(aiohttp_client, protocol_app())
+    sock = await client.ws_connect("/ws", protocols=offered)
+    assert sock.protocol == selected
+    await sock.send_json({"event": "rpc", "path": "/subprotocol", "id": 1})
+    assert await next_frame(sock) == {"id": 1, "data": selected}
+
+
+async def test_handshake_response_header_names_the_selected_subprotocol(aiohttp_client) -> None:
+    client = await serve(aiohttp_client, protocol_app(subprotocols=["v2", "json"]))
+    assert (await handshake(client, "json"))[1]["sec-websocket-protocol"] == "json"
+    assert (await handshake(client, "json, v2"))[1]["sec-websocket-protocol"] == "v2"
+    status, headers = await handshake(client, None)
+    assert status == 101
+    assert "sec-websocket-protocol" not in headers
+
+
+async def test_subprotocols_option_selects_in_server_preference_order(aiohttp_client) -> None:
+    client = await serve(aiohttp_client, protocol_app(subprotocols=("v2", "json")))
+    for offered, selected in [
+        (("json", "v2"), "v2"),
+        (("json",), "json"),
+        (("x", "json", "y"), "json"),
+        ((), None),
+    ]:
+        sock = await client.ws_connect("/ws", protocols=offered)
+        assert sock.protocol == selected, offered
+        await sock.send_json({"event": "rpc", "path": "/subprotocol", "id": 1})
+        assert await next_frame(sock) == {"id": 1, "data": selected}
+        await sock.close()
+
+
+@pytest.mark.parametrize("subprotocols", [["v2", "json"], []])
+async def test_client_offering_no_supported_subprotocol_is_refused_with_400(
+    aiohttp_client, subprotocols
+) -> None:
+    ws = protocol_app(subprotocols=subprotocols)
+    connects: list[str] = []
+    ws.on_connect(lambda: connects.append(use_ws_connection().id))
+    client = await serve(aiohttp_client, ws)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/ws", protocols=("xml", "v1"))
+    assert info.value.status == 400
+    assert connects == []
+    sock = await client.ws_connect("/ws")  # offering none is fine
+    await sock.send_json({"event": "rpc", "path": "/subprotocol", "id": 1})
+    assert await next_frame(sock) == {"id": 1, "data": None}
+
+
+@pytest.mark.parametrize("header", ["", " ", "json,", ",json", "json, ,v2", "a b", "j(son)", "é"])
+async def test_malformed_subprotocol_header_is_refused_with_400(aiohttp_client, header) -> None:
+    client = await serve(aiohttp_client, protocol_app())
+    status, headers = await handshake(client, header)
+    assert status == 400
+    assert "sec-websocket-protocol" not in headers
+
+
+@pytest.mark.parametrize("subprotocols", [[""], ["a b"], ["json", "x,y"]])
+def test_subprotocols_option_must_be_tokens(subprotocols) -> None:
+    with pytest.raises(ValueError, match="subprotocol"):
+        WsApp(subprotocols=subprotocols)
+
+
+def test_subprotocols_option_accepts_one_string() -> None:
+    assert WsApp(subprotocols="json").subprotocols == ("json",)
+    assert WsApp().subprotocols is None
+
+
 # -- message and frame size -------------------------------------------------------------------
 
 
@@ -192,6 +322,53 @@ async def test_frame_over_max_frame_size_closes_with_1009(aiohttp_client) -> Non
     assert await next_frame(bystander) == {"id": 1, "data": "ok"}
 
 
+@pytest.mark.parametrize("size", [4 * MIB, 16 * MIB])
+async def test_client_sending_a_frame_far_over_max_frame_size_reads_1009(
+    aiohttp_client, size
+) -> None:
+    # The server must not reset the connection while the client is still sending, or the
+    # client never reads the close frame and sees an abnormal 1006.
+    ws = make_app(max_message_size=1024, max_frame_size=64 * 1024)
+    gone: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(use_ws_connection().id))
+    client = await serve(aiohttp_client, ws)
+    sock = await client.ws_connect("/ws")
+    await sock.send_json({"event": "rpc", "path": "/whoami", "id": 1})
+    sender_id = (await next_frame(sock))["data"]
+    bystander = await client.ws_connect("/ws")
+    await sock.send_str(sized_message(size))
+    msg = await sock.receive(timeout=TIMEOUT)
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1009)
+    assert sock.close_code == 1009
+    assert await asyncio.wait_for(gone, TIMEOUT) == sender_id
+    await bystander.send_json({"event": "rpc", "path": "/echo", "data": "ok", "id": 1})
+    assert await next_frame(bystander) == {"id": 1, "data": "ok"}
+
+
+async def test_client_going_silent_inside_an_oversize_frame_is_closed_in_bounded_time(
+    aiohttp_client,
+) -> None:
+    ws = make_app(max_message_size=1024, max_frame_size=64 * 1024)
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(None))
+    client = await serve(aiohttp_client, ws)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {client.server.host}:{client.server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    # A masked text frame announcing 8 MiB, of which only 1 MiB ever comes.
+    writer.write(b"\x81\xff" + (8 * MIB).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * MIB)
+    # The close frame 1009, then the end of the connection (EOF), not a wait forever.
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"\x88\x02\x03\xf1"
+    writer.close()
+    await asyncio.wait_for(gone, TIMEOUT)
+
+
 # -- frames -----------------------------------------------------------------------------------
 
 
@@ -210,7 +387,9 @@ BAD_FRAMES: list[str | bytes] = [
     "not json",
     '{"event":"rpc","path":"/echo","id":1,}',
     '{"event":"rpc","path":"/echo","id":1,"data":NaN}',
-    '{"event":"rpc","path":"/echo","id":1,"data":"\\ud800"}',
+    '{"event":"rpc","path":"/echo","id":1,"data":"\\ud800}',
+    '{"event":"rpc","path":"/echo","id":1,"data":NaN,"x":"\\ud800"}',
+    '{"event":"rpc","path":"/echo","id":1,"data":' + "[" * 300 + '"\\ud800"' + "]" * 300 + "}",
     "[]",
     '[{"event":"rpc","path":"/echo","id":1}]',
     '"a string"',
@@ -263,6 +442,79 @@ async def test_text_frame_with_invalid_utf8_closes_only_that_connection_1007(
     fresh = await client.ws_connect("/ws")
     await fresh.send_json({"event": "rpc", "path": "/echo", "data": "new", "id": 1})
     assert await next_frame(fresh) == {"id": 1, "data": "new"}
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+
+def server_lines(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("wsevents")]
+
+
+async def test_open_and_close_are_logged_at_debug_with_the_connection_id(
+    aiohttp_client, caplog
+) -> None:
+    ws = make_app()
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(None))
+    client = await serve(aiohttp_client, ws)
+    with caplog.at_level(logging.DEBUG, logger="wsevents"):
+        sock = await client.ws_connect("/ws")
+        await sock.send_json({"event": "rpc", "path": "/whoami", "id": 1})
+        conn_id = (await next_frame(sock))["data"]
+        await sock.close(code=4001, message=b"bye")
+        await asyncio.wait_for(gone, TIMEOUT)
+    lines = [line for line in server_lines(caplog) if conn_id in line]
+    assert len(lines) == 2, lines
+    assert "open" in lines[0]
+    assert "closed" in lines[1] and "4001" in lines[1]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "wsevents.server")
+
+
+async def test_server_side_close_is_logged_with_its_code(aiohttp_client, caplog) -> None:
+    ws = make_app()
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ws.on_disconnect(lambda: gone.set_result(None))
+
+    @ws.on_message("rpc", "/kick")
+    def kick() -> None:
+        use_ws_connection().close(4002, "kicked")
+
+    client = await serve(aiohttp_client, ws)
+    with caplog.at_level(logging.DEBUG, logger="wsevents"):
+        sock = await client.ws_connect("/ws")
+        await sock.send_json({"event": "rpc", "path": "/kick"})
+        msg = await sock.receive(timeout=TIMEOUT)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 4002)
+        await asyncio.wait_for(gone, TIMEOUT)
+    closed = [line for line in server_lines(caplog) if "closed" in line]
+    assert len(closed) == 1 and "4002" in closed[0] and "server" in closed[0], closed
+
+
+async def test_refused_connections_are_logged_at_debug_with_the_reason(
+    aiohttp_client, caplog
+) -> None:
+    ws = make_app(subprotocols=["v2"])
+
+    @ws.on_connect
+    def refuse() -> None:
+        if use_ws_connection().request.query.get("token") != "ok":  # type: ignore[union-attr]
+            raise WsError(401, "Token expired")
+
+    client = await serve(aiohttp_client, ws)
+    with caplog.at_level(logging.DEBUG, logger="wsevents"):
+        sock = await client.ws_connect("/ws")
+        msg = await sock.receive(timeout=TIMEOUT)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1008)
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/ws?token=ok", protocols=("v1",))
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await client.ws_connect("/ws?token=ok", headers={"Origin": "http://evil.example"})
+    lines = server_lines(caplog)
+    refused = [line for line in lines if "refused" in line]
+    assert any("1008" in line and "Token expired" in line for line in refused), lines
+    assert any("subprotocol" in line for line in refused), lines
+    assert any("http://evil.example" in line for line in refused), lines
 
 
 # -- heartbeat --------------------------------------------------------------------------------

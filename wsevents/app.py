@@ -24,6 +24,7 @@ from .protocol import (
     JsonCodec,
     encode_error,
     encode_push,
+    is_token,
     parse_client_message,
 )
 from .rooms import DeliveryReport, RoomManager, decode_envelope, push_frame_from_envelope
@@ -85,6 +86,10 @@ class WsApp:
             per recipient and memory per connection).
         allowed_origins: browser origins allowed to connect, or ``"*"``; by default an
             ``Origin`` must match the ``Host`` (requests without ``Origin`` are allowed).
+        subprotocols: WebSocket subprotocols the server speaks, in order of preference:
+            the first one the client offers is selected, and a client offering only others
+            is refused with HTTP 400. None (the default) selects the first protocol the
+            client offers, whatever it is. A client offering none connects without one.
         max_in_flight: async handlers that may run at once per connection; when reached,
             reading from that connection pauses until one finishes.
         max_send_buffer: bytes of unsent output after which a connection is closed as a slow
@@ -106,6 +111,7 @@ class WsApp:
         transport: BroadcastTransport | None = None,
         compress: bool = False,
         allowed_origins: Sequence[str] | str | None = None,
+        subprotocols: Sequence[str] | str | None = None,
         max_in_flight: int = 64,
         max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
         shutdown_timeout: float = 10.0,
@@ -128,6 +134,13 @@ class WsApp:
             allowed_origins = [allowed_origins]
         self.allowed_origins: tuple[str, ...] | None = (
             tuple(o.rstrip("/").lower() for o in allowed_origins) if allowed_origins else None
+        )
+        if isinstance(subprotocols, str):
+            subprotocols = [subprotocols]
+        if subprotocols is not None and not all(map(is_token, subprotocols)):
+            raise ValueError("subprotocols must be HTTP tokens (no spaces, commas or quotes)")
+        self.subprotocols: tuple[str, ...] | None = (
+            tuple(subprotocols) if subprotocols is not None else None
         )
         self.max_in_flight = max_in_flight
         self.max_send_buffer = max_send_buffer
@@ -181,9 +194,10 @@ class WsApp:
     def on_connect(self, fn: F) -> F:
         """Run ``fn`` when a connection opens, before any of its messages.
 
-        Raising ``WsError`` 401/403 closes the socket with 1008 and the error's message;
-        another ``WsError`` closes with 1011 and its message; any other exception closes
-        with 1011 ``"Internal Error"`` (the exception is logged, never sent).
+        Raising ``WsError`` refuses the connection with the error's message as the close
+        reason: a client error (4xx, e.g. 401, 403, 429) closes with 1008 (policy
+        violation), any other code with 1011. Any other exception closes with 1011
+        ``"Internal Error"`` (the exception is logged, never sent).
         """
         self._on_connect.append(_Handler(fn, _is_async(fn)))
         return fn
@@ -409,14 +423,16 @@ class WsApp:
                 if hook.is_async:
                     await result
             except WsError as exc:
-                code = 1008 if exc.code in (401, 403) else 1011
+                code = 1008 if 400 <= exc.code < 500 else 1011
+                log.debug("refused %s in on_connect (WsError %s): %d", conn.id, exc, code)
                 conn.close(code, exc.message)
                 return False
             except Exception:
-                log.exception("on_connect failed")
+                log.exception("on_connect failed, refused %s: 1011", conn.id)
                 conn.close(1011, INTERNAL_ERROR)
                 return False
         if conn.closed:  # the hook closed it itself
+            log.debug("refused %s: on_connect closed it", conn.id)
             return False
         self._connections[conn.id] = conn
         if self._directory is not None:
@@ -611,6 +627,7 @@ def create_ws_app(
     transport: BroadcastTransport | None = None,
     compress: bool = False,
     allowed_origins: Sequence[str] | str | None = None,
+    subprotocols: Sequence[str] | str | None = None,
     max_in_flight: int = 64,
     max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
     shutdown_timeout: float = 10.0,
@@ -630,6 +647,7 @@ def create_ws_app(
         transport=transport,
         compress=compress,
         allowed_origins=allowed_origins,
+        subprotocols=subprotocols,
         max_in_flight=max_in_flight,
         max_send_buffer=max_send_buffer,
         shutdown_timeout=shutdown_timeout,

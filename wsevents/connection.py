@@ -64,6 +64,7 @@ class Connection:
     Attributes:
         id: a UUID string, unique across instances.
         request: the aiohttp upgrade request (headers, query, cookies, peer), or None.
+        subprotocol: the WebSocket subprotocol selected at the handshake, or None.
         state: a dict for the application's own per-connection data.
     """
 
@@ -81,6 +82,7 @@ class Connection:
         "id",
         "request",
         "state",
+        "subprotocol",
     )
 
     def __init__(
@@ -91,10 +93,12 @@ class Connection:
         request: web.Request | None = None,
         codec: Codec | None = None,
         max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
+        subprotocol: str | None = None,
     ) -> None:
         codec = codec if codec is not None else JsonCodec()
         self.id: str = id if id is not None else str(uuid.uuid4())
         self.request = request
+        self.subprotocol = subprotocol
         self.state: dict[str, Any] = {}
         self._socket = socket
         self._encode = codec.encode

@@ -25,7 +25,7 @@ class WsError(WsEventsError):
     """An error with an HTTP-like code whose message is sent to the client.
 
     Raise it from a handler to reply ``{"id", "error": {"code", "message"}}``, or from an
-    ``on_connect`` hook to refuse the connection (401/403 close with 1008).
+    ``on_connect`` hook to refuse the connection (4xx close with 1008, others 1011).
 
     Example:
         ``raise WsError(403, "private room")``
@@ -68,7 +68,7 @@ class WsConnectionRefused(WsClientError):
     """The server refused the connection: it closed the socket right after the handshake.
 
     A wsevents server does so when an ``on_connect`` hook raises: 1008 with the error's
-    message for a ``WsError`` 401/403, 1011 otherwise. ``code`` is the close code and
+    message for a ``WsError`` with a 4xx code, 1011 otherwise. ``code`` is the close code and
     ``message`` its reason, so ``str(exc)`` reads ``1008: Unauthorized``.
 
     Attributes:

@@ -18,8 +18,6 @@ from functools import partial
 from time import monotonic
 from typing import Any
 
-import orjson
-
 from .connection import Connection
 from .protocol import Codec, JsonCodec, encode_push
 from .transports.base import BroadcastTransport, maybe_await
@@ -75,14 +73,14 @@ class DeliveryReport:
 def encode_envelope(origin: str, fields: dict[str, Any]) -> str:
     """Wrap a broadcast for the transport, stamped with the sender's instance id."""
     fields["origin"] = origin
-    return orjson.dumps(fields, option=orjson.OPT_NON_STR_KEYS).decode()
+    return JsonCodec.encode(fields).decode()
 
 
 def decode_envelope(payload: str | bytes, own_origin: str) -> dict[str, Any] | None:
     """Unwrap an envelope; None for our own (self-redelivery) or a malformed one."""
     try:
-        env = orjson.loads(payload)
-    except orjson.JSONDecodeError:
+        env = JsonCodec.decode(payload)
+    except ValueError:
         log.warning("dropped a malformed envelope")
         return None
     if type(env) is not dict or type(env.get("origin")) is not str:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from ._context import current_app, current_connection
 from .app import WsApp
 from .connection import Connection
+from .protocol import select_subprotocol
 
 __all__ = ["CLIENT_JS", "WS_APP", "add_client_route", "attach", "listen", "run"]
 
@@ -34,9 +35,18 @@ WS_APP = web.AppKey("wsevents.app", WsApp)
 _PACK2 = struct.Struct("!BB").pack
 _PACK4 = struct.Struct("!BBH").pack
 _PACK10 = struct.Struct("!BBQ").pack
+_PACK_CODE = struct.Struct("!H").pack
 _OP_TEXT, _OP_BINARY, _OP_PING, _OP_PONG = 0x1, 0x2, 0x9, 0xA
 _CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take, flushing included, before the socket is dropped."""
+_LINGER_TIME = _CLOSE_TIMEOUT
+_LINGER_IDLE = 1.0
+_LINGER_BYTES = 64 << 20
+"""After a frame over max_frame_size: how long (in all, and without any data) and how much
+the server reads and discards before it closes, so the client reads the close code."""
+_ORIGIN_WARNING_WINDOW = 60.0
+_ORIGIN_WARNING_LINES = 5
+"""Refused origins are logged once per origin per window, in at most so many lines."""
 
 
 def _header(opcode: int, length: int) -> bytes:
@@ -64,6 +74,7 @@ class _AiohttpSocket:
         "_transport",
         "_writer_task",
         "_ws",
+        "sent_code",
     )
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
@@ -76,6 +87,7 @@ class _AiohttpSocket:
         self._queue: deque[tuple[bytes, bool]] | None = deque() if self._deflate else None
         self._queued = 0
         self._writer_task: asyncio.Task[None] | None = None
+        self.sent_code: int | None = None  # the close code of a close the server started
 
     @property
     def closed(self) -> bool:
@@ -115,6 +127,7 @@ class _AiohttpSocket:
         if self._closing:
             return
         self._closing = True
+        self.sent_code = code
         self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -130,8 +143,32 @@ class _AiohttpSocket:
             self._transport.abort()
 
     def abort(self) -> None:
+        if not self._closing:
+            self.sent_code = WSCloseCode.ABNORMAL_CLOSURE
         self._closing = True
         self._transport.abort()
+
+    async def close_after_oversize_frame(self, code: int) -> None:
+        """Send the close frame, then read and discard what the client still sends.
+
+        Closing the TCP connection with unread input resets it: a client still sending
+        the rest of a large frame would lose the close frame and see 1006. This reads on,
+        up to the bounds above or the client's own close, and then closes the transport.
+        """
+        if self._closing or self._transport.is_closing():
+            return  # our own close, not aiohttp's reaction to an oversize frame
+        self._closing = True
+        self.sent_code = code
+        transport = self._transport
+        transport.write(_PACK2(0x88, 2) + _PACK_CODE(code))
+        done = asyncio.get_running_loop().create_future()
+        transport.set_protocol(_Discard(transport.get_protocol(), done))
+        if not transport.is_reading():
+            transport.resume_reading()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LINGER_TIME):
+                await done
+        transport.close()
 
     async def wait_closed(self) -> None:
         if self._close_task is not None:
@@ -152,6 +189,87 @@ class _AiohttpSocket:
             self._queued = 0
         finally:
             self._writer_task = None
+
+
+class _Discard(asyncio.Protocol):
+    """Reads and drops everything, within the linger bounds; forwards the connection's end."""
+
+    def __init__(self, protocol: asyncio.BaseProtocol, done: asyncio.Future[None]) -> None:
+        self._protocol = protocol
+        self._done = done
+        self._left = _LINGER_BYTES
+        self._idle = asyncio.get_running_loop().call_later(_LINGER_IDLE, self._finish)
+
+    def _finish(self) -> None:
+        self._idle.cancel()
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0:
+            self._finish()
+        elif not self._done.done():
+            self._idle.cancel()
+            self._idle = asyncio.get_running_loop().call_later(_LINGER_IDLE, self._finish)
+
+    def eof_received(self) -> bool:
+        self._finish()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+        self._protocol.connection_lost(exc)
+
+
+class _WebSocketResponse(web.WebSocketResponse):
+    """aiohttp's response, but a frame over ``max_frame_size`` closes without a reset."""
+
+    oversize: _AiohttpSocket | None = None
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        # aiohttp's reader refuses the frame, and receive() closes with 1009 and then
+        # closes the transport at once, while the client is still sending.
+        sock = self.oversize
+        if code == WSCloseCode.MESSAGE_TOO_BIG and sock is not None and not self.closed:
+            self.oversize = None
+            await sock.close_after_oversize_frame(code)
+        return await super().close(code=code, message=message, drain=drain)
+
+
+class _OriginWarnings:
+    """Rate limit of the refused-origin warning: a flood of handshakes logs a few lines."""
+
+    __slots__ = ("_lines", "_seen", "_suppressed", "_window_end")
+
+    def __init__(self) -> None:
+        self._window_end = 0.0
+        self._seen: set[str] = set()
+        self._lines = 0
+        self._suppressed = 0
+
+    def refused(self, request: web.BaseRequest, origin: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if now >= self._window_end:
+            self._window_end = now + _ORIGIN_WARNING_WINDOW
+            self._seen.clear()
+            self._lines = 0
+        if origin in self._seen or self._lines >= _ORIGIN_WARNING_LINES:
+            self._suppressed += 1
+            return
+        self._seen.add(origin)
+        self._lines += 1
+        suppressed, self._suppressed = self._suppressed, 0
+        log.warning(
+            "refused a WebSocket from origin %r (Host %r); allowed_origins allows it. "
+            "Refused origins are logged once per %d s (%d more refused since the last line)",
+            origin[:200],
+            request.host[:200],
+            _ORIGIN_WARNING_WINDOW,
+            suppressed,
+        )
 
 
 def _norm_authority(scheme: str, netloc: str) -> str:
@@ -200,12 +318,29 @@ def _connection_context(ws_app: WsApp, conn: Connection) -> Iterator[None]:
 def make_handler(ws_app: WsApp) -> Any:
     """The aiohttp request handler that upgrades to WebSocket and serves ``ws_app``."""
 
+    origin_warnings = _OriginWarnings()
+
     async def handler(request: web.Request) -> web.StreamResponse:
         if ws_app.closing:
+            log.debug("refused an upgrade from %s: shutting down", request.remote)
             raise web.HTTPServiceUnavailable(text="Server shutting down")
         if not origin_allowed(request, ws_app.allowed_origins):
+            origin = request.headers.get(hdrs.ORIGIN, "")
+            log.debug("refused an upgrade from %s: origin %r", request.remote, origin[:200])
+            origin_warnings.refused(request, origin)
             raise web.HTTPForbidden(text="Origin not allowed")
-        resp = web.WebSocketResponse(
+        protocols: tuple[str, ...] = ()
+        offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
+        if offered is not None:
+            # aiohttp picks in the client's order and, without a match, answers without a
+            # protocol (browsers then abort) and logs a warning: we choose, or refuse.
+            try:
+                protocols = (select_subprotocol(offered, ws_app.subprotocols),)
+            except ValueError as exc:
+                log.debug("refused an upgrade from %s: %s %r", request.remote, exc, offered[:200])
+                raise web.HTTPBadRequest(text=str(exc).capitalize()) from None
+        resp = _WebSocketResponse(
+            protocols=protocols,
             autoping=False,
             compress=ws_app.compress,
             max_msg_size=ws_app.max_frame_size,
@@ -215,17 +350,27 @@ def make_handler(ws_app: WsApp) -> Any:
         transport = request.transport
         if transport is None:  # the peer left during the handshake
             return resp
-        sock = _AiohttpSocket(resp, transport)
+        sock = resp.oversize = _AiohttpSocket(resp, transport)
         conn = Connection(
-            sock, request=request, codec=ws_app.codec, max_send_buffer=ws_app.max_send_buffer
+            sock,
+            request=request,
+            codec=ws_app.codec,
+            max_send_buffer=ws_app.max_send_buffer,
+            subprotocol=resp.ws_protocol,
         )
         with _connection_context(ws_app, conn):
             if not await ws_app.open_connection(conn):
                 await sock.wait_closed()
                 return resp
+            log.debug("open %s from %s (subprotocol %s)", conn.id, request.remote, conn.subprotocol)
             try:
                 await _read_loop(ws_app, conn, resp, sock)
             finally:
+                if sock.sent_code is not None:
+                    log.debug("closed %s: %d by the server", conn.id, sock.sent_code)
+                else:
+                    code = resp.close_code
+                    log.debug("closed %s: %d by the client", conn.id, code or 1006)
                 # aiohttp cancels this handler when the peer leaves if handler_cancellation
                 # is on (its test server always is): the cleanup and the on_disconnect hooks
                 # run in a task of their own, to completion (shutdown waits for it too).

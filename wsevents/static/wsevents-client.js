@@ -30,7 +30,7 @@ export class WsClientError extends Error {
 
 /**
  * The server closed the socket before it was ready: it refused the connection (an
- * on_connect hook raised: 1008 for 401/403, 1011 otherwise). `code` and `closeCode` are
+ * on_connect hook raised: 1008 for a 4xx WsError, 1011 otherwise). `code` and `closeCode` are
  * the close code, `message` and `reason` its reason.
  */
 export class WsConnectionRefused extends WsClientError {
