@@ -74,7 +74,7 @@ class JsonCodec:
     Two cases orjson refuses take a slower path through the standard library: strings
     with lone surrogates (a JavaScript string cut inside an emoji, valid JSON as
     ``"\\ud83d"``) are parsed, and encoded back as the same ASCII escapes. Frames nested
-    deeper than :data:`MAX_NESTING_DEPTH` are refused.
+    deeper than ``MAX_NESTING_DEPTH`` are refused.
     """
 
     binary = False
@@ -84,7 +84,7 @@ class JsonCodec:
         """Parse JSON text or UTF-8 bytes.
 
         Raises:
-            ValueError: invalid JSON, or nested deeper than :data:`MAX_NESTING_DEPTH`.
+            ValueError: invalid JSON, or nested deeper than ``MAX_NESTING_DEPTH``.
         """
         try:
             obj = orjson.loads(raw)
