@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from wsevents import Connection, DeliveryReport, MemoryBus, MemoryTransport, RoomManager
-from wsevents.rooms import ROOM_CHANNEL_PREFIX, decode_envelope, encode_envelope
+from wsevents.cluster import Envelope, decode_envelope
+from wsevents.rooms import ROOM_CHANNEL_PREFIX
 from wsevents.testing import RecordingSocket
 from wsevents.transports.base import PayloadHandler
 
@@ -638,15 +639,12 @@ async def test_malformed_envelopes_are_dropped_with_a_warning_and_delivery_goes_
 
 
 def test_envelope_round_trip_and_own_origin_is_dropped() -> None:
-    payload = encode_envelope("a", {"event": "e", "path": "/p", "data": {"1": 2}})
-    assert decode_envelope(payload, "b") == {
-        "event": "e",
-        "path": "/p",
-        "data": {"1": 2},
-        "origin": "a",
-    }
-    assert decode_envelope(payload, "a") is None
-    assert decode_envelope(payload.encode(), "b") is not None
+    envelope = Envelope("a", "room", "/p", "e", "/p", {"1": 2})
+    payload = envelope.encode()
+    assert payload == '{"event":"e","path":"/p","data":{"1":2},"origin":"a"}'
+    assert decode_envelope(payload, "b", "room", "/p") == envelope
+    assert decode_envelope(payload, "a", "room", "/p") is None
+    assert decode_envelope(payload.encode(), "b", "room", "/p") is not None
 
 
 def test_instance_ids_are_random_unless_given() -> None:
