@@ -9,7 +9,14 @@ import random
 import orjson
 import pytest
 
-from wsevents import Connection, DeliveryReport, MemoryBus, MemoryTransport, RoomManager
+from wsevents import (
+    Connection,
+    DeliveryReport,
+    MemoryBus,
+    MemoryTransport,
+    RoomManager,
+    WsError,
+)
 from wsevents.cluster import Envelope, decode_envelope
 from wsevents.rooms import ROOM_CHANNEL_PREFIX
 from wsevents.testing import RecordingSocket
@@ -669,3 +676,75 @@ async def test_pushes_use_the_managers_codec() -> None:
     await rooms.join(conn, ROOM)
     await rooms.broadcast(ROOM, "e", 1)
     assert sock.frames == [b'T{"event":"e","path":"/chat/general","data":1}']
+
+
+# -- join policy and change hooks ---------------------------------------------------------------
+
+
+async def test_a_join_policy_refuses_with_ws_error_and_nothing_changes() -> None:
+    transport = RecordingTransport()
+    rooms = RoomManager(transport)
+    asked: list[tuple[str, str]] = []
+
+    async def full_rooms_refuse(conn: Connection, room: str) -> None:
+        asked.append((conn.id, room))
+        if room == "/full":
+            raise WsError(429, "room is full")
+
+    rooms.add_join_policy(full_rooms_refuse)
+    alice, _ = member("alice")
+    with pytest.raises(WsError) as info:
+        await rooms.join(alice, "/full")
+    assert (info.value.code, info.value.message) == (429, "room is full")
+    assert rooms.rooms() == () and alice.rooms == () and transport.calls == []
+    await rooms.join(alice, ROOM)
+    await rooms.join(alice, ROOM)  # already a member: not asked again
+    assert asked == [("alice", "/full"), ("alice", ROOM)]
+    assert rooms.connections(ROOM) == (alice,) and alice.rooms == (ROOM,)
+
+
+async def test_join_and_leave_hooks_hear_each_change_once_with_the_connection_and_room() -> None:
+    transport = RecordingTransport()
+    rooms = RoomManager(transport)
+    events: list[tuple[str, str, str, bool]] = []
+
+    def joined(conn: Connection, room: str) -> None:
+        # Called after the join: the member is in and the channel is live.
+        events.append(("join", conn.id, room, room in rooms.subscribed_rooms()))
+
+    async def left(conn: Connection, room: str) -> None:
+        events.append(("leave", conn.id, room, room in conn.rooms))
+
+    rooms.add_join_hook(joined)
+    rooms.add_leave_hook(left)
+    alice, _ = member("alice")
+    await rooms.join(alice, ROOM)
+    await rooms.join(alice, ROOM)
+    await rooms.join(alice, "/other")
+    await rooms.leave(alice, ROOM)
+    await rooms.leave(alice, ROOM)  # not a member any more: no event
+    assert await rooms.leave_all(alice) == ("/other",)
+    assert events == [
+        ("join", "alice", ROOM, True),
+        ("join", "alice", "/other", True),
+        ("leave", "alice", ROOM, False),
+        ("leave", "alice", "/other", False),
+    ]
+
+
+async def test_a_failing_change_hook_is_logged_and_the_join_still_happens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rooms = RoomManager()
+    ran: list[str] = []
+
+    def broken(conn: Connection, room: str) -> None:
+        raise RuntimeError("hook bug")
+
+    rooms.add_join_hook(broken)
+    rooms.add_join_hook(lambda conn, room: ran.append(room))
+    alice, _ = member("alice")
+    with caplog.at_level(logging.ERROR, logger="wsevents.rooms"):
+        await rooms.join(alice, ROOM)
+    assert rooms.connections(ROOM) == (alice,) and ran == [ROOM]
+    assert [r.getMessage() for r in caplog.records] == ["room join hook failed"]
