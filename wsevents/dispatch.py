@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .app import WsApp
     from .connection import Connection
 
-__all__ = ["CallNext", "Dispatcher", "Handler", "Interceptor"]
+__all__ = ["CallNext", "Interceptor"]
 
 # Handler errors have always been logged by "wsevents": users filter on it.
 log = logging.getLogger("wsevents")
