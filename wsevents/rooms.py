@@ -111,6 +111,10 @@ class RoomManager:
         """This instance's origin id."""
         return self.cluster.instance_id
 
+    @instance_id.setter
+    def instance_id(self, instance_id: str) -> None:
+        self.cluster.instance_id = instance_id
+
     # -- policy and change hooks --------------------------------------------------------
 
     def add_join_policy(self, policy: JoinPolicy) -> None:
