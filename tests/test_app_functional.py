@@ -49,7 +49,7 @@ def make_app(**options: Any) -> WsApp:
 def track_disconnects(ws: WsApp) -> asyncio.Queue[str]:
     """A queue that gets a connection id once the server has fully cleaned that connection up."""
     done: asyncio.Queue[str] = asyncio.Queue()
-    close_connection = ws.close_connection
+    close_connection = ws._close_connection
 
     async def tracked(conn: Any) -> None:
         try:
@@ -57,7 +57,7 @@ def track_disconnects(ws: WsApp) -> asyncio.Queue[str]:
         finally:
             done.put_nowait(conn.id)
 
-    ws.close_connection = tracked  # type: ignore[method-assign]
+    ws._close_connection = tracked  # type: ignore[method-assign]
     return done
 
 
@@ -419,7 +419,7 @@ async def test_on_connect_reads_the_upgrade_request(ws_client, is_async) -> None
             query=request.query.get("room"),
             cookie=request.cookies.get("session"),
             peer=request.remote,
-            server=use_ws_server() is ws,
+            server=use_ws_server() is ws.server,
         )
 
     async def async_record() -> None:
@@ -619,7 +619,7 @@ async def test_sync_and_async_on_disconnect_hooks_see_the_connection_and_its_roo
     async def async_hook() -> None:
         await asyncio.sleep(0)
         conn = use_ws_connection()
-        assert use_ws_server() is ws
+        assert use_ws_server() is ws.server
         seen.append(("async", conn.id, conn.rooms))
 
     @ws.on_message("rpc", "/join")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from wsevents import MemoryBus, MemoryTransport, WsApp, use_ws_server
+from wsevents import Capabilities, MemoryBus, MemoryTransport, WsApp, use_ws_server
 
 
 class ReportingTransport(MemoryTransport):
@@ -24,6 +24,9 @@ class ReportingTransport(MemoryTransport):
     def remove_state_listener(self, listener: Callable[[bool], Any]) -> None:
         self.listeners.remove(listener)
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities(directory=self, state_events=self)
+
     def report(self, up: bool) -> None:
         for listener in list(self.listeners):
             listener(up)
@@ -37,12 +40,12 @@ async def test_down_and_up_hooks_run_in_order_with_the_app_reachable() -> None:
 
     @ws.on_transport_down
     def down() -> None:
-        seen.append(f"down:{use_ws_server() is ws}")
+        seen.append(f"down:{use_ws_server() is ws.server}")
 
     @ws.on_transport_up
     async def up() -> None:
         await asyncio.sleep(0)
-        seen.append(f"up:{use_ws_server() is ws}")
+        seen.append(f"up:{use_ws_server() is ws.server}")
         up_done.set()
 
     await ws.start()

@@ -333,7 +333,8 @@ def test_push_stream_needs_room_for_one_push() -> None:
 
 
 def test_client_imports_only_the_core_and_aiohttp() -> None:
-    allowed_package = {"wsevents.exceptions", "wsevents.protocol"}
+    # _aio: the shared stdlib-only hook and task helpers.
+    allowed_package = {"wsevents.exceptions", "wsevents.protocol", "wsevents._aio"}
     allowed_third_party = {"aiohttp"}
     for source in Path(wsevents.client.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):

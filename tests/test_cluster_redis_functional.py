@@ -51,7 +51,7 @@ class Instance:
 
         @app.on_transport_down
         def down() -> None:
-            assert use_ws_server() is app
+            assert use_ws_server() is app.server
             self._record("down")
 
         @app.on_transport_up

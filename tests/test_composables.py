@@ -103,7 +103,7 @@ async def test_in_on_connect_only_connection_and_server_composables_work(ws_clie
         for name, fn in MESSAGE_ONLY:
             seen[name] = attempt(fn)
         seen["use_ws_connection"] = attempt(use_ws_connection)
-        seen["use_ws_server"] = "ok" if use_ws_server() is ws else "wrong app"
+        seen["use_ws_server"] = "ok" if use_ws_server() is ws.server else "wrong app"
         use_ws_connection().state["id"] = use_ws_connection().id
 
     @ws.on_message("rpc", "/id")
@@ -135,7 +135,7 @@ async def test_in_on_disconnect_message_composables_raise(ws_client) -> None:
         for name, fn in MESSAGE_ONLY:
             seen[name] = attempt(fn)
         seen["id"] = use_ws_connection().id
-        seen["server"] = "ok" if use_ws_server() is ws else "wrong app"
+        seen["server"] = "ok" if use_ws_server() is ws.server else "wrong app"
         done.set()
 
     client = await ws_client(ws)
@@ -302,7 +302,7 @@ async def test_use_ws_server_in_a_handler_is_the_running_app(ws_client) -> None:
         app = use_ws_server()
         me = use_ws_connection()
         return {
-            "same": app is ws,
+            "same": app is ws.server,
             "count": len(app.connections()),
             "found": app.get_connection(me.id) is me,
         }
@@ -317,7 +317,7 @@ async def test_two_apps_in_one_process_see_their_own_context(ws_client) -> None:
     for index, app in enumerate(apps):
 
         def which(index: int = index) -> list[Any]:
-            return [index, use_ws_server() is apps[index]]
+            return [index, use_ws_server() is apps[index].server]
 
         app.add_message_handler("rpc", "/which", which)
     first = await ws_client(apps[0])

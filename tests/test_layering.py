@@ -127,3 +127,109 @@ import {module}
 """
     result = run_python(script)
     assert result.returncode == 0, result.stderr
+
+
+# -- the layer order of the package (STYLE.md §1) -------------------------------------------
+
+# Lowest first: a module may import only modules listed before it (at runtime, including
+# imports inside functions). Core (sans-I/O), runtime, app, adapter, client.
+LAYER_ORDER = [
+    "exceptions",
+    "protocol",
+    "routing",
+    "_aio",
+    "transports.base",
+    "transports.memory",
+    "transports.redis",
+    "transports",
+    "connection",
+    "_context",
+    "cluster",
+    "rooms",
+    "dispatch",
+    "composables",
+    "app",
+    "server",
+    "client._backoff",
+    "client._listeners",
+    "client._rpc",
+    "client._client",
+    "client",
+]
+# May import anything; nothing in the package imports them.
+TOP = {"", "testing", "__main__"}
+# The client talks to servers over aiohttp: of the package it may use the core and _aio.
+CLIENT_MAY_IMPORT = {"exceptions", "protocol", "routing", "_aio"}
+
+
+def _package_modules() -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for source in PACKAGE.rglob("*.py"):
+        parts = list(source.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = source
+    return modules
+
+
+def _package_imports(name: str, source: Path) -> set[str]:
+    """The package modules that module ``name`` imports at runtime (names relative to it)."""
+    is_package = source.name == "__init__.py"
+    here = name.split(".") if name else []
+    base = here if is_package else here[:-1]
+    known = _package_modules()
+    found: set[str] = set()
+    for node in _runtime_imports(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names if alias.name.startswith("wsevents")]
+            found.update(t.removeprefix("wsevents").lstrip(".") for t in targets)
+            continue
+        if node.level == 0:
+            if node.module and node.module.split(".")[0] == "wsevents":
+                found.add(node.module.removeprefix("wsevents").lstrip("."))
+            continue
+        anchor = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+        prefix = [*anchor, *(node.module.split(".") if node.module else [])]
+        module = ".".join(prefix)
+        if node.module is None:  # from . import x: each name is a module
+            found.update(".".join([*prefix, alias.name]) for alias in node.names)
+        else:
+            found.add(module)
+    return {m for m in found if m in known}
+
+
+def test_every_package_module_has_a_place_in_the_layer_order() -> None:
+    assert set(_package_modules()) == set(LAYER_ORDER) | TOP
+
+
+@pytest.mark.parametrize("module", LAYER_ORDER)
+def test_imports_only_point_down(module: str) -> None:
+    source = _package_modules()[module]
+    rank = LAYER_ORDER.index(module)
+    imported = _package_imports(module, source)
+    upward = sorted(m for m in imported if m in TOP or LAYER_ORDER.index(m) >= rank)
+    assert upward == [], f"wsevents.{module} imports {upward}, which are not below it"
+    if module.startswith("client"):
+        outside = sorted(m for m in imported if not m.startswith("client"))
+        assert set(outside) <= CLIENT_MAY_IMPORT, f"the client imports {outside}"
+
+
+def test_only_the_adapter_and_the_client_import_aiohttp() -> None:
+    offenders = []
+    for name, source in _package_modules().items():
+        if name in TOP or name == "server" or name.startswith("client"):
+            continue
+        for node in _runtime_imports(ast.parse(source.read_text(encoding="utf-8"))):
+            if any(m.split(".")[0] == "aiohttp" for m in _imported_modules(node)):
+                offenders.append(f"{name}:{node.lineno}")
+    assert offenders == []
+
+
+def test_the_import_scan_sees_an_upward_import_inside_a_function(tmp_path: Path) -> None:
+    # Guards the scan above: a function-level relative import is found and resolved.
+    source = tmp_path / "app.py"
+    source.write_text("def attach():\n    from .server import attach\n", encoding="utf-8")
+    assert _package_imports("app", source) == {"server"}
+    nested = tmp_path / "redis.py"
+    nested.write_text("from ..exceptions import TransportError\n", encoding="utf-8")
+    assert _package_imports("transports.redis", nested) == {"exceptions"}

@@ -9,13 +9,16 @@ import random
 import orjson
 import pytest
 
-from wsevents import Connection, DeliveryReport, MemoryBus, MemoryTransport, RoomManager
-from wsevents.rooms import (
-    PUBLISH_WARNING_INTERVAL,
-    ROOM_CHANNEL_PREFIX,
-    decode_envelope,
-    encode_envelope,
+from wsevents import (
+    Connection,
+    DeliveryReport,
+    MemoryBus,
+    MemoryTransport,
+    RoomManager,
+    WsError,
 )
+from wsevents.cluster import PUBLISH_WARNING_INTERVAL, Envelope, decode_envelope
+from wsevents.rooms import ROOM_CHANNEL_PREFIX
 from wsevents.testing import RecordingSocket
 from wsevents.transports.base import PayloadHandler
 
@@ -335,7 +338,7 @@ async def test_failing_publishes_warn_once_per_outage_and_then_at_most_every_int
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr("wsevents.rooms.monotonic", lambda: now[0])
+    monkeypatch.setattr("wsevents.cluster.monotonic", lambda: now[0])
     transport = RecordingTransport()
     rooms = RoomManager(transport)
     transport.publish_error = ConnectionError("bus down")
@@ -676,15 +679,12 @@ async def test_malformed_envelopes_are_dropped_with_a_warning_and_delivery_goes_
 
 
 def test_envelope_round_trip_and_own_origin_is_dropped() -> None:
-    payload = encode_envelope("a", {"event": "e", "path": "/p", "data": {"1": 2}})
-    assert decode_envelope(payload, "b") == {
-        "event": "e",
-        "path": "/p",
-        "data": {"1": 2},
-        "origin": "a",
-    }
-    assert decode_envelope(payload, "a") is None
-    assert decode_envelope(payload.encode(), "b") is not None
+    envelope = Envelope("a", "room", "/p", "e", "/p", {"1": 2})
+    payload = envelope.encode()
+    assert payload == '{"event":"e","path":"/p","data":{"1":2},"origin":"a"}'
+    assert decode_envelope(payload, "b", "room", "/p") == envelope
+    assert decode_envelope(payload, "a", "room", "/p") is None
+    assert decode_envelope(payload.encode(), "b", "room", "/p") is not None
 
 
 def test_instance_ids_are_random_unless_given() -> None:
@@ -709,3 +709,75 @@ async def test_pushes_use_the_managers_codec() -> None:
     await rooms.join(conn, ROOM)
     await rooms.broadcast(ROOM, "e", 1)
     assert sock.frames == [b'T{"event":"e","path":"/chat/general","data":1}']
+
+
+# -- join policy and change hooks ---------------------------------------------------------------
+
+
+async def test_a_join_policy_refuses_with_ws_error_and_nothing_changes() -> None:
+    transport = RecordingTransport()
+    rooms = RoomManager(transport)
+    asked: list[tuple[str, str]] = []
+
+    async def full_rooms_refuse(conn: Connection, room: str) -> None:
+        asked.append((conn.id, room))
+        if room == "/full":
+            raise WsError(429, "room is full")
+
+    rooms.add_join_policy(full_rooms_refuse)
+    alice, _ = member("alice")
+    with pytest.raises(WsError) as info:
+        await rooms.join(alice, "/full")
+    assert (info.value.code, info.value.message) == (429, "room is full")
+    assert rooms.rooms() == () and alice.rooms == () and transport.calls == []
+    await rooms.join(alice, ROOM)
+    await rooms.join(alice, ROOM)  # already a member: not asked again
+    assert asked == [("alice", "/full"), ("alice", ROOM)]
+    assert rooms.connections(ROOM) == (alice,) and alice.rooms == (ROOM,)
+
+
+async def test_join_and_leave_hooks_hear_each_change_once_with_the_connection_and_room() -> None:
+    transport = RecordingTransport()
+    rooms = RoomManager(transport)
+    events: list[tuple[str, str, str, bool]] = []
+
+    def joined(conn: Connection, room: str) -> None:
+        # Called after the join: the member is in and the channel is live.
+        events.append(("join", conn.id, room, room in rooms.subscribed_rooms()))
+
+    async def left(conn: Connection, room: str) -> None:
+        events.append(("leave", conn.id, room, room in conn.rooms))
+
+    rooms.add_join_hook(joined)
+    rooms.add_leave_hook(left)
+    alice, _ = member("alice")
+    await rooms.join(alice, ROOM)
+    await rooms.join(alice, ROOM)
+    await rooms.join(alice, "/other")
+    await rooms.leave(alice, ROOM)
+    await rooms.leave(alice, ROOM)  # not a member any more: no event
+    assert await rooms.leave_all(alice) == ("/other",)
+    assert events == [
+        ("join", "alice", ROOM, True),
+        ("join", "alice", "/other", True),
+        ("leave", "alice", ROOM, False),
+        ("leave", "alice", "/other", False),
+    ]
+
+
+async def test_a_failing_change_hook_is_logged_and_the_join_still_happens(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rooms = RoomManager()
+    ran: list[str] = []
+
+    def broken(conn: Connection, room: str) -> None:
+        raise RuntimeError("hook bug")
+
+    rooms.add_join_hook(broken)
+    rooms.add_join_hook(lambda conn, room: ran.append(room))
+    alice, _ = member("alice")
+    with caplog.at_level(logging.ERROR, logger="wsevents.rooms"):
+        await rooms.join(alice, ROOM)
+    assert rooms.connections(ROOM) == (alice,) and ran == [ROOM]
+    assert [r.getMessage() for r in caplog.records] == ["room join hook failed"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from wsevents import (
+    Connection,
     DeliveryReport,
     MemoryTransport,
     WsApp,
@@ -509,3 +510,23 @@ async def test_a_failing_publish_is_reported_to_the_handler_and_local_members_st
     ]
     assert "bus down" in caplog.text
     await assert_nothing_pending(alice, bob)
+
+
+async def test_a_join_policy_refusal_in_a_handler_is_the_error_reply(ws_client) -> None:
+    ws = WsApp(heartbeat=0)
+
+    def only_lobby(conn: Connection, room: str) -> None:
+        if room != "/lobby":
+            raise WsError(403, "closed room")
+
+    ws.rooms.add_join_policy(only_lobby)
+
+    @ws.on_message("join", "/:room")
+    async def join() -> str:
+        return await use_ws_rooms().join()
+
+    client = await ws_client(ws)
+    assert await client.call("join", "/lobby") == "/lobby"
+    reply = await client.request("join", "/vip", message_id=2)
+    assert reply == {"id": 2, "error": {"code": 403, "message": "closed room"}}
+    assert ws.rooms.rooms() == ("/lobby",)

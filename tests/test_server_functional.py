@@ -864,3 +864,21 @@ async def test_slow_consumer_that_never_reads_again_is_dropped_after_the_close_t
     assert ws.get_connection(victim_id) is None
     await sender.close()
     await victim.close()
+
+
+async def test_close_after_listen_stops_the_server_without_calling_close_again() -> None:
+    ws = make_app()
+    calls: list[str] = []
+    close = ws.close
+
+    async def counted_close() -> None:
+        calls.append("close")
+        await close()
+
+    ws.close = counted_close  # type: ignore[method-assign]
+    host, port = await ws.listen(port=0)
+    assert host == "127.0.0.1" and port > 0
+    await ws.close()
+    # The server's cleanup releases the app itself: no close() -> cleanup -> close() cycle.
+    assert calls == ["close"]
+    assert ws.closing

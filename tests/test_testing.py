@@ -16,6 +16,7 @@ from wsevents import (
     WsApp,
     WsClientError,
     WsError,
+    WsServer,
     use_route_params,
     use_ws_connection,
     use_ws_message,
@@ -41,7 +42,7 @@ def test_connection_context_gives_connection_and_server_and_records_sends() -> N
         conn = use_ws_connection()
         assert conn is ctx.connection
         assert conn.id == "c-1"
-        assert use_ws_server() is app is ctx.app
+        assert use_ws_server() is app.server is ctx.app.server
         conn.send("note", "/a", {"x": 1}, {"p": "v"})
         conn.reply(7, None)
         conn.reply_error("e", 403, "nope")
@@ -66,7 +67,7 @@ def test_connection_context_gives_connection_and_server_and_records_sends() -> N
 
 def test_connection_context_creates_an_app_and_a_uuid_when_not_given() -> None:
     with prepare_test_ws_connection_context() as ctx:
-        assert isinstance(use_ws_server(), WsApp)
+        assert isinstance(use_ws_server(), WsServer)
         assert len(use_ws_connection().id) == 36
         assert ctx.connection.request is None
 
@@ -90,7 +91,7 @@ def test_message_context_runs_a_handler_with_router_params() -> None:
         assert user() == {"id": "7", "data": {"x": 1}, "event": "rpc"}
         assert ctx.message.path == "/users/7"
         assert use_ws_connection() is ctx.connection
-        assert use_ws_server() is app
+        assert use_ws_server() is app.server
     for fn in (use_ws_message, use_route_params, use_ws_rooms, use_ws_connection):
         with pytest.raises(RuntimeError):
             fn()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from wsevents import BroadcastTransport, MemoryBus, MemoryTransport
+from wsevents import BaseTransport, BroadcastTransport, MemoryBus, MemoryTransport
 from wsevents.testing import check_transport
 from wsevents.transports.base import PayloadHandler
 
@@ -36,15 +36,16 @@ class SyncBus:
         self.channels: dict[str, dict[int, PayloadHandler]] = {}
 
 
-class SyncTransport:
-    """A correct transport whose methods are all synchronous and which has no close()."""
+class SyncTransport(BaseTransport):
+    """A correct transport that delivers without any await and keeps BaseTransport's no-op
+    close()."""
 
     def __init__(self, bus: SyncBus) -> None:
         self.bus = bus
         self.loop = asyncio.get_running_loop()
         self.tail: dict[str, asyncio.Future[None]] = {}
 
-    def publish(self, channel: str, payload: str) -> None:
+    async def publish(self, channel: str, payload: str) -> None:
         for key, handler in list(self.bus.channels.get(channel, {}).items()):
             self.loop.call_soon(self._deliver, channel, key, handler, payload)
 
@@ -63,10 +64,10 @@ class SyncTransport:
             await previous
         await result
 
-    def subscribe(self, channel: str, handler: PayloadHandler) -> None:
+    async def subscribe(self, channel: str, handler: PayloadHandler) -> None:
         self.bus.channels.setdefault(channel, {})[id(self)] = handler
 
-    def unsubscribe(self, channel: str) -> None:
+    async def unsubscribe(self, channel: str) -> None:
         handlers = self.bus.channels.get(channel, {})
         handlers.pop(id(self), None)
         if not handlers:
@@ -107,10 +108,23 @@ async def test_suite_accepts_an_async_factory_and_a_custom_prefix() -> None:
     assert seen and all(channel.startswith("custom:") for channel in seen)
 
 
-async def test_fully_synchronous_transport_without_close_passes_and_is_cleaned_up() -> None:
+async def test_transport_with_a_no_op_close_passes_and_is_cleaned_up() -> None:
     bus = SyncBus()
     await check_transport(lambda: SyncTransport(bus))
-    assert bus.channels == {}, "without close(), what is still subscribed is unsubscribed"
+    assert bus.channels == {}, "with a no-op close(), what is still subscribed is unsubscribed"
+
+
+class SyncMethodsTransport(MemoryTransport):
+    """publish() is a plain method: the contract wants every method async."""
+
+    def publish(self, channel: str, payload: str) -> None:  # type: ignore[override]
+        for sub in self.bus.channels.get(channel, ()):
+            sub.queue.put_nowait(payload)
+
+
+async def test_transport_with_a_sync_method_fails_clearly() -> None:
+    with pytest.raises(AssertionError, match=r"publish\(\) is not async"):
+        await check_transport(lambda: SyncMethodsTransport(MemoryBus()), **FAST)
 
 
 # -- broken transports make it fail -------------------------------------------------------

@@ -6,10 +6,12 @@ instances, on aiohttp, wire compatible with ``@wooksjs/event-ws``.
 
 from typing import TYPE_CHECKING, Any
 
-from .app import WsApp, create_ws_app
+from ._context import MessageScope
+from .app import WsApp, create_ws_app, register_adapter
 from .composables import (
     RouteParams,
     WsRooms,
+    WsServer,
     use_route_params,
     use_ws_connection,
     use_ws_message,
@@ -17,6 +19,7 @@ from .composables import (
     use_ws_server,
 )
 from .connection import Connection
+from .dispatch import CallNext, Interceptor
 from .exceptions import (
     ProtocolError,
     RoutingError,
@@ -29,7 +32,9 @@ from .exceptions import (
 from .protocol import ClientMessage, Codec, JsonCodec
 from .rooms import DeliveryReport, RoomManager
 from .transports import (
+    BaseTransport,
     BroadcastTransport,
+    Capabilities,
     ConnectionDirectory,
     MemoryBus,
     MemoryTransport,
@@ -41,15 +46,20 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseTransport",
     "BroadcastTransport",
+    "CallNext",
+    "Capabilities",
     "ClientMessage",
     "Codec",
     "Connection",
     "ConnectionDirectory",
     "DeliveryReport",
+    "Interceptor",
     "JsonCodec",
     "MemoryBus",
     "MemoryTransport",
+    "MessageScope",
     "ProtocolError",
     "RoomManager",
     "RouteParams",
@@ -62,6 +72,7 @@ __all__ = [
     "WsError",
     "WsEventsError",
     "WsRooms",
+    "WsServer",
     "create_ws_app",
     "use_route_params",
     "use_ws_connection",
@@ -69,6 +80,16 @@ __all__ = [
     "use_ws_rooms",
     "use_ws_server",
 ]
+
+
+def _load_server() -> None:
+    # The aiohttp adapter registers itself when imported. Loaded on the first
+    # WsApp.attach/run/listen, so that ``import wsevents`` stays free of aiohttp, and so
+    # that wsevents.app never imports the layer above it.
+    from . import server  # noqa: F401
+
+
+register_adapter(loader=_load_server)
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,14 @@
 
 Each connection runs in its own context (the upgrade request's context is its parent), and
 each message in a copy of it, so concurrent messages never see each other's state.
+
+The named handles are ``ContextVarExt`` objects (what contextvars-extras offers: a var
+that can be ``is_set()``, ``delete()``-d and reset to its default). Everything in the
+package reads and writes the plain ``ContextVar`` underneath (``.context_var``, or the
+casts below), on purpose: the composables and the dispatcher run once per message, and
+``ContextVar.get``/``set`` are C calls where the ``ContextVarExt`` methods add a
+Python-level layer; and the adapter's set/reset pairs keep ``ContextVar`` tokens, which
+the ``ContextVarExt`` stubs type differently from what ``set`` returns.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ current_connection: ContextVarExt[Connection] = ContextVarExt("wsevents.connecti
 current_message: ContextVarExt[MessageScope] = ContextVarExt("wsevents.message")
 current_app: ContextVarExt[WsApp] = ContextVarExt("wsevents.app")
 
-# The plain ContextVars underneath, for the per-message hot path (C-level get/set).
+# The plain ContextVars underneath, for the per-message hot path (see the module docstring).
 connection_var = cast("ContextVar[Connection]", current_connection.context_var)
 message_var = cast("ContextVar[MessageScope]", current_message.context_var)
 app_var = cast("ContextVar[WsApp]", current_app.context_var)

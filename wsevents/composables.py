@@ -2,6 +2,8 @@
 
 Each is a cheap synchronous function that reads a context variable; called where its
 context does not exist, it raises a ``RuntimeError`` that says where it may be used.
+[`WsServer`][], what [`use_ws_server`][] returns, is the server-side API handlers
+need, without registration, lifecycle or adapter entry points.
 """
 
 from __future__ import annotations
@@ -10,22 +12,100 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, overload
 
 from ._context import MessageScope, app_var, connection_var, message_var
+from .cluster import Envelope
 from .connection import Connection
-from .protocol import ClientMessage
-from .rooms import DeliveryReport
+from .protocol import ClientMessage, Codec, encode_push
+from .rooms import DeliveryReport, RoomManager
 
 if TYPE_CHECKING:
-    from .app import WsApp
+    pass
 
 __all__ = [
     "RouteParams",
     "WsRooms",
+    "WsServer",
     "use_route_params",
     "use_ws_connection",
     "use_ws_message",
     "use_ws_rooms",
     "use_ws_server",
 ]
+
+
+class WsServer:
+    """The server-side API of one instance: its connections, server-wide broadcasts,
+    pushes to one connection, and its rooms (what [`use_ws_server`][] returns).
+
+    Attributes:
+        rooms: the instance's [`RoomManager`][wsevents.RoomManager].
+        instance_id: this instance's id (the origin of its envelopes).
+    """
+
+    __slots__ = ("_cluster", "_connections", "_encode", "instance_id", "rooms")
+
+    def __init__(
+        self, connections: Mapping[str, Connection], rooms: RoomManager, codec: Codec
+    ) -> None:
+        self._connections = connections
+        self._encode = codec.encode
+        self._cluster = rooms.cluster
+        self.rooms = rooms
+        self.instance_id = rooms.instance_id
+
+    def connections(self) -> tuple[Connection, ...]:
+        """Every open connection of this instance."""
+        return tuple(self._connections.values())
+
+    def get_connection(self, connection_id: str) -> Connection | None:
+        """The local connection with that id, or None."""
+        return self._connections.get(connection_id)
+
+    def room_connections(self, room: str) -> tuple[Connection, ...]:
+        """Local members of ``room``."""
+        return self.rooms.connections(room)
+
+    async def broadcast(
+        self,
+        event: str,
+        path: str,
+        data: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> DeliveryReport:
+        """Push to every connection of every instance (the caller included)."""
+        frame = encode_push(event, path, data, params, self._encode)
+        sent = dropped = 0
+        for conn in self._connections.values():
+            if conn.send_frame(frame):
+                sent += 1
+            else:
+                dropped += 1
+        cluster = self._cluster
+        if cluster.transport is None:
+            return DeliveryReport(sent, 0, dropped)
+        error = await cluster.publish(
+            Envelope(cluster.instance_id, "broadcast", None, event, path, data, params)
+        )
+        return DeliveryReport(sent, 0, dropped, error is None, error)
+
+    async def send_to(
+        self,
+        connection_id: str,
+        event: str,
+        path: str,
+        data: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Push to one connection, on whichever instance it lives.
+
+        Returns:
+            True when the connection exists (here, or on another instance according to the
+            transport's directory); False otherwise.
+        """
+        conn = self._connections.get(connection_id)
+        if conn is not None:
+            conn.send(event, path, data, params)
+            return True
+        return await self._cluster.send_remote(connection_id, event, path, data, params)
 
 
 def _scope(name: str) -> MessageScope:
@@ -149,8 +229,11 @@ def use_ws_rooms() -> WsRooms:
     return WsRooms(_scope("use_ws_rooms"))
 
 
-def use_ws_server() -> WsApp:
-    """The current [`WsApp`][wsevents.WsApp]: connections, server-wide broadcast, send_to.
+def use_ws_server() -> WsServer:
+    """The current app's [`WsServer`][]: connections, server-wide broadcast, send_to.
+
+    It is ``app.server`` of the current [`WsApp`][wsevents.WsApp] (the same object on
+    every call).
 
     Raises:
         RuntimeError: called outside any connection or message of a running app (use the
@@ -161,4 +244,4 @@ def use_ws_server() -> WsApp:
         raise RuntimeError(
             "use_ws_server() called outside a wsevents connection; use the WsApp object itself"
         )
-    return app
+    return app.server

@@ -1,7 +1,9 @@
-"""One client connection: identity, rooms, user state and synchronous, bounded sends."""
+"""One client connection: identity, rooms, user state, synchronous bounded sends, and the
+state the adapter and the room registry work with (in-flight handlers, liveness, rooms)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
@@ -108,7 +110,8 @@ class Connection:
         self._rooms: dict[str, None] = {}
         self._seen = True
         self._inflight = 0
-        self._wake: Any = None  # future the reader awaits while too many handlers run
+        # The future the reader awaits while too many handlers run (None: not paused).
+        self._wake: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {'closed' if self.closed else 'open'}>"
@@ -122,6 +125,69 @@ class Connection:
     def rooms(self) -> tuple[str, ...]:
         """The rooms this connection is in on this instance, in join order."""
         return tuple(self._rooms)
+
+    # -- in-flight handlers (the dispatcher and the adapter's reader) ------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Handlers of this connection running in tasks of their own."""
+        return self._inflight
+
+    def begin_task(self) -> int:
+        """Count one more running handler task; returns how many run now."""
+        self._inflight += 1
+        return self._inflight
+
+    def end_task(self) -> None:
+        """A handler task finished: count it and wake a reader waiting for capacity."""
+        self._inflight -= 1
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def wait_capacity(self, limit: int) -> None:
+        """Return once fewer than ``limit`` handler tasks run (the reader pauses here)."""
+        while self._inflight >= limit:
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+        self._wake = None
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the reader waits in [`wait_capacity`][] (it cannot see pongs then)."""
+        return self._wake is not None
+
+    # -- liveness (the adapter's reader and heartbeat) ---------------------------------------
+
+    def mark_seen(self) -> None:
+        """A frame arrived from the peer: it is alive."""
+        self._seen = True
+
+    def ping(self) -> None:
+        """Send a ping; [`is_alive`][] stays False until a frame arrives."""
+        self._seen = False
+        self._socket.ping()
+
+    @property
+    def is_alive(self) -> bool:
+        """True when a frame arrived since the last [`ping`][]."""
+        return self._seen
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake (a dead peer)."""
+        self._socket.abort()
+
+    # -- rooms (kept by the RoomManager) -------------------------------------------------
+
+    def add_room(self, room: str) -> None:
+        """Record membership of ``room`` (the [`RoomManager`][wsevents.RoomManager] calls it)."""
+        self._rooms[room] = None
+
+    def remove_room(self, room: str) -> None:
+        """Forget membership of ``room`` (the [`RoomManager`][wsevents.RoomManager] calls it)."""
+        self._rooms.pop(room, None)
+
+    # -- sending -------------------------------------------------------------------------
 
     def send_frame(self, payload: bytes) -> bool:
         """Send an already encoded message (e.g. one broadcast frame shared by many).

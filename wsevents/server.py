@@ -1,8 +1,10 @@
-"""The aiohttp adapter: the upgrade handler, mounting, standalone serving.
+"""The aiohttp adapter: the upgrade handler, the read loop, the heartbeat, mounting,
+standalone serving.
 
 This is the only module that touches ``aiohttp.web``. Data frames are written straight to
 the connection's transport (uncompressed) so that sending is synchronous: a broadcast
-never awaits a member, and order is the order of the calls.
+never awaits a member, and order is the order of the calls. Importing it registers it as
+the adapter behind ``WsApp.attach``, ``WsApp.run`` and ``WsApp.listen``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import socket as _socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from ._context import current_app, current_connection
-from .app import WsApp
+from .app import WsApp, register_adapter
 from .connection import Connection
 from .protocol import select_subprotocol
 
@@ -359,7 +361,7 @@ def make_handler(ws_app: WsApp) -> Any:
             subprotocol=resp.ws_protocol,
         )
         with _connection_context(ws_app, conn):
-            if not await ws_app.open_connection(conn):
+            if not await ws_app._open_connection(conn):
                 await sock.wait_closed()
                 return resp
             log.debug("open %s from %s (subprotocol %s)", conn.id, request.remote, conn.subprotocol)
@@ -374,9 +376,7 @@ def make_handler(ws_app: WsApp) -> Any:
                 # aiohttp cancels this handler when the peer leaves if handler_cancellation
                 # is on (its test server always is): the cleanup and the on_disconnect hooks
                 # run in a task of their own, to completion (shutdown waits for it too).
-                cleanup = asyncio.get_running_loop().create_task(ws_app.close_connection(conn))
-                ws_app._tasks.add(cleanup)
-                cleanup.add_done_callback(ws_app._tasks.discard)
+                cleanup = ws_app._spawn(ws_app._close_connection(conn))
                 try:
                     await asyncio.shield(cleanup)
                 finally:
@@ -392,26 +392,48 @@ async def _read_loop(
     ws_app: WsApp, conn: Connection, resp: web.WebSocketResponse, sock: _AiohttpSocket
 ) -> None:
     receive = resp.receive
-    handle = ws_app.handle_frame
+    handle = ws_app._handle_frame
+    mark_seen = conn.mark_seen
     max_in_flight = ws_app.max_in_flight
     text, binary, ping, pong = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG
     while True:
         msg = await receive()
         kind = msg.type
-        conn._seen = True
+        mark_seen()
         if kind is text or kind is binary:
             try:
-                handle(conn, msg.data)
+                full = handle(conn, msg.data)
             except Exception:  # a bug of ours must not take the connection down
                 log.exception("dispatch failed")
-            if conn._inflight >= max_in_flight:
-                await ws_app.wait_capacity(conn)
+                full = conn.in_flight >= max_in_flight
+            if full:
+                await conn.wait_capacity(max_in_flight)
         elif kind is ping:
             sock.pong(msg.data)
         elif kind is pong:
             continue
         else:  # CLOSE, CLOSING, CLOSED, ERROR
             return
+
+
+async def _heartbeat(ws_app: WsApp) -> None:
+    """Ping every connection each ``heartbeat`` seconds; drop those silent for
+    ``heartbeat_timeout`` after the ping."""
+    interval, timeout = ws_app.heartbeat, ws_app.heartbeat_timeout
+    server = ws_app.server
+    while True:
+        await asyncio.sleep(interval - timeout if interval > timeout else interval)
+        pinged = []
+        for conn in server.connections():
+            if not conn.closed:
+                conn.ping()
+                pinged.append(conn)
+        await asyncio.sleep(min(timeout, interval))
+        for conn in pinged:
+            # A reader paused by max_in_flight cannot see the pong: not a dead peer.
+            if not conn.is_alive and not conn.closed and not conn.reading_paused:
+                log.info("heartbeat timeout, dropping %s", conn.id)
+                conn.abort()
 
 
 def attach(ws_app: WsApp, app: web.Application, path: str = "/ws") -> web.Application:
@@ -426,8 +448,17 @@ def attach(ws_app: WsApp, app: web.Application, path: str = "/ws") -> web.Applic
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await ws_app.start()
+        heartbeat = (
+            asyncio.get_running_loop().create_task(_heartbeat(ws_app))
+            if ws_app.heartbeat > 0
+            else None
+        )
         yield
-        await ws_app.close()
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await ws_app._release()
 
     async def on_shutdown(_: web.Application) -> None:
         await ws_app.shutdown()
@@ -508,3 +539,23 @@ async def listen(
     site = web.SockSite(runner, sock)
     await site.start()
     return runner
+
+
+class _AiohttpAdapter:
+    """The adapter ``WsApp.attach``/``run``/``listen`` delegate to (registered below)."""
+
+    def attach(self, ws_app: WsApp, app: Any, path: str) -> Any:
+        return attach(ws_app, app, path)
+
+    def run(self, ws_app: WsApp, *, host: str, port: int, path: str) -> None:
+        run(ws_app, host=host, port=port, path=path)
+
+    async def listen(
+        self, ws_app: WsApp, *, host: str, port: int, path: str
+    ) -> tuple[str, int, Callable[[], Awaitable[None]]]:
+        runner = await listen(ws_app, host=host, port=port, path=path)
+        address = runner.addresses[0]
+        return str(address[0]), int(address[1]), runner.cleanup
+
+
+register_adapter(_AiohttpAdapter())

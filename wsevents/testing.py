@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import random
 import uuid
@@ -29,12 +30,12 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from ._context import MessageScope, current_app, current_connection, current_message
 from .app import WsApp
+from .cluster import ROOM_CHANNEL_PREFIX
 from .connection import Connection
 from .exceptions import WsClientError
 from .protocol import ClientMessage
-from .rooms import ROOM_CHANNEL_PREFIX
 from .server import attach
-from .transports.base import BroadcastTransport, maybe_await
+from .transports.base import BroadcastTransport
 from .transports.memory import MemoryBus, MemoryTransport
 
 __all__ = [
@@ -467,12 +468,12 @@ class _TransportRun:
     def channel(self, name: str) -> str:
         return f"{self.prefix}{self.check}:{name}"
 
-    async def call(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
-        """Call a sync-or-async transport method, bounded by the timeout."""
+    async def call(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Call an async transport method, bounded by the timeout."""
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                await maybe_await(fn(*args))
+                await fn(*args)
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
                 raise self.fail(f"{what} did not return within {self.timeout} s") from None
@@ -482,34 +483,34 @@ class _TransportRun:
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                transport = await maybe_await(self.factory())
+                transport = self.factory()
+                if inspect.isawaitable(transport):
+                    transport = await transport
         except Exception as exc:
             if isinstance(exc, TimeoutError) and deadline.expired():
                 raise self.fail(f"the factory did not return within {self.timeout} s") from None
             raise self.fail(f"the factory raised {exc!r}") from exc
-        for method in ("publish", "subscribe", "unsubscribe"):
-            if not callable(getattr(transport, method, None)):
+        for method in ("publish", "subscribe", "unsubscribe", "start", "close"):
+            fn = getattr(transport, method, None)
+            if not callable(fn):
                 raise self.fail(f"the factory returned {transport!r}, which has no {method}()")
+            if not inspect.iscoroutinefunction(fn):
+                raise self.fail(f"{name}: {method}() is not async (the contract is async)")
         probe = _Probe(self, name, transport)
         self.opened.append((name, transport, probe.channels))
-        start = getattr(transport, "start", None)
-        if start is not None:
-            await self.call(f"{name}.start()", start)
+        await self.call(f"{name}.start()", transport.start)
         return probe
 
     async def close(self) -> None:
-        """Close every transport opened (or unsubscribe what is left when there is no close)."""
+        """Unsubscribe what each transport opened still has, then close it."""
         errors: list[str] = []
         for name, transport, channels in self.opened:
-            closer = getattr(transport, "close", None)
             try:
-                if closer is not None:
-                    await self.call(f"{name}.close()", closer)
-                else:
-                    for channel in sorted(channels):
-                        await self.call(
-                            f"{name}.unsubscribe({channel!r})", transport.unsubscribe, channel
-                        )
+                for channel in sorted(channels):
+                    await self.call(
+                        f"{name}.unsubscribe({channel!r})", transport.unsubscribe, channel
+                    )
+                await self.call(f"{name}.close()", transport.close)
             except AssertionError as exc:
                 errors.append(str(exc))
         self.opened.clear()
@@ -793,10 +794,10 @@ async def check_transport(
 
     ``factory`` is called several times per check (sync or async); every transport it
     returns must be on the **same medium** (one [`MemoryBus`][wsevents.MemoryBus], one Redis
-    server...), since the checks publish on one and expect delivery on another. Transport
-    methods may be sync or async; optional ``start()`` is called after creation and
-    ``close()`` at the end of each check (without ``close()``, what is still subscribed is
-    unsubscribed).
+    server...), since the checks publish on one and expect delivery on another. Its
+    ``publish``, ``subscribe``, ``unsubscribe``, ``start`` and ``close`` must be ``async``
+    (as [`BroadcastTransport`][wsevents.BroadcastTransport] says); ``start()`` is called
+    after creation and ``close()`` at the end of each check.
 
     It checks, on fresh channels under ``channel_prefix`` plus a random run id: delivery
     to every subscriber of a channel (sync and async handlers); echo to the publisher's own

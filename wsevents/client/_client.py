@@ -15,6 +15,7 @@ from typing import Any, Self
 
 import aiohttp
 
+from .._aio import TaskSet, await_hook, call_hook
 from ..exceptions import WsClientError, WsConnectionRefused
 from ..protocol import JsonCodec
 from ._backoff import Backoff, BackoffStrategy
@@ -307,7 +308,7 @@ class WsClient:
         self._streams: weakref.WeakSet[PushStream] = weakref.WeakSet()
         self._subscriptions: dict[str, Any] = {}
         self._waiters: set[asyncio.Future[None]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._confirming: asyncio.Future[None] | None = None  # the pong awaited by _setup
         self._refusal: WsConnectionRefused | None = None  # why the last attempt was refused
 
@@ -895,20 +896,12 @@ class WsClient:
         _ = self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro)
 
     async def _fire(self, hook: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
         if hook is None:
             return
-        try:
-            result = hook(*args)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("%s hook failed", getattr(hook, "__name__", "client"))
+        await await_hook(hook, *args, logger=log, message=_hook_failed(hook))
 
     def _report(self, exc: Exception) -> None:
         """A push handler failed: tell ``on_error``, or log it when there is none."""
@@ -920,19 +913,11 @@ class WsClient:
     def _fire_nowait(self, hook: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
         if hook is None:
             return
-        try:
-            result = hook(*args)
-        except Exception:
-            log.exception("%s hook failed", getattr(hook, "__name__", "client"))
-            return
-        if inspect.isawaitable(result):
-            self._start(self._await_hook(result))
+        call_hook(hook, *args, tasks=self._tasks, logger=log, message=_hook_failed(hook))
 
-    async def _await_hook(self, result: Awaitable[None]) -> None:
-        try:
-            await result
-        except Exception:
-            log.exception("async client hook failed")
+
+def _hook_failed(hook: Callable[..., Any]) -> str:
+    return f"{getattr(hook, '__name__', 'client')} hook failed"
 
 
 async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:

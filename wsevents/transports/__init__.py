@@ -1,5 +1,7 @@
 """Broadcast transports: how broadcasts travel between wsevents instances.
 
+``base`` holds the contract (async protocols, ``BaseTransport``, ``Capabilities``).
+
 ``RedisTransport`` is loaded on first access (``wsevents.transports.RedisTransport`` or
 ``from wsevents.transports.redis import RedisTransport``), so importing wsevents never
 imports redis.
@@ -7,19 +9,31 @@ imports redis.
 
 from typing import TYPE_CHECKING, Any
 
-from .base import BroadcastTransport, ConnectionDirectory, PayloadHandler
+from .base import (
+    BaseTransport,
+    BroadcastTransport,
+    Capabilities,
+    ConnectionDirectory,
+    PayloadHandler,
+    StateListener,
+    TransportStateEvents,
+)
 from .memory import MemoryBus, MemoryTransport
 
 if TYPE_CHECKING:
     from .redis import RedisTransport
 
 __all__ = [
+    "BaseTransport",
     "BroadcastTransport",
+    "Capabilities",
     "ConnectionDirectory",
     "MemoryBus",
     "MemoryTransport",
     "PayloadHandler",
     "RedisTransport",
+    "StateListener",
+    "TransportStateEvents",
 ]
 
 

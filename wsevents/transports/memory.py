@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass, field
 
-from .base import PayloadHandler, maybe_await
+from .base import BaseTransport, Capabilities, PayloadHandler
 
 __all__ = ["MemoryBus", "MemoryTransport"]
 
@@ -37,7 +38,7 @@ class MemoryBus:
         return len(self.channels.get(channel, ()))
 
 
-class MemoryTransport:
+class MemoryTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over a [`MemoryBus`][].
 
     Like Redis pub/sub, a publish reaches every subscriber of the channel, the publisher's
@@ -93,6 +94,10 @@ class MemoryTransport:
         for channel in list(self._subs):
             await self.unsubscribe(channel)
 
+    def capabilities(self) -> Capabilities:
+        """A connection directory, kept on the bus."""
+        return Capabilities(directory=self)
+
     async def register_connection(self, connection_id: str, instance_id: str) -> None:
         """Directory: ``connection_id`` lives on ``instance_id``."""
         self.bus.directory[connection_id] = instance_id
@@ -110,6 +115,8 @@ class MemoryTransport:
         while True:
             payload = await sub.queue.get()
             try:
-                await maybe_await(sub.handler(payload))
+                result = sub.handler(payload)
+                if inspect.isawaitable(result):
+                    await result
             except Exception:
                 log.exception("subscriber of %s failed", channel)

@@ -35,22 +35,20 @@ import random
 import re
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from .._aio import TaskSet, call_hook, is_async
 from ..exceptions import TransportError
-from .base import PayloadHandler
+from .base import BaseTransport, Capabilities, PayloadHandler, StateListener
 
 __all__ = ["RedisTransport", "StateListener", "redact_url"]
 
 log = logging.getLogger("wsevents.transports.redis")
-
-StateListener = Callable[[bool], "Awaitable[None] | None"]
-"""Called with False when the pub/sub connection is lost, True when it is back."""
 
 _SUBSCRIBE_BATCH = 512
 _DIRECTORY_BATCH = 500
@@ -109,12 +107,6 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
-    )
-
-
 class _Subscription:
     """One channel's handler; payloads reach it in arrival order.
 
@@ -129,7 +121,7 @@ class _Subscription:
         self.owner = owner
         self.channel = channel
         self.handler = handler
-        self.is_async = _is_async(handler)
+        self.is_async = is_async(handler)
         self.backlog: deque[str] = deque()
         self.task: asyncio.Task[None] | None = None
         self._first: Awaitable[None] | None = None
@@ -188,7 +180,7 @@ class _Subscription:
             self.task.cancel()
 
 
-class RedisTransport:
+class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] and
     [`ConnectionDirectory`][wsevents.ConnectionDirectory] over Redis.
 
@@ -292,7 +284,7 @@ class RedisTransport:
         self._reader_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._closed = False
 
     @classmethod
@@ -522,7 +514,7 @@ class RedisTransport:
         sub = self._subs.get(full)
         if sub is not None:
             sub.handler = handler
-            sub.is_async = _is_async(handler)
+            sub.is_async = is_async(handler)
             return
         self._subs[full] = _Subscription(self, full, handler)
         if self._reader_task is None and not self._closed:
@@ -562,6 +554,10 @@ class RedisTransport:
                 _cause(exc),
             )
             self._abort(conn)
+
+    def capabilities(self) -> Capabilities:
+        """A connection directory and backend state events (this transport implements both)."""
+        return Capabilities(directory=self, state_events=self)
 
     # -- ConnectionDirectory ------------------------------------------------------------
 
@@ -622,10 +618,7 @@ class RedisTransport:
     # -- internals: tasks ---------------------------------------------------------------
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro)
 
     @staticmethod
     async def _stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
@@ -863,20 +856,13 @@ class RedisTransport:
 
     def _notify(self, up: bool) -> None:
         for listener in list(self._listeners):
-            try:
-                result = listener(up)
-            except Exception:
-                log.exception("transport state listener failed")
-                continue
-            if inspect.isawaitable(result):
-                _ = self._spawn(self._settle_listener(result))
-
-    @staticmethod
-    async def _settle_listener(awaitable: Awaitable[None]) -> None:
-        try:
-            await awaitable
-        except Exception:
-            log.exception("transport state listener failed")
+            call_hook(
+                listener,
+                up,
+                tasks=self._tasks,
+                logger=log,
+                message="transport state listener failed",
+            )
 
     # -- internals: the directory refresh -----------------------------------------------
 

@@ -1,0 +1,239 @@
+"""The dispatch pipeline: parse → route → interceptors → run (sync or async) → reply.
+
+One path and one error mapping for every message:
+
+* a frame that does not parse (bad JSON, no ``event``/``path``, too large) is dropped,
+  logged at ``debug``;
+* no route: ``404 "Not found"`` when the message has an id, else nothing;
+* the handler (through the interceptors, outermost first) raises ``WsError``: an error
+  reply with its code and message; any other exception: logged with its traceback,
+  ``500 "Internal Error"``;
+* a return value that cannot be encoded: logged, ``500 "Internal Error"``.
+
+Without interceptors, a sync handler runs to completion inside ``Dispatcher.handle_frame``
+and an async one in a task of its own (counted against ``max_in_flight``). With
+interceptors, every routed message runs in a task of its own, through the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import copy_context
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._aio import TaskSet, is_async
+from ._context import MessageScope, message_var
+from .exceptions import ProtocolError, WsError
+from .protocol import INTERNAL_ERROR, NOT_FOUND, ClientMessage, Codec, encode_error
+from .protocol import parse_client_message as _parse
+from .routing import Router
+
+if TYPE_CHECKING:
+    from .app import WsApp
+    from .connection import Connection
+
+__all__ = ["CallNext", "Interceptor"]
+
+# Handler errors have always been logged by "wsevents": users filter on it.
+log = logging.getLogger("wsevents")
+
+CallNext = Callable[[], Awaitable[Any]]
+"""Runs the rest of the chain (the next interceptors, then the handler); returns the
+handler's result or raises what it raised."""
+
+
+class Interceptor(Protocol):
+    """Wraps every routed message's handler: guards, validation, limits, metrics, tracing.
+
+    An interceptor is an ``async`` callable ``(scope, call_next)``. It may:
+
+    * inspect the message before the handler (``scope.message``, ``scope.params``,
+      ``scope.connection``) and refuse it by raising [`WsError`][wsevents.WsError] (the
+      client gets that error reply; the handler does not run);
+    * ``await call_next()`` exactly once to run the rest of the chain, and observe the
+      outcome: the handler's return value, or the exception it raised (re-raise it to keep
+      the error mapping; a ``WsError`` carries the code the client will see);
+    * measure the time around ``await call_next()``;
+    * return another value, which becomes the reply's ``data``.
+
+    Interceptors run in registration order (the first registered is the outermost), in
+    the message's own task and context, so composables work in them.
+
+    Example:
+        ``async def timing(scope, call_next): t = perf_counter(); try: return await
+        call_next() finally: record(scope.message.path, perf_counter() - t)``
+    """
+
+    async def __call__(self, scope: MessageScope, call_next: CallNext) -> Any:
+        """Run around the handler of ``scope``'s message."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered message handler, with whether it must be awaited (decided once)."""
+
+    fn: Callable[[], Any]
+    is_async: bool
+
+    @classmethod
+    def of(cls, fn: Callable[[], Any]) -> Handler:
+        """Wrap ``fn``, sync or async."""
+        return cls(fn, is_async(fn))
+
+
+class Dispatcher:
+    """Turns received data frames into handler runs and replies, for one [`WsApp`][]."""
+
+    __slots__ = (
+        "_app",
+        "_chain",
+        "_decode",
+        "_encode",
+        "_match",
+        "_max_in_flight",
+        "_max_message_size",
+        "_tasks",
+        "_tasks_add",
+        "_tasks_discard",
+    )
+
+    def __init__(
+        self,
+        app: WsApp,
+        router: Router[Handler],
+        codec: Codec,
+        *,
+        max_message_size: int,
+        max_in_flight: int,
+        tasks: TaskSet,
+    ) -> None:
+        self._app = app
+        self._decode = codec.decode
+        self._encode = codec.encode
+        self._match = router.match
+        self._max_message_size = max_message_size
+        self._max_in_flight = max_in_flight
+        self._tasks = tasks
+        self._tasks_add = tasks.add
+        self._tasks_discard = tasks.discard
+        self._chain: tuple[Interceptor, ...] = ()
+
+    def add_interceptor(self, interceptor: Interceptor) -> None:
+        """Append ``interceptor`` to the chain (it runs inside the ones added before).
+
+        Raises:
+            TypeError: ``interceptor`` is not an ``async`` callable.
+        """
+        if not is_async(interceptor):
+            raise TypeError(f"an interceptor must be async, got {interceptor!r}")
+        self._chain = (*self._chain, interceptor)
+
+    def handle_frame(self, conn: Connection, raw: str | bytes) -> bool:
+        """Dispatch one received data frame (called in the connection's context).
+
+        Returns:
+            True when ``conn`` now runs ``max_in_flight`` handler tasks: the reader should
+            wait for [`Connection.wait_capacity`][wsevents.Connection.wait_capacity] before
+            reading on.
+        """
+        try:
+            msg = _parse(raw, self._max_message_size, self._decode)
+        except ProtocolError as exc:
+            log.debug("dropped a frame from %s: %s", conn.id, exc)
+            return False
+        found = self._match(msg.event, msg.path)
+        if found is None:
+            if msg.has_id:
+                conn.reply_error(msg.id, 404, NOT_FOUND)
+            return False
+        handler = found.handler
+        scope = MessageScope(msg, found.params, conn, self._app)
+        if self._chain:
+            coro: Any = self._run_intercepted(handler, scope)
+        elif handler.is_async:
+            coro = self._run_async(handler.fn, scope)
+        else:
+            # A copy per message: what the handler sets in context variables stays there.
+            copy_context().run(self._run_sync, handler.fn, scope)
+            return False
+        task = asyncio.get_running_loop().create_task(coro, context=copy_context())
+        self._tasks_add(task)
+        task.add_done_callback(self._tasks_discard)
+        return conn.begin_task() >= self._max_in_flight
+
+    def _run_sync(self, fn: Callable[[], Any], scope: MessageScope) -> None:
+        message_var.set(scope)
+        try:
+            result = fn()
+        except Exception as exc:
+            self._fail(scope, exc)
+            return
+        msg = scope.message
+        if msg.has_id:
+            self._reply(scope.connection, msg, result)
+
+    async def _run_async(self, fn: Callable[[], Awaitable[Any]], scope: MessageScope) -> None:
+        message_var.set(scope)
+        msg = scope.message
+        conn = scope.connection
+        try:
+            result = await fn()
+        except Exception as exc:
+            self._fail(scope, exc)
+        else:
+            if msg.has_id:
+                self._reply(conn, msg, result)
+        finally:
+            conn.end_task()
+
+    async def _run_intercepted(self, handler: Handler, scope: MessageScope) -> None:
+        message_var.set(scope)
+        msg = scope.message
+        conn = scope.connection
+        try:
+            result = await _call_chain(self._chain, 0, handler, scope)
+        except Exception as exc:
+            self._fail(scope, exc)
+        else:
+            if msg.has_id:
+                self._reply(conn, msg, result)
+        finally:
+            conn.end_task()
+
+    @staticmethod
+    def _fail(scope: MessageScope, exc: Exception) -> None:
+        """The one error mapping: WsError → its reply; anything else → logged, 500."""
+        msg = scope.message
+        if isinstance(exc, WsError):
+            code, text = exc.code, exc.message
+        else:
+            log.error("handler failed: %s %s", msg.event, msg.path, exc_info=exc)
+            code, text = 500, INTERNAL_ERROR
+        if msg.has_id:
+            scope.connection.reply_error(msg.id, code, text)
+
+    def _reply(self, conn: Connection, msg: ClientMessage, result: Any) -> None:
+        """Send ``result`` as the reply to ``msg``; 500 when it cannot be encoded."""
+        try:
+            frame = self._encode({"id": msg.id, "data": result})
+        except Exception:
+            log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
+            frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
+        conn.send_frame(frame)
+
+
+async def _call_chain(
+    chain: tuple[Interceptor, ...], index: int, handler: Handler, scope: MessageScope
+) -> Any:
+    if index == len(chain):
+        result = handler.fn()
+        return (await result) if handler.is_async else result
+
+    def call_next() -> Awaitable[Any]:
+        return _call_chain(chain, index + 1, handler, scope)
+
+    return await chain[index](scope, call_next)
