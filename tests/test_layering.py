@@ -28,8 +28,9 @@ for name in ("aiohttp", "asyncio", "redis"):
 pkg = types.ModuleType("wsevents")  # skip __init__, which loads the runtime
 pkg.__path__ = [{str(PACKAGE)!r}]
 sys.modules["wsevents"] = pkg
-import wsevents.exceptions, wsevents.protocol, wsevents.routing
+import wsevents.exceptions, wsevents.protocol, wsevents.routing, wsevents._frames
 assert wsevents.protocol.parse_client_message('{{"event": "e", "path": "/"}}').path == "/"
+assert wsevents._frames.encode_frame(wsevents._frames.OP_PING, b"") == b"\\x89\\x00"
 """
     result = run_python(script)
     assert result.returncode == 0, result.stderr
@@ -137,6 +138,7 @@ LAYER_ORDER = [
     "exceptions",
     "protocol",
     "routing",
+    "_frames",
     "_aio",
     "transports.base",
     "transports.memory",
