@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import WSMsgType, web
 
@@ -19,6 +20,7 @@ from wsevents import (
     use_ws_rooms,
     use_ws_server,
 )
+from wsevents.protocol import JsonCodec, encode_push
 from wsevents.server import WS_APP, attach
 from wsevents.testing import WsTestClient
 
@@ -370,6 +372,86 @@ async def test_client_going_silent_inside_an_oversize_frame_is_closed_in_bounded
 
 
 # -- frames -----------------------------------------------------------------------------------
+
+
+FRAME_BOUNDARIES = [125, 126, 127, 65535, 65536]
+"""Payload lengths at the edges of the 2-, 4- and 10-byte frame headers."""
+
+
+class BinaryJsonCodec(JsonCodec):
+    binary = True
+
+
+def sized_push_app(**options: Any) -> WsApp:
+    """/push: sends a push whose encoded message is exactly ``data`` bytes."""
+    ws = make_app(**options)
+    overhead = len(encode_push("push", "/sized", ""))
+
+    @ws.on_message("rpc", "/push")
+    def push() -> int:
+        size = use_ws_message().data
+        use_ws_connection().send("push", "/sized", "x" * (size - overhead))
+        return int(size)
+
+    return ws
+
+
+@pytest.mark.parametrize(("compress", "binary"), [(False, False), (False, True), (True, False)])
+async def test_pushes_at_the_frame_header_boundaries_arrive_intact(
+    aiohttp_client, compress: bool, binary: bool
+) -> None:
+    codec = BinaryJsonCodec() if binary else JsonCodec()
+    client = await serve(aiohttp_client, sized_push_app(compress=compress, codec=codec))
+    sock = await client.ws_connect("/ws", compress=15 if compress else 0)
+    assert sock.compress == (15 if compress else 0)
+    for size in FRAME_BOUNDARIES:
+        await sock.send_json({"event": "rpc", "path": "/push", "data": size, "id": size})
+        push = await sock.receive(timeout=TIMEOUT)
+        assert push.type is (WSMsgType.BINARY if binary else WSMsgType.TEXT)
+        raw = push.data.encode() if isinstance(push.data, str) else push.data
+        assert len(raw) == size
+        assert orjson.loads(raw) == {
+            "event": "push",
+            "path": "/sized",
+            "data": "x" * (size - len(encode_push("push", "/sized", ""))),
+        }
+        reply = await sock.receive(timeout=TIMEOUT)
+        assert reply.json() == {"id": size, "data": size}
+    await sock.close()
+
+
+async def test_push_frames_on_the_wire_carry_the_minimal_header(aiohttp_client) -> None:
+    client = await serve(aiohttp_client, sized_push_app())
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {client.server.host}:{client.server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    # RFC 6455 §5.2, spelled out: FIN and text, unmasked, the shortest length encoding.
+    expected_headers = {
+        125: b"\x81\x7d",
+        126: b"\x81\x7e" + (126).to_bytes(2, "big"),
+        127: b"\x81\x7e" + (127).to_bytes(2, "big"),
+        65535: b"\x81\x7e\xff\xff",
+        65536: b"\x81\x7f" + (65536).to_bytes(8, "big"),
+    }
+    for size in FRAME_BOUNDARIES:
+        request = orjson.dumps({"event": "rpc", "path": "/push", "data": size, "id": 1})
+        # A masked text frame with the all-zero mask (the payload stays as it is).
+        writer.write(b"\x81" + bytes([0x80 | len(request)]) + b"\0\0\0\0" + request)
+        header = expected_headers[size]
+        assert await asyncio.wait_for(reader.readexactly(len(header)), TIMEOUT) == header
+        push = orjson.loads(await asyncio.wait_for(reader.readexactly(size), TIMEOUT))
+        assert (push["event"], push["path"]) == ("push", "/sized")
+        reply = orjson.dumps({"id": 1, "data": size})
+        frame = await asyncio.wait_for(reader.readexactly(2 + len(reply)), TIMEOUT)
+        assert frame == b"\x81" + bytes([len(reply)]) + reply
+    writer.close()
+    await writer.wait_closed()
 
 
 async def test_binary_frames_are_parsed_like_text_and_replied_as_text(aiohttp_client) -> None:
