@@ -2,9 +2,10 @@
 standalone serving.
 
 This is the only module that touches ``aiohttp.web``. Data frames are written straight to
-the connection's transport (uncompressed) so that sending is synchronous: a broadcast
-never awaits a member, and order is the order of the calls. Importing it registers it as
-the adapter behind ``WsApp.attach``, ``WsApp.run`` and ``WsApp.listen``.
+the connection's transport (uncompressed), framed by ``_frames``, so that sending is
+synchronous: a broadcast never awaits a member, and order is the order of the calls.
+Importing it registers it as the adapter behind ``WsApp.attach``, ``WsApp.run`` and
+``WsApp.listen``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import socket as _socket
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from ._context import current_app, current_connection
+from ._frames import BINARY_HEADERS as _BINARY_HEADERS
+from ._frames import OP_BINARY, OP_PING, OP_PONG, OP_TEXT, encode_close, encode_frame, frame_header
+from ._frames import TEXT_HEADERS as _TEXT_HEADERS
 from .app import WsApp, register_adapter
 from .connection import Connection
 from .protocol import select_subprotocol
@@ -34,11 +37,7 @@ log = logging.getLogger("wsevents.server")
 WS_APP = web.AppKey("wsevents.app", WsApp)
 """Where [`attach`][] stores the WsApp on the aiohttp application."""
 
-_PACK2 = struct.Struct("!BB").pack
-_PACK4 = struct.Struct("!BBH").pack
-_PACK10 = struct.Struct("!BBQ").pack
-_PACK_CODE = struct.Struct("!H").pack
-_OP_TEXT, _OP_BINARY, _OP_PING, _OP_PONG = 0x1, 0x2, 0x9, 0xA
+_PING_FRAME = encode_frame(OP_PING, b"")
 _CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take, flushing included, before the socket is dropped."""
 _LINGER_TIME = _CLOSE_TIMEOUT
@@ -51,20 +50,14 @@ _ORIGIN_WARNING_LINES = 5
 """Refused origins are logged once per origin per window, in at most so many lines."""
 
 
-def _header(opcode: int, length: int) -> bytes:
-    if length < 126:
-        return _PACK2(0x80 | opcode, length)
-    if length < 65536:
-        return _PACK4(0x80 | opcode, 126, length)
-    return _PACK10(0x80 | opcode, 127, length)
-
-
 class _AiohttpSocket:
     """[`SocketLike`][wsevents.connection.SocketLike] over an aiohttp ``WebSocketResponse``.
 
-    Uncompressed data frames are framed here and written to the transport synchronously
-    (a server never masks). With permessage-deflate the frames go through aiohttp's own
-    writer, in order, from one writer task.
+    Every frame the adapter writes itself (uncompressed data, ping, pong, the close after
+    an oversize frame) is built by ``_frames`` and written to the transport synchronously.
+    Two kinds go through aiohttp's own writer instead: with permessage-deflate, data
+    frames (aiohttp holds the compression context), in order, from one writer task; and
+    the closing handshake ``close()`` starts (aiohttp tracks it and waits for the peer).
     """
 
     __slots__ = (
@@ -104,26 +97,26 @@ class _AiohttpSocket:
             if self._writer_task is None:
                 self._writer_task = asyncio.get_running_loop().create_task(self._drain_queue())
             return True
-        opcode = _OP_BINARY if binary else _OP_TEXT
         n = len(payload)
-        if n < 126:
-            self._transport.write(_PACK2(0x80 | opcode, n) + payload)
+        if n < 126:  # the per-message path: a table lookup, one concatenation, one write
+            self._transport.write((_BINARY_HEADERS if binary else _TEXT_HEADERS)[n] + payload)
         else:
-            self._transport.write(_header(opcode, n) + payload)
+            self._transport.write(frame_header(OP_BINARY if binary else OP_TEXT, n) + payload)
         return True
 
     def buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + self._queued
 
-    def _control(self, opcode: int, payload: bytes) -> None:
+    def _write_control(self, frame: bytes) -> None:
         if not self.closed:
-            self._transport.write(_PACK2(0x80 | opcode, len(payload)) + payload)
+            self._transport.write(frame)
 
     def ping(self) -> None:
-        self._control(_OP_PING, b"")
+        self._write_control(_PING_FRAME)
 
     def pong(self, payload: bytes) -> None:
-        self._control(_OP_PONG, payload[:125])
+        # aiohttp's reader refuses pings over 125 bytes; the cut keeps a pong valid anyway.
+        self._write_control(encode_frame(OP_PONG, payload[:125]))
 
     def close(self, code: int, reason: str) -> None:
         if self._closing:
@@ -162,7 +155,7 @@ class _AiohttpSocket:
         self._closing = True
         self.sent_code = code
         transport = self._transport
-        transport.write(_PACK2(0x88, 2) + _PACK_CODE(code))
+        transport.write(encode_close(code))
         done = asyncio.get_running_loop().create_future()
         transport.set_protocol(_Discard(transport.get_protocol(), done))
         if not transport.is_reading():
