@@ -29,6 +29,7 @@ pkg = types.ModuleType("wsevents")  # skip __init__, which loads the runtime
 pkg.__path__ = [{str(PACKAGE)!r}]
 sys.modules["wsevents"] = pkg
 import wsevents.exceptions, wsevents.protocol, wsevents.routing
+import wsevents.contracts
 assert wsevents.protocol.parse_client_message('{{"event": "e", "path": "/"}}').path == "/"
 """
     result = run_python(script)
@@ -137,6 +138,7 @@ LAYER_ORDER = [
     "exceptions",
     "protocol",
     "routing",
+    "contracts",
     "_aio",
     "transports.base",
     "transports.memory",
