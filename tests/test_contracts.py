@@ -535,7 +535,7 @@ pkg = types.ModuleType("wsevents")
 pkg.__path__ = [{str(PACKAGE)!r}]
 sys.modules["wsevents"] = pkg
 import msgspec
-import wsevents.contracts as c
+import wsevents.contracts as c, wsevents.asyncapi
 
 class M(msgspec.Struct):
     n: int

@@ -29,7 +29,7 @@ pkg = types.ModuleType("wsevents")  # skip __init__, which loads the runtime
 pkg.__path__ = [{str(PACKAGE)!r}]
 sys.modules["wsevents"] = pkg
 import wsevents.exceptions, wsevents.protocol, wsevents.routing
-import wsevents.contracts
+import wsevents.contracts, wsevents.asyncapi
 assert wsevents.protocol.parse_client_message('{{"event": "e", "path": "/"}}').path == "/"
 """
     result = run_python(script)
@@ -139,6 +139,7 @@ LAYER_ORDER = [
     "protocol",
     "routing",
     "contracts",
+    "asyncapi",
     "_aio",
     "transports.base",
     "transports.memory",
