@@ -111,3 +111,17 @@ def test_other_errors_are_not_value_errors(cls: type[Exception]) -> None:
 def test_client_and_server_errors_are_distinct() -> None:
     assert not issubclass(WsClientError, WsError)
     assert not issubclass(WsError, WsClientError)
+
+
+def test_ws_error_details_default_to_none_and_keep_args() -> None:
+    exc = WsError(400, "Invalid data: text: too short")
+    assert exc.details is None
+    assert exc.args == (400, "Invalid data: text: too short")
+
+
+def test_ws_error_details_are_copied_into_plain_dicts() -> None:
+    given = [{"path": ["text"], "message": "expected a string"}]
+    exc = WsError(400, "Invalid data: text: expected a string", details=given)
+    given[0]["message"] = "changed"
+    assert exc.details == [{"path": ["text"], "message": "expected a string"}]
+    assert str(exc) == "400: Invalid data: text: expected a string"

@@ -523,3 +523,20 @@ def test_every_valid_message_round_trips(
     assert msg.has_id is has_id
     assert msg.id == (message_id if has_id else None)
     assert msg.raw is raw
+
+
+def test_error_with_details_encodes_them_inside_error() -> None:
+    details = [{"path": ["tags", 1], "message": "expected a string"}]
+    raw = encode_error(7, 400, "Invalid data: tags[1]: expected a string", details=details)
+    assert orjson.loads(raw) == {
+        "id": 7,
+        "error": {
+            "code": 400,
+            "message": "Invalid data: tags[1]: expected a string",
+            "details": [{"path": ["tags", 1], "message": "expected a string"}],
+        },
+    }
+
+
+def test_error_without_details_has_no_details_key() -> None:
+    assert "details" not in orjson.loads(encode_error(1, 400, "Bad Request"))["error"]

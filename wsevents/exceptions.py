@@ -6,6 +6,9 @@ handler raises reaches the client as ``500 "Internal Error"``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     "ProtocolError",
     "RoutingError",
@@ -27,13 +30,25 @@ class WsError(WsEventsError):
     Raise it from a handler to reply ``{"id", "error": {"code", "message"}}``, or from an
     ``on_connect`` hook to refuse the connection (4xx close with 1008, others 1011).
 
+    ``details``, when given, is sent as ``error.details``: a list of JSON objects, e.g. the
+    failing fields of a validation error ``[{"path": ["text"], "message": "..."}]``.
+
     Example:
         ``raise WsError(403, "private room")``
     """
 
-    def __init__(self, code: int, message: str | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str | None = None,
+        *,
+        details: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         self.code = int(code)
         self.message = message if message is not None else _default_message(self.code)
+        self.details: list[dict[str, Any]] | None = (
+            None if details is None else [dict(d) for d in details]
+        )
         super().__init__(self.code, self.message)
 
     def __str__(self) -> str:

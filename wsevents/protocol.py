@@ -265,9 +265,17 @@ def encode_error(
     code: int,
     message: str,
     encode: Callable[[dict[str, Any]], bytes] = JsonCodec.encode,
+    *,
+    details: Sequence[Mapping[str, Any]] | None = None,
 ) -> bytes:
-    """Encode an error reply ``{"id", "error": {"code", "message"}}``."""
-    return encode({"id": message_id, "error": {"code": code, "message": message}})
+    """Encode an error reply ``{"id", "error": {"code", "message", "details"?}}``.
+
+    ``details`` (e.g. ``WsError.details``) is left out when ``None``.
+    """
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return encode({"id": message_id, "error": error})
 
 
 def encode_push(
