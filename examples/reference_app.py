@@ -170,3 +170,26 @@ def self_push() -> dict[str, bool]:
 @app.on_message("rpc", "/kick")
 def kick() -> None:
     use_ws_connection().close(4000, "kicked")
+
+
+# -- contracts: every route under /admin/ sits behind one group guard ----------------------
+
+
+def is_admin() -> bool:
+    """Only connections opened with ``?role=admin`` pass; the others get 403 "Forbidden"."""
+    request = use_ws_connection().request
+    return request is not None and request.query.get("role") == "admin"
+
+
+admin = app.group("/admin", guards=[is_admin])
+
+
+@admin.on_message("rpc", "/stats")
+def admin_stats() -> dict[str, int]:
+    """Open connections on this instance."""
+    return {"connections": len(use_ws_server().connections())}
+
+
+@admin.on_message("rpc", "/echo")
+def admin_echo() -> Any:
+    return use_ws_message().data

@@ -308,3 +308,33 @@ async def test_kick_closes_4000_kicked_without_reply(ws_client) -> None:
     # The kicked connection leaves its rooms; the others hear about it.
     assert (await other.next_push())["event"] == "system"
     assert await other.call("rpc", "/room-size", {"room": LOBBY}) == {"size": 1}
+
+
+# -- admin routes: one group guard ------------------------------------------------------------
+
+
+async def test_admin_stats_counts_open_connections_for_an_admin(ws_client) -> None:
+    admin = await ws_client(app, query={"role": "admin"})
+    assert await admin.call("rpc", "/admin/stats") == {"connections": 1}
+    others = [await ws_client(app), await ws_client(app, query={"role": "user"})]
+    for other in others:  # a connection is counted once it has been accepted
+        assert await other.call("rpc", "/echo", "ready") == "ready"
+    assert await admin.call("rpc", "/admin/stats") == {"connections": 3}
+
+
+async def test_admin_echo_returns_data_for_an_admin(ws_client) -> None:
+    admin = await ws_client(app, query={"role": "admin"})
+    assert await admin.call("rpc", "/admin/echo", {"a": [1, 2]}) == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize("query", [None, {"role": "user"}, {"role": "Admin"}])
+@pytest.mark.parametrize("path", ["/admin/stats", "/admin/echo"])
+async def test_admin_routes_refuse_other_connections_with_403(ws_client, query, path) -> None:
+    client = await ws_client(app, query=query)
+    assert await client.request("rpc", path, "x", message_id=1) == {
+        "id": 1,
+        "error": {"code": 403, "message": "Forbidden"},
+    }
+    await client.send("rpc", path, "no id")  # refused silently
+    assert await client.call("rpc", "/echo", "still open") == "still open"
+    assert client.pending_messages() == []

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsevents.exceptions import RoutingError
-from wsevents.routing import RouteMatch, Router
+from wsevents.routing import Route, RouteMatch, Router, join_pattern
 
 
 def resolve(router: Router[str], path: str, event: str = "rpc") -> tuple[str, dict[str, str]]:
@@ -525,3 +525,45 @@ def test_empty_event_raises_routing_error() -> None:
 def test_routing_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         Router[str]().add("rpc", "nope", "h")
+
+
+# -- group prefixes and route metadata ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "pattern", "joined"),
+    [
+        ("/admin", "/stats", "/admin/stats"),
+        ("/admin/", "/stats", "/admin/stats"),
+        ("/admin///", "/stats/", "/admin/stats/"),
+        ("/", "/stats", "/stats"),
+        ("/admin", "/", "/admin"),
+        ("/", "/", "/"),
+        ("/users/:id", "/posts", "/users/:id/posts"),
+    ],
+)
+def test_join_pattern(prefix: str, pattern: str, joined: str) -> None:
+    assert join_pattern(prefix, pattern) == joined
+
+
+@pytest.mark.parametrize(("prefix", "pattern"), [("admin", "/x"), ("/admin", "x"), ("", "/")])
+def test_join_pattern_refuses_parts_without_leading_slash(prefix: str, pattern: str) -> None:
+    with pytest.raises(RoutingError, match="start with '/'"):
+        join_pattern(prefix, pattern)
+
+
+def test_a_route_declares_nothing_by_default_and_is_frozen() -> None:
+    def handler() -> None:
+        return None
+
+    route = Route("rpc", "/x", handler)
+    assert (route.guards, route.data, route.reply, dict(route.params), route.summary) == (
+        (),
+        None,
+        None,
+        {},
+        None,
+    )
+    with pytest.raises(AttributeError):
+        route.event = "other"  # type: ignore[misc]
+    assert route != Route("rpc", "/x", handler)  # compared by identity: one per registration

@@ -7,7 +7,7 @@ instances, on aiohttp, wire compatible with ``@wooksjs/event-ws``.
 from typing import TYPE_CHECKING, Any
 
 from ._context import MessageScope
-from .app import WsApp, create_ws_app, register_adapter
+from .app import RouteGroup, WsApp, create_ws_app, register_adapter
 from .composables import (
     RouteParams,
     WsRooms,
@@ -31,6 +31,7 @@ from .exceptions import (
 )
 from .protocol import ClientMessage, Codec, JsonCodec
 from .rooms import DeliveryReport, RoomManager
+from .routing import Guard, Route
 from .transports import (
     BaseTransport,
     BroadcastTransport,
@@ -55,6 +56,7 @@ __all__ = [
     "Connection",
     "ConnectionDirectory",
     "DeliveryReport",
+    "Guard",
     "Interceptor",
     "JsonCodec",
     "MemoryBus",
@@ -62,6 +64,8 @@ __all__ = [
     "MessageScope",
     "ProtocolError",
     "RoomManager",
+    "Route",
+    "RouteGroup",
     "RouteParams",
     "RoutingError",
     "TransportError",

@@ -21,20 +21,41 @@ from typing import TYPE_CHECKING, cast
 
 from contextvars_extras import ContextVarExt
 
+from .routing import Route
+
 if TYPE_CHECKING:
     from .app import WsApp
     from .connection import Connection
     from .protocol import ClientMessage
 
 
+def _no_handler() -> None:
+    return None
+
+
+# The route of a scope made without one (the fake message contexts of wsevents.testing).
+_NO_ROUTE = Route("", "", _no_handler)
+
+
 @dataclass(slots=True)
 class MessageScope:
-    """What one message's handler can reach."""
+    """What one message's handler can reach (interceptors get it as ``scope``).
+
+    Attributes:
+        message: the message.
+        params: the route params (percent-decoded).
+        connection: the connection it came from.
+        app: the [`WsApp`][wsevents.WsApp].
+        route: the [`Route`][wsevents.Route] that matched: ``route.pattern`` (e.g.
+            ``/users/:id``, not the concrete path) and ``route.event`` label metrics with
+            bounded cardinality. For the ``on_unhandled`` fallback both are ``"*"``.
+    """
 
     message: ClientMessage
     params: Mapping[str, str]
     connection: Connection
     app: WsApp
+    route: Route = _NO_ROUTE
 
 
 current_connection: ContextVarExt[Connection] = ContextVarExt("wsevents.connection")

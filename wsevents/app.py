@@ -10,9 +10,10 @@ reach it through that registry, so this module never imports it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -21,11 +22,11 @@ from ._context import app_var
 from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
 from .composables import WsServer
 from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
-from .dispatch import Dispatcher, Handler, Interceptor
+from .dispatch import FALLBACK_PATTERN, Dispatcher, Endpoint, Handler, Interceptor
 from .exceptions import WsError
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
 from .rooms import RoomManager
-from .routing import Router
+from .routing import Guard, Route, Router, join_pattern
 from .transports.base import BroadcastTransport
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ __all__ = [
     "INSTANCE_CHANNEL_PREFIX",
     "SHUTDOWN_CLOSE_CODE",
     "Adapter",
+    "RouteGroup",
     "WsApp",
     "create_ws_app",
     "register_adapter",
@@ -45,6 +47,7 @@ log = logging.getLogger("wsevents")
 
 F = TypeVar("F", bound=Callable[..., Any])
 IC = TypeVar("IC", bound=Interceptor)
+G = TypeVar("G", bound=Guard)
 
 SHUTDOWN_CLOSE_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
@@ -183,7 +186,7 @@ class WsApp(WsServer):
         self.max_in_flight = max_in_flight
         self.max_send_buffer = max_send_buffer
         self.shutdown_timeout = shutdown_timeout
-        self.router: Router[Handler] = Router(
+        self.router: Router[Endpoint] = Router(
             ignore_case=ignore_case,
             ignore_trailing_slash=ignore_trailing_slash,
             cache_size=route_cache_size,
@@ -218,25 +221,92 @@ class WsApp(WsServer):
 
     # -- registration -------------------------------------------------------------------
 
-    def add_message_handler(self, event: str, pattern: str, handler: Callable[[], Any]) -> None:
+    def add_message_handler(
+        self,
+        event: str,
+        pattern: str,
+        handler: Callable[[], Any],
+        *,
+        guards: Iterable[Guard] = (),
+    ) -> None:
         """Route messages with ``event`` whose path matches ``pattern`` to ``handler``.
 
         The handler takes no arguments (composables reach the message) and may be sync or
-        ``async``. Its return value is the RPC reply's ``data``.
+        ``async``. Its return value is the RPC reply's ``data``. ``guards`` run before it,
+        in order, after the app's guards (see [`Guard`][wsevents.Guard]).
 
         Raises:
             RoutingError: bad pattern or duplicate route.
+            TypeError: a guard is not callable.
         """
-        self.router.add(event, pattern, Handler.of(handler))
+        self._add_route(Route(event, pattern, handler, tuple(guards), summary=_summary(handler)))
 
-    def on_message(self, event: str, pattern: str) -> Callable[[F], F]:
+    def on_message(
+        self, event: str, pattern: str, *, guards: Iterable[Guard] = ()
+    ) -> Callable[[F], F]:
         """Decorator form of [`add_message_handler`][]."""
 
         def register(fn: F) -> F:
-            self.add_message_handler(event, pattern, fn)
+            self.add_message_handler(event, pattern, fn, guards=guards)
             return fn
 
         return register
+
+    def _add_route(self, route: Route) -> None:
+        """Register ``route`` (every registration, by the app or a group, ends here)."""
+        self.router.add(route.event, route.pattern, Endpoint.of(route))
+
+    def routes(self) -> tuple[Route, ...]:
+        """Every registered route with its metadata, in registration order (the
+        ``on_unhandled`` fallback is not a route)."""
+        return tuple(endpoint.route for _, _, endpoint in self.router.routes())
+
+    def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
+        """A [`RouteGroup`][]: routes registered through it get ``prefix`` before their
+        pattern and ``guards`` before their own.
+
+        Example:
+            ``admin = ws.group("/admin", guards=[is_admin])``, then
+            ``@admin.on_message("rpc", "/stats")`` registers ``/admin/stats``.
+
+        Raises:
+            RoutingError: ``prefix`` does not start with ``/``.
+            TypeError: a guard is not callable.
+        """
+        return RouteGroup(self, prefix, guards)
+
+    def add_guard(self, guard: Guard) -> None:
+        """Run ``guard`` before the handler of every routed message and of the
+        ``on_unhandled`` fallback, also for routes registered before it.
+
+        App guards run in the order they were added, inside the interceptors and before
+        the guards of groups and routes. Like interceptors, they make every message run
+        in a task of its own.
+
+        Raises:
+            TypeError: ``guard`` is not callable.
+        """
+        self._dispatcher.add_guard(guard)
+
+    def guard(self, guard: G) -> G:
+        """Decorator form of [`add_guard`][]."""
+        self.add_guard(guard)
+        return guard
+
+    def on_unhandled(self, fn: F) -> F:
+        """Run ``fn`` for every message that no route matches, instead of replying 404.
+
+        Like a handler, it takes no arguments (``use_ws_message()`` gives the message), may
+        be sync or ``async``, replies with its return value and may raise
+        [`WsError`][wsevents.WsError]. It runs inside the interceptors and after the app's
+        guards; its ``scope.route`` has ``event`` and ``pattern`` ``"*"``.
+
+        Raises:
+            RoutingError: a fallback is already registered (one per app).
+        """
+        route = Route(FALLBACK_PATTERN, FALLBACK_PATTERN, fn, summary=_summary(fn))
+        self._dispatcher.set_fallback(Endpoint.of(route))
+        return fn
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
         """Run every routed message's handler through ``interceptor`` (an ``async``
@@ -423,6 +493,84 @@ class WsApp(WsServer):
     def _run_transport_hook(self, hook: Handler) -> None:
         app_var.set(self)  # use_ws_server() works in the hook
         call_hook(hook.fn, tasks=self._tasks, logger=log, message="transport state hook failed")
+
+
+class RouteGroup:
+    """Routes that share a path prefix and guards (made by
+    [`WsApp.group`][wsevents.WsApp.group]).
+
+    A group registers into its app at once: a route registered as
+    ``group.on_message("rpc", "/stats")`` is an ordinary route of the app, with the full
+    pattern and the group's guards before its own. Groups nest
+    ([`group`][wsevents.RouteGroup.group]); an inner group's guards run after the outer
+    group's. A group's guards are fixed when it is created.
+
+    Attributes:
+        prefix: the pattern prefix of the group's routes (``"/"`` for none).
+        guards: the guards every route of the group runs first (the outer groups' first).
+    """
+
+    __slots__ = ("_app", "guards", "prefix")
+
+    def __init__(self, app: WsApp, prefix: str, guards: Iterable[Guard] = ()) -> None:
+        self._app = app
+        self.prefix = join_pattern(prefix, "/")
+        self.guards: tuple[Guard, ...] = tuple(guards)
+        for guard in self.guards:
+            if not callable(guard):
+                raise TypeError(f"a guard must be a callable, got {guard!r}")
+
+    def add_message_handler(
+        self,
+        event: str,
+        pattern: str,
+        handler: Callable[[], Any],
+        *,
+        guards: Iterable[Guard] = (),
+    ) -> None:
+        """Register ``handler`` on the group's prefix joined with ``pattern``
+        ([`join_pattern`][wsevents.routing.join_pattern]), behind the group's guards,
+        then ``guards``.
+
+        Raises:
+            RoutingError: bad pattern or duplicate route.
+            TypeError: a guard is not callable.
+        """
+        self._app._add_route(
+            Route(
+                event,
+                join_pattern(self.prefix, pattern),
+                handler,
+                (*self.guards, *guards),
+                summary=_summary(handler),
+            )
+        )
+
+    def on_message(
+        self, event: str, pattern: str, *, guards: Iterable[Guard] = ()
+    ) -> Callable[[F], F]:
+        """Decorator form of [`add_message_handler`][]."""
+
+        def register(fn: F) -> F:
+            self.add_message_handler(event, pattern, fn, guards=guards)
+            return fn
+
+        return register
+
+    def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
+        """A group inside this one: prefixes joined, this group's guards first."""
+        return RouteGroup(self._app, join_pattern(self.prefix, prefix), (*self.guards, *guards))
+
+    def __repr__(self) -> str:
+        return f"RouteGroup({self.prefix!r}, guards={len(self.guards)})"
+
+
+def _summary(fn: Callable[..., Any]) -> str | None:
+    """The first line of ``fn``'s docstring (the route summary), or None."""
+    doc = inspect.getdoc(fn)
+    if not doc:
+        return None
+    return doc.strip().splitlines()[0].strip() or None
 
 
 def create_ws_app(

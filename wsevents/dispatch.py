@@ -1,44 +1,59 @@
-"""The dispatch pipeline: parse → route → interceptors → run (sync or async) → reply.
+"""The dispatch pipeline: parse → route → interceptors → guards → run (sync or async) → reply.
 
 One path and one error mapping for every message:
 
 * a frame that does not parse (bad JSON, no ``event``/``path``, too large) is dropped,
   logged at ``debug``;
-* no route: ``404 "Not found"`` when the message has an id, else nothing;
-* the handler (through the interceptors, outermost first) raises ``WsError``: an error
-  reply with its code and message; any other exception: logged with its traceback,
-  ``500 "Internal Error"``;
+* no route: the ``on_unhandled`` fallback when there is one, else ``404 "Not found"``
+  when the message has an id, else nothing;
+* the handler (through the interceptors, outermost first, then the guards: the app's,
+  the groups', the route's) raises ``WsError``: an error reply with its code and message;
+  a guard returns ``False``: ``403 "Forbidden"``; any other exception: logged with its
+  traceback, ``500 "Internal Error"``;
 * a return value that cannot be encoded: logged, ``500 "Internal Error"``.
 
-Without interceptors, a sync handler runs to completion inside ``Dispatcher.handle_frame``
-and an async one in a task of its own (counted against ``max_in_flight``). With
-interceptors, every routed message runs in a task of its own, through the chain.
+What a message costs is decided before it arrives. A route's own guards (and its groups')
+are compiled into its [`Endpoint`][] at registration: a route without them runs its
+handler as registered, and one with only sync guards and a sync handler stays sync. The
+app's guards, which may be added after the routes, are the innermost link of the
+interceptor chain. Without interceptors and app guards, a sync endpoint runs to completion
+inside ``Dispatcher.handle_frame`` and an async one in a task of its own (counted against
+``max_in_flight``); with any, every routed message runs in a task of its own, through the
+chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import copy_context
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._aio import TaskSet, is_async
 from ._context import MessageScope, message_var
-from .exceptions import ProtocolError, WsError
+from .exceptions import ProtocolError, RoutingError, WsError
 from .protocol import INTERNAL_ERROR, NOT_FOUND, ClientMessage, Codec, encode_error
 from .protocol import parse_client_message as _parse
-from .routing import Router
+from .routing import Guard, Route, Router
 
 if TYPE_CHECKING:
     from .app import WsApp
     from .connection import Connection
 
-__all__ = ["CallNext", "Interceptor"]
+__all__ = ["FORBIDDEN", "CallNext", "Interceptor"]
 
 # Handler errors have always been logged by "wsevents": users filter on it.
 log = logging.getLogger("wsevents")
+
+FORBIDDEN = "Forbidden"
+"""The message of the 403 error reply when a guard returns ``False``."""
+
+FALLBACK_PATTERN = "*"
+"""``event`` and ``pattern`` of the fallback's [`Route`][wsevents.Route]: no real route
+pattern (they all start with ``/``) looks like it."""
 
 CallNext = Callable[[], Awaitable[Any]]
 """Runs the rest of the chain (the next interceptors, then the handler); returns the
@@ -85,6 +100,70 @@ class Handler:
         return cls(fn, is_async(fn))
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A route as the dispatcher runs it: ``fn`` runs the route's guards (its groups',
+    then its own) and its handler; ``is_async`` says whether ``fn`` must be awaited.
+
+    Compiled once, at registration ([`of`][]): a route without guards gets its handler
+    itself as ``fn``; sync guards around a sync handler stay sync.
+    """
+
+    fn: Callable[[], Any]
+    is_async: bool
+    route: Route
+
+    @classmethod
+    def of(cls, route: Route) -> Endpoint:
+        """Compile ``route``.
+
+        Raises:
+            TypeError: a guard is not callable.
+        """
+        fn = route.handler
+        fn_async = is_async(fn)
+        for guard in route.guards:
+            _check_guard(guard)
+        if not route.guards:
+            return cls(fn, fn_async, route)
+        checks = tuple((guard, is_async(guard)) for guard in route.guards)
+        if not fn_async and not any(guard_async for _, guard_async in checks):
+            sync_guards = tuple(guard for guard, _ in checks)
+
+            def checked() -> Any:
+                for guard in sync_guards:
+                    if guard() is False:
+                        raise WsError(403, FORBIDDEN)
+                return fn()
+
+            return cls(checked, False, route)
+
+        async def checked_async() -> Any:
+            await _run_guards(checks)
+            result = fn()
+            return (await result) if fn_async else result
+
+        return cls(checked_async, True, route)
+
+
+def _check_guard(guard: object) -> None:
+    if not callable(guard):
+        raise TypeError(f"a guard must be a callable, got {guard!r}")
+
+
+async def _run_guards(checks: Sequence[tuple[Guard, bool]]) -> None:
+    """Run ``checks`` (guard, is async) in order; the first refusal raises."""
+    for guard, guard_async in checks:
+        verdict: Any = guard()
+        if guard_async:
+            verdict = await verdict
+        if verdict is False:
+            raise WsError(403, FORBIDDEN)
+
+
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
+
 class Dispatcher:
     """Turns received data frames into handler runs and replies, for one [`WsApp`][]."""
 
@@ -93,6 +172,9 @@ class Dispatcher:
         "_chain",
         "_decode",
         "_encode",
+        "_fallback",
+        "_guards",
+        "_interceptors",
         "_match",
         "_max_in_flight",
         "_max_message_size",
@@ -104,7 +186,7 @@ class Dispatcher:
     def __init__(
         self,
         app: WsApp,
-        router: Router[Handler],
+        router: Router[Endpoint],
         codec: Codec,
         *,
         max_message_size: int,
@@ -120,17 +202,55 @@ class Dispatcher:
         self._tasks = tasks
         self._tasks_add = tasks.add
         self._tasks_discard = tasks.discard
+        self._interceptors: tuple[Interceptor, ...] = ()
+        self._guards: tuple[tuple[Guard, bool], ...] = ()
+        # What runs around every endpoint: the interceptors, then the app's guards.
         self._chain: tuple[Interceptor, ...] = ()
+        self._fallback: Endpoint | None = None
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
-        """Append ``interceptor`` to the chain (it runs inside the ones added before).
+        """Append ``interceptor`` to the chain (it runs inside the ones added before, and
+        outside the guards).
 
         Raises:
             TypeError: ``interceptor`` is not an ``async`` callable.
         """
         if not is_async(interceptor):
             raise TypeError(f"an interceptor must be async, got {interceptor!r}")
-        self._chain = (*self._chain, interceptor)
+        self._interceptors = (*self._interceptors, interceptor)
+        self._rebuild_chain()
+
+    def add_guard(self, guard: Guard) -> None:
+        """Run ``guard`` before every endpoint (also those registered before), after the
+        guards added before it.
+
+        Raises:
+            TypeError: ``guard`` is not callable.
+        """
+        _check_guard(guard)
+        self._guards = (*self._guards, (guard, is_async(guard)))
+        self._rebuild_chain()
+
+    def set_fallback(self, endpoint: Endpoint) -> None:
+        """Run ``endpoint`` for messages that no route matches (instead of a 404).
+
+        Raises:
+            RoutingError: a fallback is already set.
+        """
+        if self._fallback is not None:
+            raise RoutingError("an on_unhandled fallback is already registered")
+        self._fallback = endpoint
+
+    def _rebuild_chain(self) -> None:
+        # Guards sit innermost, so interceptors observe their refusals as outcomes.
+        if self._guards:
+            self._chain = (*self._interceptors, self._check_app_guards)
+        else:
+            self._chain = self._interceptors
+
+    async def _check_app_guards(self, scope: MessageScope, call_next: CallNext) -> Any:
+        await _run_guards(self._guards)
+        return await call_next()
 
     def handle_frame(self, conn: Connection, raw: str | bytes) -> bool:
         """Dispatch one received data frame (called in the connection's context).
@@ -147,11 +267,16 @@ class Dispatcher:
             return False
         found = self._match(msg.event, msg.path)
         if found is None:
-            if msg.has_id:
-                conn.reply_error(msg.id, 404, NOT_FOUND)
-            return False
-        handler = found.handler
-        scope = MessageScope(msg, found.params, conn, self._app)
+            handler = self._fallback
+            if handler is None:
+                if msg.has_id:
+                    conn.reply_error(msg.id, 404, NOT_FOUND)
+                return False
+            params = _NO_PARAMS
+        else:
+            handler = found.handler
+            params = found.params
+        scope = MessageScope(msg, params, conn, self._app, handler.route)
         if self._chain:
             coro: Any = self._run_intercepted(handler, scope)
         elif handler.is_async:
@@ -190,7 +315,7 @@ class Dispatcher:
         finally:
             conn.end_task()
 
-    async def _run_intercepted(self, handler: Handler, scope: MessageScope) -> None:
+    async def _run_intercepted(self, handler: Endpoint, scope: MessageScope) -> None:
         message_var.set(scope)
         msg = scope.message
         conn = scope.connection
@@ -227,7 +352,7 @@ class Dispatcher:
 
 
 async def _call_chain(
-    chain: tuple[Interceptor, ...], index: int, handler: Handler, scope: MessageScope
+    chain: tuple[Interceptor, ...], index: int, handler: Endpoint, scope: MessageScope
 ) -> Any:
     if index == len(chain):
         result = handler.fn()

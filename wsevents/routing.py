@@ -11,13 +11,16 @@ Pattern syntax:
 
 Static routes win over parametric ones, which win over wildcards, whatever the
 registration order. The event plays the role of the HTTP method.
+
+[`Route`][] is what one registration declares (event, pattern, handler, guards, and the
+slots for declared types); [`join_pattern`][] joins a group's prefix and a pattern.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
@@ -26,7 +29,7 @@ from routes import Mapper
 
 from .exceptions import RoutingError
 
-__all__ = ["RouteMatch", "Router"]
+__all__ = ["Guard", "Route", "RouteMatch", "Router", "join_pattern"]
 
 H = TypeVar("H")
 
@@ -36,6 +39,62 @@ _WILD = "__wild__"
 _STATIC, _PARAMETRIC, _WILDCARD = 0, 1, 2
 # Characters that Routes itself treats as syntax in a path template.
 _ROUTES_SPECIAL = frozenset("\\:*{}")
+
+
+Guard = Callable[[], "bool | Awaitable[bool | None] | None"]
+"""A check that runs before a handler, sync or ``async``, with no arguments (composables
+reach the message and the connection): it refuses the message by raising
+[`WsError`][wsevents.WsError] (that error is the reply) or by returning ``False`` (403
+``"Forbidden"``); returning ``None`` or ``True`` lets it through."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    """What one registered route declares: read by the dispatcher, listed by
+    [`WsApp.routes`][wsevents.WsApp.routes], seen by interceptors as ``scope.route``.
+
+    Attributes:
+        event: the message event it answers.
+        pattern: the full pattern (a group's prefix included), e.g. ``/chat/rooms/:room``;
+            a bounded label for metrics, unlike the concrete path.
+        handler: the function registered (sync or ``async``).
+        guards: the route's guards in the order they run: its groups' guards (the
+            outermost group first), then its own. The app's guards, which run before
+            them, are not included.
+        data: the declared type of the message's ``data`` (None: not declared).
+        reply: the declared type of the reply's ``data`` (None: not declared).
+        params: the declared types of route params, by name.
+        summary: the first line of the handler's docstring, if any.
+    """
+
+    event: str
+    pattern: str
+    handler: Callable[[], Any]
+    guards: tuple[Guard, ...] = ()
+    data: Any = None
+    reply: Any = None
+    params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    summary: str | None = None
+
+
+def join_pattern(prefix: str, pattern: str) -> str:
+    """Join a group's ``prefix`` and a ``pattern`` registered in it.
+
+    Trailing slashes of the prefix are ignored (``/admin/`` is ``/admin``), a pattern
+    ``/`` stands for the prefix itself, and a group at ``/`` leaves patterns unchanged:
+    ``/admin`` + ``/stats`` → ``/admin/stats``; ``/admin`` + ``/`` → ``/admin``;
+    ``/`` + ``/stats`` → ``/stats``.
+
+    Raises:
+        RoutingError: the prefix or the pattern does not start with ``/``.
+    """
+    for part in (prefix, pattern):
+        if not part.startswith("/"):
+            raise RoutingError(f"a group prefix and a route pattern start with '/': {part!r}")
+    base = prefix.rstrip("/")
+    if pattern == "/":
+        return base or "/"
+    return base + pattern
 
 
 @dataclass(frozen=True, slots=True)
