@@ -42,9 +42,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from .._aio import TaskSet, call_hook, is_async
-from ..exceptions import TransportError
-from .base import BaseTransport, Capabilities, PayloadHandler, StateListener
+from ..._aio import TaskSet, call_hook, is_async
+from ...exceptions import TransportError
+from ..base import BaseTransport, Capabilities, PayloadHandler, StateListener
 
 __all__ = ["RedisTransport", "StateListener", "redact_url"]
 
