@@ -27,168 +27,37 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
-import math
-import random
-import re
-import uuid
-from collections import deque
-from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff
 
-from ..._aio import TaskSet, call_hook, is_async
+from ..._aio import TaskSet
 from ...exceptions import TransportError
 from ..base import BaseTransport, Capabilities, PayloadHandler, StateListener
+from ._commands import cause
+from ._directory import RedisDirectory
+from ._pubsub import PubSub
+from ._url import describe_client, redact_url
 
 __all__ = ["RedisTransport", "StateListener", "redact_url"]
 
 log = logging.getLogger("wsevents.transports.redis")
 
-_SUBSCRIBE_BATCH = 512
-_DIRECTORY_BATCH = 500
-_MAX_BACKLOG = 10_000
-_PUBLISH_STRIPES = 64
-
-
-_PASSWORD_IN_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and error messages.
-
-    Works on malformed URLs too (it never raises); when in doubt it hides more.
-
-    Example:
-        ``redact_url("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"``
-    """
-    scheme, sep, rest = url.partition("://")
-    if sep:
-        userinfo, at, host = rest.rpartition("@")
-        if at and ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            rest = f"{user}:***@{host}"
-        url = f"{scheme}{sep}{rest}"
-    return _PASSWORD_IN_QUERY.sub(r"\1***", url)
-
-
-def _describe_client(client: Any) -> str:
-    """Where a client connects, as a URL without credentials (for messages)."""
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None) or {}
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}"
-    if kwargs.get("host"):
-        ssl = "ssl" in getattr(getattr(pool, "connection_class", None), "__name__", "").lower()
-        host, port, db = kwargs["host"], kwargs.get("port", 6379), kwargs.get("db", 0)
-        return f"{'rediss' if ssl else 'redis'}://{host}:{port}/{db}"
-    return f"a {type(pool).__name__}"  # e.g. a Sentinel-managed pool
-
-
-def _cause(exc: BaseException) -> str:
-    """``Type: message`` of an error, for messages that name the cause."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-class _Subscription:
-    """One channel's handler; payloads reach it in arrival order.
-
-    A sync handler runs inline in the reader task. An async one (or a sync one that
-    returned an awaitable) runs in a worker task that drains a bounded backlog, so a slow
-    handler never blocks the other channels and never reorders its own.
-    """
-
-    __slots__ = ("_first", "backlog", "channel", "handler", "is_async", "owner", "task")
-
-    def __init__(self, owner: RedisTransport, channel: str, handler: PayloadHandler) -> None:
-        self.owner = owner
-        self.channel = channel
-        self.handler = handler
-        self.is_async = is_async(handler)
-        self.backlog: deque[str] = deque()
-        self.task: asyncio.Task[None] | None = None
-        self._first: Awaitable[None] | None = None
-
-    def deliver(self, payload: str) -> None:
-        if self.is_async or self.task is not None:
-            if len(self.backlog) >= _MAX_BACKLOG:
-                log.warning(
-                    "dropped a payload on %s: its handler is %d behind",
-                    self.channel,
-                    len(self.backlog),
-                )
-                return
-            self.backlog.append(payload)
-            if self.task is None:
-                self.task = self.owner._spawn(self._drain())
-            return
-        try:
-            result = self.handler(payload)
-        except Exception:
-            log.exception("subscriber of %s failed", self.channel)
-            return
-        if inspect.isawaitable(result):
-            self._first = result
-            self.task = self.owner._spawn(self._drain())
-
-    async def _drain(self) -> None:
-        try:
-            first, self._first = self._first, None
-            if first is not None:
-                await self._settle(first)
-            while self.backlog:
-                payload = self.backlog.popleft()
-                try:
-                    result = self.handler(payload)
-                except Exception:
-                    log.exception("subscriber of %s failed", self.channel)
-                    continue
-                if inspect.isawaitable(result):
-                    await self._settle(result)
-        finally:
-            self.task = None
-
-    async def _settle(self, awaitable: Awaitable[None]) -> None:
-        try:
-            await awaitable
-        except Exception:
-            log.exception("subscriber of %s failed", self.channel)
-
-    def cancel(self) -> None:
-        self.backlog.clear()
-        first, self._first = self._first, None
-        if inspect.iscoroutine(first):
-            first.close()  # never started: close it so it is not reported as never awaited
-        if self.task is not None:
-            self.task.cancel()
-
 
 class RedisTransport(BaseTransport):
-    """A [`BroadcastTransport`][wsevents.BroadcastTransport] and
-    [`ConnectionDirectory`][wsevents.ConnectionDirectory] over Redis.
+    """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
+    [`ConnectionDirectory`][wsevents.ConnectionDirectory] and backend state events.
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
     reader reconnects with exponential backoff and full jitter, resubscribes every live
     channel and reports the outage to the state listeners. Publishing and the directory go
-    through the client's connection pool.
+    through the client's connection pool. [`capabilities`][] hands over the directory and
+    the state events as objects of their own; the transport's own directory and listener
+    methods do the same.
 
     Args:
         client: the ``redis.asyncio.Redis`` client to use (it stays open at [`close`][];
@@ -243,6 +112,7 @@ class RedisTransport(BaseTransport):
             raise ValueError("need 0 < reconnect_delay <= reconnect_max_delay")
         if directory_ttl < 0.01:
             raise ValueError("directory_ttl must be at least 0.01 s")
+        # The options as given; the reader and the directory read them once, here.
         self.client = client
         self.prefix = prefix
         self.ping_interval = float(ping_interval)
@@ -253,39 +123,33 @@ class RedisTransport(BaseTransport):
         self.reconnect_max_delay = float(reconnect_max_delay)
         self.directory_ttl = float(directory_ttl)
         self.fail_fast = fail_fast
-        self.url = _describe_client(client)
-        """Where Redis is, password redacted (for messages)."""
-        self.publish_failures = 0
-        """Publishes that raised [`TransportError`][wsevents.TransportError]."""
-        self.published = 0
-        """Publishes that Redis accepted."""
-        self.reconnects = 0
-        """Times the pub/sub connection came back after being lost."""
         self._owns_client = False
-        # One FIFO lock per stripe of channels: publishes on one channel reach Redis in
-        # call order even though the pool would send concurrent ones on several sockets.
-        self._publish_locks = [asyncio.Lock() for _ in range(_PUBLISH_STRIPES)]
-        self._subs: dict[str, _Subscription] = {}
-        self._confirm: dict[str, deque[asyncio.Future[bool]]] = {}
-        self._pongs: deque[asyncio.Future[bool]] = deque()
-        self._probes: dict[str, asyncio.Future[None]] = {}
-        self._probe_channel = f"{prefix}probe:{uuid.uuid4().hex}"
-        self._conn: Any = None  # the live pub/sub connection, None while down
-        self._up = False
-        self._up_event = asyncio.Event()
-        self._state: bool | None = None  # last state reported to the listeners
-        self._fail_at_once = False  # down and a publish failed: later ones fail at once
-        self._last_error: BaseException | None = None
-        self._quiet_start = False  # a fail-fast start() reports the failure itself
-        self._listeners: list[StateListener] = []
-        self._local: dict[str, str] = {}  # directory entries of this process
-        self._deleting: set[str] = set()  # entries whose DEL is in flight
-        self._refresh_wakeup = asyncio.Event()
+        self._tasks = TaskSet()  # every task of the reader, the subscriptions and the hooks
         self._reader_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
-        self._watch_task: asyncio.Task[None] | None = None
-        self._tasks = TaskSet()
-        self._closed = False
+        self._pubsub = PubSub(
+            client,
+            prefix=prefix,
+            url=describe_client(client),
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            reconnect_delay=self.reconnect_delay,
+            reconnect_max_delay=self.reconnect_max_delay,
+            tasks=self._tasks,
+        )
+        self._directory = RedisDirectory(
+            client,
+            prefix=prefix,
+            ttl=self.directory_ttl,
+            command_timeout=self.command_timeout,
+            pubsub=self._pubsub,
+            ensure_running=self._ensure_tasks,
+        )
+        # Rewrite the directory whenever the connection comes up: Redis may have
+        # restarted empty.
+        self._pubsub.on_up = self._directory.wake
 
     @classmethod
     def from_url(
@@ -340,15 +204,38 @@ class RedisTransport(BaseTransport):
     # -- state --------------------------------------------------------------------------
 
     @property
+    def url(self) -> str:
+        """Where Redis is, password redacted (for messages)."""
+        return self._pubsub.url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._pubsub.url = value
+
+    @property
+    def publish_failures(self) -> int:
+        """Publishes that raised [`TransportError`][wsevents.TransportError]."""
+        return self._pubsub.publish_failures
+
+    @property
+    def published(self) -> int:
+        """Publishes that Redis accepted."""
+        return self._pubsub.published
+
+    @property
+    def reconnects(self) -> int:
+        """Times the pub/sub connection came back after being lost."""
+        return self._pubsub.reconnects
+
+    @property
     def connected(self) -> bool:
         """True while the pub/sub connection is up with every subscription confirmed."""
-        return self._up
+        return self._pubsub.up
 
     @property
     def channels(self) -> frozenset[str]:
         """The channels registered (unprefixed), whether or not Redis is reachable."""
-        n = len(self.prefix)
-        return frozenset(channel[n:] for channel in self._subs)
+        return self._pubsub.channels
 
     def add_state_listener(self, listener: StateListener) -> None:
         """Call ``listener(False)`` when the pub/sub connection is lost (or cannot be made
@@ -357,12 +244,11 @@ class RedisTransport(BaseTransport):
         Pushes published by other instances while it was down are lost: the ``True`` call is
         the moment to resynchronise clients. An async listener runs in a task of its own.
         """
-        self._listeners.append(listener)
+        self._pubsub.add_state_listener(listener)
 
     def remove_state_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener``."""
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
+        self._pubsub.remove_state_listener(listener)
 
     async def health(self, timeout: float | None = None) -> bool:
         """True when a probe published now comes back through the pub/sub connection.
@@ -370,21 +256,7 @@ class RedisTransport(BaseTransport):
         It checks the whole path (publish, Redis, subscription, reader), not only that
         Redis answers.
         """
-        if not self._up:
-            return False
-        nonce = uuid.uuid4().hex
-        arrived = asyncio.get_running_loop().create_future()
-        self._probes[nonce] = arrived
-        try:
-            async with asyncio.timeout(self.ping_timeout if timeout is None else timeout):
-                await self.client.publish(self._probe_channel, nonce)
-                await arrived
-        except Exception as exc:
-            log.debug("health probe failed: %r", exc)
-            return False
-        finally:
-            self._probes.pop(nonce, None)
-        return True
+        return await self._pubsub.health(timeout)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -397,71 +269,52 @@ class RedisTransport(BaseTransport):
             TransportError: with ``fail_fast``, Redis did not answer in time (the message
                 names the URL, password redacted, and the last error).
         """
-        self._closed = False
-        if self._up:
+        self._set_closed(False)
+        pubsub = self._pubsub
+        if pubsub.up:
             self._ensure_tasks()
             return
-        self._quiet_start = self.fail_fast
+        pubsub.quiet_start = self.fail_fast
         self._ensure_tasks()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await self._up_event.wait()
+                await pubsub.up_event.wait()
         except TimeoutError:
-            cause = _cause(self._last_error) if self._last_error is not None else "no answer"
+            reason = cause(pubsub.last_error) if pubsub.last_error is not None else "no answer"
             if self.fail_fast:
                 await self._stop_background()
                 raise TransportError(
-                    f"Redis at {self.url} did not answer within {self.connect_timeout:g} s: {cause}"
-                ) from self._last_error
+                    f"Redis at {self.url} did not answer within {self.connect_timeout:g} s: "
+                    f"{reason}"
+                ) from pubsub.last_error
             log.warning(
                 "Redis at %s did not answer within %g s (%s); starting anyway, retrying in "
                 "the background",
                 self.url,
                 self.connect_timeout,
-                cause,
+                reason,
             )
         finally:
-            self._quiet_start = False
-
-    async def _stop_background(self) -> None:
-        """Stop the reader and the refresh after a failed fail-fast start (registrations
-        stay, so a later [`start`][] can try again)."""
-        tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
-        self._reader_task = self._refresh_task = None
-        await self._stop_tasks([*tasks, *(t for t in self._tasks if not t.done())])
-        self._set_down_quietly()
-        self._state = None
+            pubsub.quiet_start = False
 
     async def close(self) -> None:
         """Stop the tasks, drop every subscription with the pub/sub connection, delete this
         instance's directory entries and close the client if [`from_url`][] made it."""
-        self._closed = True
+        self._set_closed(True)
         tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
         self._reader_task = self._refresh_task = None
-        if self._conn is not None:
-            self._abort(self._conn)
-        for sub in self._subs.values():
-            sub.cancel()
-        self._subs.clear()
+        self._pubsub.shut()
         tasks += [t for t in self._tasks if not t.done()]
         await self._stop_tasks(tasks)
-        keys = [self._key(cid) for cid in (*self._local, *self._deleting)]
-        self._local.clear()
-        for chunk in _chunks(keys, _DIRECTORY_BATCH):
-            try:
-                async with asyncio.timeout(self.command_timeout):
-                    await self.client.delete(*chunk)
-            except Exception as exc:
-                log.debug("directory cleanup failed (entries expire by themselves): %r", exc)
-                break
-        self._set_down_quietly()
-        self._state = None
-        # Fresh primitives: a restarted transport may run on another event loop.
-        self._up_event = asyncio.Event()
-        self._refresh_wakeup = asyncio.Event()
-        self._publish_locks = [asyncio.Lock() for _ in range(_PUBLISH_STRIPES)]
+        await self._directory.clear()
+        self._pubsub.forget_state()
+        self._pubsub.renew_primitives()
         if self._owns_client:
             await self.client.aclose()
+
+    def capabilities(self) -> Capabilities:
+        """The connection directory and the backend state events, each its own object."""
+        return Capabilities(directory=self._directory, state_events=self._pubsub)
 
     # -- BroadcastTransport -------------------------------------------------------------
 
@@ -474,33 +327,7 @@ class RedisTransport(BaseTransport):
         Raises:
             TransportError: Redis failed or did not answer within ``command_timeout``.
         """
-        if self._closed:
-            self.publish_failures += 1
-            raise TransportError("the Redis transport is closed")
-        if self._fail_at_once and not self._up:
-            self.publish_failures += 1
-            raise TransportError(
-                f"Redis at {self.url} is unavailable, publish skipped "
-                f"(last error: {self._last_cause()})"
-            )
-        full = self.prefix + channel
-        try:
-            async with (
-                asyncio.timeout(self.command_timeout),
-                self._publish_locks[hash(full) % _PUBLISH_STRIPES],
-            ):
-                await self.client.publish(full, payload)
-        except Exception as exc:
-            self.publish_failures += 1
-            if not self._up:
-                self._fail_at_once = True
-            if isinstance(exc, TimeoutError):
-                cause = f"no answer within {self.command_timeout:g} s"
-            else:
-                cause = _cause(exc)
-                self._last_error = exc
-            raise TransportError(f"Redis at {self.url}: {cause}") from exc
-        self.published += 1
+        await self._pubsub.publish(channel, payload)
 
     async def subscribe(self, channel: str, handler: PayloadHandler) -> None:
         """Deliver every later payload on ``channel`` to ``handler`` (sync or async).
@@ -510,89 +337,29 @@ class RedisTransport(BaseTransport):
         the subscription is made when the connection is back. Subscribing again replaces
         the handler.
         """
-        full = self.prefix + channel
-        sub = self._subs.get(full)
-        if sub is not None:
-            sub.handler = handler
-            sub.is_async = is_async(handler)
+        if not self._pubsub.register(channel, handler):
             return
-        self._subs[full] = _Subscription(self, full, handler)
-        if self._reader_task is None and not self._closed:
+        if self._reader_task is None and not self._pubsub.closed:
             await self.start()
             return  # the first connection subscribed every registered channel
-        conn = self._conn
-        if conn is None or not conn.is_connected:
-            return
-        confirmed = self._expect_confirmation(full)
-        try:
-            await conn.send_command("SUBSCRIBE", full, check_health=False)
-            async with asyncio.timeout(self.ping_timeout):
-                await confirmed
-        except Exception as exc:
-            log.warning(
-                "subscribing to %s at %s failed (%s); reconnecting", full, self.url, _cause(exc)
-            )
-            self._abort(conn)
+        await self._pubsub.subscribe_live(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; payloads not yet handled are dropped."""
-        full = self.prefix + channel
-        sub = self._subs.pop(full, None)
-        if sub is None:
-            return
-        sub.cancel()
-        conn = self._conn
-        if conn is None or not conn.is_connected:
-            return
-        try:
-            await conn.send_command("UNSUBSCRIBE", full, check_health=False)
-        except Exception as exc:
-            log.warning(
-                "unsubscribing from %s at %s failed (%s); reconnecting",
-                full,
-                self.url,
-                _cause(exc),
-            )
-            self._abort(conn)
+        await self._pubsub.unsubscribe(channel)
 
-    def capabilities(self) -> Capabilities:
-        """A connection directory and backend state events (this transport implements both)."""
-        return Capabilities(directory=self, state_events=self)
-
-    # -- ConnectionDirectory ------------------------------------------------------------
+    # -- ConnectionDirectory (the same as capabilities().directory) ---------------------
 
     async def register_connection(self, connection_id: str, instance_id: str) -> None:
         """Record that ``connection_id`` lives on ``instance_id`` (refreshed while open).
 
         When Redis is unreachable the entry is kept locally and written on reconnect.
         """
-        if self._closed:
-            return
-        self._local[connection_id] = instance_id
-        if self._fail_at_once and not self._up:
-            return
-        self._ensure_tasks()
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                await self.client.set(self._key(connection_id), instance_id, px=self._ttl_ms())
-        except Exception as exc:
-            log.debug("directory write of %s deferred: %r", connection_id, exc)
+        await self._directory.register_connection(connection_id, instance_id)
 
     async def unregister_connection(self, connection_id: str) -> None:
         """Delete ``connection_id``'s entry (if Redis is unreachable, it expires)."""
-        if self._closed:
-            return  # close() deletes every entry still in _local
-        self._local.pop(connection_id, None)
-        if self._fail_at_once and not self._up:
-            return
-        self._deleting.add(connection_id)  # close() deletes it too if this is cut short
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                await self.client.delete(self._key(connection_id))
-        except Exception as exc:
-            log.debug("directory delete of %s failed (it expires): %r", connection_id, exc)
-        finally:
-            self._deleting.discard(connection_id)
+        await self._directory.unregister_connection(connection_id)
 
     async def locate_connection(self, connection_id: str) -> str | None:
         """The instance id holding ``connection_id``, or None.
@@ -600,32 +367,36 @@ class RedisTransport(BaseTransport):
         Raises:
             TransportError: Redis cannot answer.
         """
-        if self._closed:
-            raise TransportError("the Redis transport is closed")
-        if self._fail_at_once and not self._up:
-            raise TransportError(
-                f"Redis at {self.url} is unavailable (last error: {self._last_cause()})"
+        return await self._directory.locate_connection(connection_id)
+
+    # -- internals: the background tasks ------------------------------------------------
+
+    def _set_closed(self, closed: bool) -> None:
+        self._pubsub.closed = self._directory.closed = closed
+
+    def _ensure_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._reader_task is None:
+            self._reader_task = loop.create_task(self._pubsub.read_forever(), name="wsevents-redis")
+        if self._refresh_task is None:
+            self._refresh_task = loop.create_task(
+                self._directory.refresh_forever(), name="wsevents-redis-directory"
             )
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                value = await self.client.get(self._key(connection_id))
-        except Exception as exc:
-            raise TransportError(
-                f"directory lookup of {connection_id} at {self.url} failed: {_cause(exc)}"
-            ) from exc
-        return None if value is None else _text(value)
 
-    # -- internals: tasks ---------------------------------------------------------------
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        return self._tasks.spawn(coro)
+    async def _stop_background(self) -> None:
+        """Stop the reader and the refresh after a failed fail-fast start (registrations
+        stay, so a later [`start`][] can try again)."""
+        tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
+        self._reader_task = self._refresh_task = None
+        await self._stop_tasks([*tasks, *(t for t in self._tasks if not t.done())])
+        self._pubsub.forget_state()
 
     @staticmethod
     async def _stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
         """Cancel ``tasks`` and wait for them, cancelling again if one ignores it.
 
         A cancellation can be lost inside redis-py on Python 3.11 (see [`from_url`][]);
-        the loops also stop on ``_closed``, so a second request ends them.
+        the loops also stop on ``closed``, so a second request ends them.
         """
         pending = {t for t in tasks if not t.done()}
         for _ in range(20):
@@ -635,279 +406,3 @@ class RedisTransport(BaseTransport):
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.25)
         log.warning("%d Redis transport task(s) did not stop", len(pending))
-
-    def _ensure_tasks(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._reader_task is None:
-            self._reader_task = loop.create_task(self._read_forever(), name="wsevents-redis")
-        if self._refresh_task is None:
-            self._refresh_task = loop.create_task(
-                self._refresh_forever(), name="wsevents-redis-directory"
-            )
-
-    def _key(self, connection_id: str) -> str:
-        return f"{self.prefix}conn:{connection_id}"
-
-    def _ttl_ms(self) -> int:
-        return max(int(self.directory_ttl * 1000), 10)
-
-    def _backoff(self, attempt: int) -> float:
-        # Full jitter: instances that lost Redis together do not come back in lockstep.
-        ceiling = min(self.reconnect_max_delay, self.reconnect_delay * 2 ** min(attempt, 30))
-        return random.uniform(0.0, ceiling)
-
-    # -- internals: the reader ----------------------------------------------------------
-
-    async def _read_forever(self) -> None:
-        attempt = 0
-        while not self._closed:
-            pool = self.client.connection_pool
-            conn: Any = pool.make_connection()  # type: ignore[no-untyped-call]
-            # One attempt per connect: the backoff below is ours, with state reporting.
-            conn.retry = Retry(NoBackoff(), 0)
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    await conn.connect()
-                await self._serve(conn)
-            except Exception as exc:
-                if self._up:
-                    attempt = 0  # it was working: retry at once, then back off
-                self._went_down(exc)
-            finally:
-                await self._teardown(conn)
-            await asyncio.sleep(self._backoff(attempt))
-            attempt += 1
-
-    async def _serve(self, conn: Any) -> None:
-        # Snapshot and publish the connection with no await in between: a subscribe()
-        # that runs after this point sends its own SUBSCRIBE on the new connection.
-        channels = [self._probe_channel, *self._subs]
-        self._conn = conn
-        waiters = [self._expect_confirmation(channel) for channel in channels]
-        for chunk in _chunks(channels, _SUBSCRIBE_BATCH):
-            await conn.send_command("SUBSCRIBE", *chunk, check_health=False)
-        self._watch_task = self._spawn(self._watch(conn, waiters))
-        while not self._closed:
-            # math.inf: block without the connection's socket_timeout; the watcher's
-            # PINGs notice a dead connection instead.
-            response = await conn.read_response(timeout=math.inf, push_request=True)
-            self._on_response(response)
-
-    async def _watch(self, conn: Any, waiters: list[asyncio.Future[bool]]) -> None:
-        """Declare the connection up once every subscription is confirmed, then PING it."""
-        try:
-            async with asyncio.timeout(self.ping_timeout):
-                confirmed = await asyncio.gather(*waiters)
-        except TimeoutError:
-            log.warning(
-                "Redis at %s did not confirm the subscriptions within %g s; reconnecting",
-                self.url,
-                self.ping_timeout,
-            )
-            self._abort(conn)
-            return
-        if not all(confirmed) or self._conn is not conn:
-            return
-        self._went_up()
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.ping_interval)
-            if self._conn is not conn or self._closed:
-                return
-            pong: asyncio.Future[bool] = loop.create_future()
-            self._pongs.append(pong)
-            try:
-                await conn.send_command("PING", check_health=False)
-                async with asyncio.timeout(self.ping_timeout):
-                    alive = await pong
-            except Exception as exc:
-                if self._conn is conn:
-                    log.warning(
-                        "Redis pub/sub connection to %s unresponsive (%s); reconnecting",
-                        self.url,
-                        _cause(exc) if not isinstance(exc, TimeoutError) else "no PONG in time",
-                    )
-                    self._abort(conn)
-                return
-            if not alive:
-                return
-
-    def _expect_confirmation(self, channel: str) -> asyncio.Future[bool]:
-        # Confirmations of one channel arrive in the order the SUBSCRIBEs were sent.
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._confirm.setdefault(channel, deque()).append(waiter)
-        return waiter
-
-    def _on_response(self, response: Any) -> None:
-        if isinstance(response, list | tuple) and response:
-            kind = _text(response[0]).lower()
-            if kind == "message" and len(response) >= 3:
-                self._on_message(_text(response[1]), response[2])
-            elif kind == "subscribe" and len(response) >= 2:
-                channel = _text(response[1])
-                queue = self._confirm.get(channel)
-                if queue:
-                    waiter = queue.popleft()
-                    if not queue:
-                        del self._confirm[channel]
-                    if not waiter.done():
-                        waiter.set_result(True)
-            elif kind == "pong":  # RESP2: ["pong", ""]
-                self._on_pong()
-            # unsubscribe confirmations and other pushes need nothing
-        elif isinstance(response, bytes | str) and _text(response).lower() == "pong":
-            self._on_pong()  # RESP3 answers PING with a plain PONG
-
-    def _on_pong(self) -> None:
-        if self._pongs:
-            pong = self._pongs.popleft()
-            if not pong.done():
-                pong.set_result(True)
-
-    def _on_message(self, channel: str, data: Any) -> None:
-        if channel == self._probe_channel:
-            arrived = self._probes.pop(_text(data), None)
-            if arrived is not None and not arrived.done():
-                arrived.set_result(None)
-            return
-        sub = self._subs.get(channel)
-        if sub is None:
-            return  # unsubscribed while the payload was in flight
-        if isinstance(data, bytes | bytearray):
-            try:
-                payload = bytes(data).decode("utf-8")
-            except UnicodeDecodeError:
-                log.warning("dropped a payload that is not UTF-8 on %s", channel)
-                return
-        elif isinstance(data, str):
-            payload = data
-        else:
-            return
-        sub.deliver(payload)
-
-    @staticmethod
-    def _abort(conn: Any) -> None:
-        """Break ``conn`` at once; the reader notices and reconnects.
-
-        A plain close could wait for unsent bytes to flush to a peer that is gone.
-        """
-        writer = getattr(conn, "_writer", None)
-        transport = getattr(writer, "transport", None)
-        if transport is not None:
-            transport.abort()
-
-    async def _teardown(self, conn: Any) -> None:
-        if self._conn is conn:
-            self._conn = None
-        watch, self._watch_task = self._watch_task, None
-        if watch is not None:
-            watch.cancel()
-        for queue in self._confirm.values():
-            for waiter in queue:
-                if not waiter.done():
-                    waiter.set_result(False)
-        self._confirm.clear()
-        while self._pongs:
-            pong = self._pongs.popleft()
-            if not pong.done():
-                pong.set_result(False)
-        self._abort(conn)
-        with contextlib.suppress(Exception):
-            await conn.disconnect(nowait=True)
-
-    def _went_up(self) -> None:
-        self._up = True
-        self._up_event.set()
-        self._fail_at_once = False
-        self._last_error = None
-        self._refresh_wakeup.set()  # rewrite the directory (Redis may have restarted empty)
-        if self._state is False:
-            self.reconnects += 1
-            log.info("Redis pub/sub connection to %s restored", self.url)
-            self._state = True
-            self._notify(True)
-        else:
-            self._state = True
-
-    def _went_down(self, exc: BaseException) -> None:
-        was_up = self._up
-        self._last_error = exc
-        self._set_down_quietly()
-        if self._state is not False:
-            if was_up:
-                log.warning(
-                    "Redis pub/sub connection to %s lost (%s); reconnecting", self.url, _cause(exc)
-                )
-            elif self._quiet_start:  # start() raises with the cause if it does not come up
-                log.debug("Redis at %s is unreachable (%s); retrying", self.url, _cause(exc))
-            else:
-                log.warning("Redis at %s is unreachable (%s); retrying", self.url, _cause(exc))
-            self._state = False
-            self._notify(False)
-        else:
-            log.debug("Redis at %s still unreachable (%s)", self.url, _cause(exc))
-
-    def _last_cause(self) -> str:
-        return "none yet" if self._last_error is None else _cause(self._last_error)
-
-    def _set_down_quietly(self) -> None:
-        self._up = False
-        self._up_event.clear()
-
-    def _notify(self, up: bool) -> None:
-        for listener in list(self._listeners):
-            call_hook(
-                listener,
-                up,
-                tasks=self._tasks,
-                logger=log,
-                message="transport state listener failed",
-            )
-
-    # -- internals: the directory refresh -----------------------------------------------
-
-    async def _refresh_forever(self) -> None:
-        interval = self.directory_ttl / 3
-        while not self._closed:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._refresh_wakeup.wait()
-            self._refresh_wakeup.clear()
-            if self._closed:
-                return
-            if not self._local or (self._fail_at_once and not self._up):
-                continue
-            try:
-                await self._refresh_directory()
-            except Exception as exc:
-                if self._up:
-                    log.warning("directory refresh at %s failed: %s", self.url, _cause(exc))
-                else:
-                    log.debug("directory refresh failed: %r", exc)
-
-    async def _refresh_directory(self) -> None:
-        """Extend every local entry's TTL; rewrite the ones Redis lost; delete stragglers."""
-        ttl = self._ttl_ms()
-        snapshot = list(self._local.items())
-        for chunk in _chunks(snapshot, _DIRECTORY_BATCH):
-            async with asyncio.timeout(self.command_timeout):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for cid, instance in chunk:
-                        _ = pipe.set(self._key(cid), instance, px=ttl, xx=True)
-                    results = await pipe.execute()
-                # XX never resurrects an entry deleted meanwhile; one that Redis lost is
-                # written again only while the connection is still open here.
-                missing = [
-                    (cid, instance)
-                    for (cid, instance), ok in zip(chunk, results, strict=True)
-                    if not ok and self._local.get(cid) == instance
-                ]
-                if missing:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for cid, instance in missing:
-                            _ = pipe.set(self._key(cid), instance, px=ttl)
-                        await pipe.execute()
-        gone = [self._key(cid) for cid, _ in snapshot if cid not in self._local]
-        for keys in _chunks(gone, _DIRECTORY_BATCH):
-            async with asyncio.timeout(self.command_timeout):
-                await self.client.delete(*keys)
