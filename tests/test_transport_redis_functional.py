@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from wsevents import TransportError
+from wsevents import ConnectionDirectory, TransportError
 from wsevents.testing import check_transport
 from wsevents.transports.redis import RedisTransport, redact_url
 
@@ -435,6 +435,36 @@ async def test_directory_locates_a_connection_until_it_is_unregistered(
     await a.unregister_connection("c1")
     assert await b.locate_connection("c1") is None
     assert await b.locate_connection("never-seen") is None
+
+
+async def test_capabilities_hand_over_a_directory_and_state_events_of_their_own(
+    make: Callable[..., RedisTransport], admin: aioredis.Redis, prefix: str
+) -> None:
+    name = unique("wsevents-caps")
+    a = make(prefix=prefix, client_name=name, reconnect_max_delay=0.5)
+    b = make(prefix=prefix)
+    await a.start()
+    caps = a.capabilities()
+    directory, state_events = caps.directory, caps.state_events
+    assert directory is not None and directory is not a
+    assert isinstance(directory, ConnectionDirectory)
+    # One directory, whichever way it is reached: b sees what a's capability wrote.
+    await directory.register_connection("c1", "instance-a")
+    assert await b.locate_connection("c1") == "instance-a"
+    await a.unregister_connection("c1")
+    assert await directory.locate_connection("c1") is None
+    assert state_events is not None and state_events is not a
+    events = Events()
+    state_events.add_state_listener(events)
+    (pubsub,) = await pubsub_clients_named(admin, name)
+    await admin.client_kill_filter(_id=pubsub["id"])
+    assert await events.wait_for(2) == [False, True]
+    state_events.remove_state_listener(events)
+    (pubsub,) = await pubsub_clients_named(admin, name)
+    await admin.client_kill_filter(_id=pubsub["id"])
+    # The listener is gone: the next outage reaches only the transport's counters.
+    await wait_until(lambda: a.reconnects == 2, what="the second reconnection")
+    assert events.seen == [False, True]
 
 
 async def test_directory_entry_of_a_crashed_instance_expires(

@@ -1,0 +1,408 @@
+"""Broadcasts between wsevents instances over Redis pub/sub, and the connection directory.
+
+Import it from ``wsevents.transports.redis`` (``import wsevents`` never loads redis)::
+
+    from wsevents.transports.redis import RedisTransport
+
+    ws = create_ws_app(transport=RedisTransport.from_url("redis://127.0.0.1:6379/0"))
+
+``rediss://`` URLs (TLS) and every option of ``redis.asyncio.from_url`` work. With
+Sentinel, pass a client managed by it; the transport follows failovers by reconnecting::
+
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel = Sentinel([("sentinel-1", 26379), ("sentinel-2", 26379)])
+    transport = RedisTransport(sentinel.master_for("mymaster"))
+
+Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
+
+* ``<prefix>ws:room:<room>``: one channel per room with local members;
+* ``<prefix>ws:broadcast``: server-wide broadcasts;
+* ``<prefix>ws:instance:<instance id>``: each instance's inbox (``send_to``);
+* ``<prefix>probe:<random>``: this transport's private health-check channel;
+* ``<prefix>conn:<connection id>``: a key per open connection whose value is the instance
+  holding it, with a TTL that the live instance refreshes (the directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from ..._aio import TaskSet
+from ...exceptions import TransportError
+from ..base import BaseTransport, Capabilities, PayloadHandler, StateListener
+from ._commands import cause
+from ._directory import RedisDirectory
+from ._pubsub import PubSub
+from ._url import describe_client, redact_url
+
+__all__ = ["RedisTransport", "StateListener", "redact_url"]
+
+log = logging.getLogger("wsevents.transports.redis")
+
+
+class RedisTransport(BaseTransport):
+    """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
+    [`ConnectionDirectory`][wsevents.ConnectionDirectory] and backend state events.
+
+    One dedicated pub/sub connection per transport, read by one reader task. When it
+    breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
+    reader reconnects with exponential backoff and full jitter, resubscribes every live
+    channel and reports the outage to the state listeners. Publishing and the directory go
+    through the client's connection pool. [`capabilities`][] hands over the directory and
+    the state events as objects of their own; the transport's own directory and listener
+    methods do the same.
+
+    Args:
+        client: the ``redis.asyncio.Redis`` client to use (it stays open at [`close`][];
+            a client made by [`from_url`][] is closed).
+        prefix: put before every channel and key name, to share a Redis between apps.
+        ping_interval: seconds between PINGs sent through the pub/sub connection, so a
+            silently dead subscription is noticed.
+        ping_timeout: seconds a PING (and the initial subscription confirmation) may take
+            before the connection is considered dead; also the default of [`health`][].
+        connect_timeout: seconds a (re)connection attempt may take; [`start`][] waits
+            this long for the first connection.
+        command_timeout: seconds a publish or a directory command may take.
+        reconnect_delay: base of the exponential backoff between reconnection attempts.
+        reconnect_max_delay: largest delay between two attempts.
+        directory_ttl: seconds a directory entry lives unless its instance refreshes it
+            (every third of it); the entries of a crashed instance vanish after that.
+        fail_fast: make [`start`][] raise [`TransportError`][wsevents.TransportError] when the
+            first connection is not made within ``connect_timeout``, instead of starting
+            anyway and retrying in the background.
+
+    Failure semantics:
+        * ``publish`` raises [`TransportError`][wsevents.TransportError] (counted in
+          [`publish_failures`][]); while the pub/sub connection is down and a publish has
+          already failed, later publishes fail at once instead of waiting for a timeout.
+        * ``subscribe`` never raises because Redis is unreachable: it keeps the
+          registration, returns at once and the subscription is made on reconnect.
+        * Directory writes of a live instance are restored by its refresh loop when they
+          fail or when Redis loses them (a restart without persistence);
+          ``locate_connection`` raises [`TransportError`][wsevents.TransportError] when Redis cannot
+          answer.
+
+    After [`close`][], [`start`][] may run it again (on any event loop).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "wsevents:",
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 2.0,
+        reconnect_delay: float = 0.1,
+        reconnect_max_delay: float = 5.0,
+        directory_ttl: float = 30.0,
+        fail_fast: bool = False,
+    ) -> None:
+        if min(ping_interval, ping_timeout, connect_timeout, command_timeout) <= 0:
+            raise ValueError("intervals and timeouts must be > 0")
+        if reconnect_delay <= 0 or reconnect_max_delay < reconnect_delay:
+            raise ValueError("need 0 < reconnect_delay <= reconnect_max_delay")
+        if directory_ttl < 0.01:
+            raise ValueError("directory_ttl must be at least 0.01 s")
+        # The options as given; the reader and the directory read them once, here.
+        self.client = client
+        self.prefix = prefix
+        self.ping_interval = float(ping_interval)
+        self.ping_timeout = float(ping_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.command_timeout = float(command_timeout)
+        self.reconnect_delay = float(reconnect_delay)
+        self.reconnect_max_delay = float(reconnect_max_delay)
+        self.directory_ttl = float(directory_ttl)
+        self.fail_fast = fail_fast
+        self._owns_client = False
+        self._tasks = TaskSet()  # every task of the reader, the subscriptions and the hooks
+        self._reader_task: asyncio.Task[None] | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._pubsub = PubSub(
+            client,
+            prefix=prefix,
+            url=describe_client(client),
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            reconnect_delay=self.reconnect_delay,
+            reconnect_max_delay=self.reconnect_max_delay,
+            tasks=self._tasks,
+        )
+        self._directory = RedisDirectory(
+            client,
+            prefix=prefix,
+            ttl=self.directory_ttl,
+            command_timeout=self.command_timeout,
+            pubsub=self._pubsub,
+            ensure_running=self._ensure_tasks,
+        )
+        # Rewrite the directory whenever the connection comes up: Redis may have
+        # restarted empty.
+        self._pubsub.on_up = self._directory.wake
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "wsevents:",
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 2.0,
+        reconnect_delay: float = 0.1,
+        reconnect_max_delay: float = 5.0,
+        directory_ttl: float = 30.0,
+        fail_fast: bool = False,
+        **redis_kwargs: Any,
+    ) -> RedisTransport:
+        """A transport over a new client for ``url`` (closed with the transport).
+
+        ``redis_kwargs`` go to ``redis.asyncio.from_url`` (``password``,
+        ``ssl_ca_certs``, ``client_name``...). No I/O happens here: it may run at import
+        time, outside an event loop. Messages name ``url`` with its password redacted.
+
+        Unless ``retry`` is given, a command that fails on a broken pooled connection (as
+        every pooled connection is after a Redis restart) is retried twice on a fresh one.
+        Pass ``retry=Retry(NoBackoff(), 0)`` to never retry a publish: a publish that Redis
+        executed just before its connection broke would otherwise be delivered twice.
+
+        ``socket_timeout`` defaults to None: every command is bounded by
+        ``command_timeout`` instead. (With a socket timeout, redis-py writes through
+        ``asyncio.wait_for``, which on Python 3.11 can lose a task's cancellation.)
+        """
+        redis_kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.25, base=0.02), 2))
+        redis_kwargs.setdefault("socket_timeout", None)
+        client = aioredis.from_url(url, **redis_kwargs)
+        transport = cls(
+            client,
+            prefix=prefix,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            reconnect_delay=reconnect_delay,
+            reconnect_max_delay=reconnect_max_delay,
+            directory_ttl=directory_ttl,
+            fail_fast=fail_fast,
+        )
+        transport.url = redact_url(url)
+        transport._owns_client = True
+        return transport
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Where Redis is, password redacted (for messages)."""
+        return self._pubsub.url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._pubsub.url = value
+
+    @property
+    def publish_failures(self) -> int:
+        """Publishes that raised [`TransportError`][wsevents.TransportError]."""
+        return self._pubsub.publish_failures
+
+    @property
+    def published(self) -> int:
+        """Publishes that Redis accepted."""
+        return self._pubsub.published
+
+    @property
+    def reconnects(self) -> int:
+        """Times the pub/sub connection came back after being lost."""
+        return self._pubsub.reconnects
+
+    @property
+    def connected(self) -> bool:
+        """True while the pub/sub connection is up with every subscription confirmed."""
+        return self._pubsub.up
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels registered (unprefixed), whether or not Redis is reachable."""
+        return self._pubsub.channels
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """Call ``listener(False)`` when the pub/sub connection is lost (or cannot be made
+        at start) and ``listener(True)`` when it is back with every subscription restored.
+
+        Pushes published by other instances while it was down are lost: the ``True`` call is
+        the moment to resynchronise clients. An async listener runs in a task of its own.
+        """
+        self._pubsub.add_state_listener(listener)
+
+    def remove_state_listener(self, listener: StateListener) -> None:
+        """Stop calling ``listener``."""
+        self._pubsub.remove_state_listener(listener)
+
+    async def health(self, timeout: float | None = None) -> bool:
+        """True when a probe published now comes back through the pub/sub connection.
+
+        It checks the whole path (publish, Redis, subscription, reader), not only that
+        Redis answers.
+        """
+        return await self._pubsub.health(timeout)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the reader and the directory refresh; wait up to ``connect_timeout`` for
+        the first connection (when Redis is not reachable yet, it keeps trying in the
+        background and the app starts anyway, unless ``fail_fast``).
+
+        Raises:
+            TransportError: with ``fail_fast``, Redis did not answer in time (the message
+                names the URL, password redacted, and the last error).
+        """
+        self._set_closed(False)
+        pubsub = self._pubsub
+        if pubsub.up:
+            self._ensure_tasks()
+            return
+        pubsub.quiet_start = self.fail_fast
+        self._ensure_tasks()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await pubsub.up_event.wait()
+        except TimeoutError:
+            reason = cause(pubsub.last_error) if pubsub.last_error is not None else "no answer"
+            if self.fail_fast:
+                await self._stop_background()
+                raise TransportError(
+                    f"Redis at {self.url} did not answer within {self.connect_timeout:g} s: "
+                    f"{reason}"
+                ) from pubsub.last_error
+            log.warning(
+                "Redis at %s did not answer within %g s (%s); starting anyway, retrying in "
+                "the background",
+                self.url,
+                self.connect_timeout,
+                reason,
+            )
+        finally:
+            pubsub.quiet_start = False
+
+    async def close(self) -> None:
+        """Stop the tasks, drop every subscription with the pub/sub connection, delete this
+        instance's directory entries and close the client if [`from_url`][] made it."""
+        self._set_closed(True)
+        tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
+        self._reader_task = self._refresh_task = None
+        self._pubsub.shut()
+        tasks += [t for t in self._tasks if not t.done()]
+        await self._stop_tasks(tasks)
+        await self._directory.clear()
+        self._pubsub.forget_state()
+        self._pubsub.renew_primitives()
+        if self._owns_client:
+            await self.client.aclose()
+
+    def capabilities(self) -> Capabilities:
+        """The connection directory and the backend state events, each its own object."""
+        return Capabilities(directory=self._directory, state_events=self._pubsub)
+
+    # -- BroadcastTransport -------------------------------------------------------------
+
+    async def publish(self, channel: str, payload: str) -> None:
+        """Publish ``payload`` on ``channel`` (prefixed).
+
+        Publishes on one channel reach Redis in the order of the calls, also when they
+        overlap (each waits for the previous one on its channel).
+
+        Raises:
+            TransportError: Redis failed or did not answer within ``command_timeout``.
+        """
+        await self._pubsub.publish(channel, payload)
+
+    async def subscribe(self, channel: str, handler: PayloadHandler) -> None:
+        """Deliver every later payload on ``channel`` to ``handler`` (sync or async).
+
+        Returns once Redis confirmed the subscription, so a publish made afterwards is
+        received. When Redis is unreachable it returns at once, keeping the registration:
+        the subscription is made when the connection is back. Subscribing again replaces
+        the handler.
+        """
+        if not self._pubsub.register(channel, handler):
+            return
+        if self._reader_task is None and not self._pubsub.closed:
+            await self.start()
+            return  # the first connection subscribed every registered channel
+        await self._pubsub.subscribe_live(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel``; payloads not yet handled are dropped."""
+        await self._pubsub.unsubscribe(channel)
+
+    # -- ConnectionDirectory (the same as capabilities().directory) ---------------------
+
+    async def register_connection(self, connection_id: str, instance_id: str) -> None:
+        """Record that ``connection_id`` lives on ``instance_id`` (refreshed while open).
+
+        When Redis is unreachable the entry is kept locally and written on reconnect.
+        """
+        await self._directory.register_connection(connection_id, instance_id)
+
+    async def unregister_connection(self, connection_id: str) -> None:
+        """Delete ``connection_id``'s entry (if Redis is unreachable, it expires)."""
+        await self._directory.unregister_connection(connection_id)
+
+    async def locate_connection(self, connection_id: str) -> str | None:
+        """The instance id holding ``connection_id``, or None.
+
+        Raises:
+            TransportError: Redis cannot answer.
+        """
+        return await self._directory.locate_connection(connection_id)
+
+    # -- internals: the background tasks ------------------------------------------------
+
+    def _set_closed(self, closed: bool) -> None:
+        self._pubsub.closed = self._directory.closed = closed
+
+    def _ensure_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._reader_task is None:
+            self._reader_task = loop.create_task(self._pubsub.read_forever(), name="wsevents-redis")
+        if self._refresh_task is None:
+            self._refresh_task = loop.create_task(
+                self._directory.refresh_forever(), name="wsevents-redis-directory"
+            )
+
+    async def _stop_background(self) -> None:
+        """Stop the reader and the refresh after a failed fail-fast start (registrations
+        stay, so a later [`start`][] can try again)."""
+        tasks = [t for t in (self._reader_task, self._refresh_task) if t is not None]
+        self._reader_task = self._refresh_task = None
+        await self._stop_tasks([*tasks, *(t for t in self._tasks if not t.done())])
+        self._pubsub.forget_state()
+
+    @staticmethod
+    async def _stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel ``tasks`` and wait for them, cancelling again if one ignores it.
+
+        A cancellation can be lost inside redis-py on Python 3.11 (see [`from_url`][]);
+        the loops also stop on ``closed``, so a second request ends them.
+        """
+        pending = {t for t in tasks if not t.done()}
+        for _ in range(20):
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.25)
+        log.warning("%d Redis transport task(s) did not stop", len(pending))
