@@ -167,7 +167,15 @@ LAYER_ORDER = [
     "client",
 ]
 # May import anything; nothing in the package imports them.
-TOP = {"", "testing", "__main__"}
+TESTING = {
+    "testing",
+    "testing.contexts",
+    "testing.client",
+    "testing.conformance",
+    "testing.cluster",
+    "testing.plugin",
+}
+TOP = {"", "__main__"} | TESTING
 # The client talks to servers over aiohttp: of the package it may use the core and _aio.
 CLIENT_MAY_IMPORT = {"exceptions", "protocol", "routing", "_aio"}
 
@@ -243,3 +251,14 @@ def test_the_import_scan_sees_an_upward_import_inside_a_function(tmp_path: Path)
     nested = tmp_path / "redis.py"
     nested.write_text("from ..exceptions import TransportError\n", encoding="utf-8")
     assert _package_imports("transports.redis", nested) == {"exceptions"}
+
+
+def test_only_the_pytest_plugin_imports_pytest() -> None:
+    # wsevents.testing must work without pytest (check_transport in a plain script).
+    importers = sorted(
+        name
+        for name, source in _package_modules().items()
+        for node in _runtime_imports(ast.parse(source.read_text(encoding="utf-8")))
+        if any(m.split(".")[0] == "pytest" for m in _imported_modules(node))
+    )
+    assert importers == ["testing.plugin"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,97 @@ from wsevents.testing import (
 )
 
 TIMEOUT = 5.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+
+
+# -- the package and its plugin ---------------------------------------------------------------
+
+
+def test_every_helper_imports_without_pytest() -> None:
+    script = """
+import sys
+sys.modules["pytest"] = None  # importing pytest now fails
+import wsevents.testing
+fixtures = {"ws_client", "ws_cluster"}
+for name in sorted(set(wsevents.testing.__all__) - fixtures):
+    assert getattr(wsevents.testing, name) is not None, name
+from wsevents.testing import ClientFactory, ClusterFactory
+try:
+    wsevents.testing.ws_client
+except ImportError:
+    print("the fixtures need pytest")
+"""
+    result = run_python(script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "the fixtures need pytest"
+
+
+def test_check_transport_runs_under_plain_asyncio_without_pytest() -> None:
+    script = """
+import asyncio
+import sys
+sys.modules["pytest"] = None
+from wsevents import MemoryBus, MemoryTransport
+from wsevents.testing import check_transport
+
+
+class Silent(MemoryTransport):
+    async def publish(self, channel, payload):
+        pass
+
+
+async def main():
+    bus = MemoryBus()
+    await check_transport(lambda: MemoryTransport(bus))
+    print("memory passes")
+    try:
+        await check_transport(lambda: Silent(bus), timeout=0.2)
+    except AssertionError as exc:
+        print(str(exc).split(":")[0])
+
+
+asyncio.run(main())
+"""
+    result = run_python(script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["memory passes", "check_transport [delivery]"]
+
+
+def test_the_plugin_loads_nothing_of_wsevents_but_itself() -> None:
+    # pytest imports the plugin before ``pytest --cov`` starts: whatever it imports is not
+    # measured. ``import wsevents`` (the parent package) cannot be avoided.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    plugin = pyproject["project"]["entry-points"]["pytest11"]["wsevents"]
+    script = f"""
+import importlib
+import sys
+import wsevents
+before = set(sys.modules)
+module = importlib.import_module({plugin!r})
+assert {{"ws_client", "ws_cluster"}} <= set(vars(module)), "the fixtures are in the plugin"
+loaded = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("wsevents", "aiohttp"))
+print(",".join(loaded))
+"""
+    result = run_python(script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "wsevents.testing,wsevents.testing.plugin"
+
+
+def test_the_fixtures_are_importable_from_the_package() -> None:
+    import wsevents.testing
+    from wsevents.testing import plugin
+
+    assert wsevents.testing.ws_client is plugin.ws_client
+    assert wsevents.testing.ws_cluster is plugin.ws_cluster
+    assert {"ws_client", "ws_cluster", "WsTestClient"} <= set(dir(wsevents.testing))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        wsevents.testing.nothing  # noqa: B018
 
 
 # -- fake contexts ----------------------------------------------------------------------------

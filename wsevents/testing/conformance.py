@@ -1,0 +1,436 @@
+"""The conformance suite of broadcast transports.
+
+[`check_transport`][wsevents.testing.conformance.check_transport] is plain asyncio: it
+needs no pytest, and reports a failure as an ``AssertionError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..transports.base import BroadcastTransport
+
+__all__ = ["TransportFactory", "check_transport"]
+
+
+TransportFactory = Callable[[], "BroadcastTransport | Awaitable[BroadcastTransport]"]
+"""Makes one more transport on the shared medium (see [`check_transport`][])."""
+
+
+class _Inbox:
+    """What one subscriber received, per channel, and a way to wait for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: dict[str, list[str]] = {}
+        self.generations: dict[str, list[int]] = {}
+        self.not_str: list[Any] = []
+        self._changed = asyncio.Event()
+
+    def handler(self, channel: str, *, generation: int = 0, is_async: bool = False) -> Any:
+        def record(payload: Any) -> None:
+            if not isinstance(payload, str):
+                self.not_str.append(payload)
+                payload = repr(payload)
+            self.received.setdefault(channel, []).append(payload)
+            self.generations.setdefault(channel, []).append(generation)
+            self._changed.set()
+
+        if not is_async:
+            return record
+
+        async def handle(payload: Any) -> None:
+            await asyncio.sleep(0)  # really suspend: the transport must await the handler
+            record(payload)
+
+        return handle
+
+    def on(self, channel: str) -> list[str]:
+        return self.received.get(channel, [])
+
+
+class _TransportRun:
+    """One check of [`check_transport`][]: its transports, channels and failures."""
+
+    def __init__(
+        self, factory: TransportFactory, prefix: str, check: str, timeout: float, quiet: float
+    ) -> None:
+        self.factory = factory
+        self.prefix = prefix
+        self.check = check
+        self.timeout = timeout
+        self.quiet = quiet
+        self.opened: list[tuple[str, Any, set[str]]] = []
+
+    def fail(self, text: str) -> AssertionError:
+        return AssertionError(f"check_transport [{self.check}]: {text}")
+
+    def channel(self, name: str) -> str:
+        return f"{self.prefix}{self.check}:{name}"
+
+    async def call(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Call an async transport method, bounded by the timeout."""
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                await fn(*args)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise self.fail(f"{what} did not return within {self.timeout} s") from None
+            raise self.fail(f"{what} raised {exc!r}") from exc
+
+    async def open(self, name: str) -> _Probe:
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                transport = self.factory()
+                if inspect.isawaitable(transport):
+                    transport = await transport
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise self.fail(f"the factory did not return within {self.timeout} s") from None
+            raise self.fail(f"the factory raised {exc!r}") from exc
+        for method in ("publish", "subscribe", "unsubscribe", "start", "close"):
+            fn = getattr(transport, method, None)
+            if not callable(fn):
+                raise self.fail(f"the factory returned {transport!r}, which has no {method}()")
+            if not inspect.iscoroutinefunction(fn):
+                raise self.fail(f"{name}: {method}() is not async (the contract is async)")
+        probe = _Probe(self, name, transport)
+        self.opened.append((name, transport, probe.channels))
+        await self.call(f"{name}.start()", transport.start)
+        return probe
+
+    async def close(self) -> None:
+        """Unsubscribe what each transport opened still has, then close it."""
+        errors: list[str] = []
+        for name, transport, channels in self.opened:
+            try:
+                for channel in sorted(channels):
+                    await self.call(
+                        f"{name}.unsubscribe({channel!r})", transport.unsubscribe, channel
+                    )
+                await self.call(f"{name}.close()", transport.close)
+            except AssertionError as exc:
+                errors.append(str(exc))
+        self.opened.clear()
+        if errors:
+            raise AssertionError("; ".join(errors))
+
+    async def wait(self, inbox: _Inbox, channel: str, count: int, what: str) -> None:
+        """Wait until ``inbox`` holds ``count`` payloads on ``channel``."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                while len(inbox.on(channel)) < count:
+                    inbox._changed.clear()
+                    await inbox._changed.wait()
+        except TimeoutError:
+            got = inbox.on(channel)
+            raise self.fail(
+                f"{what}: subscriber {inbox.name} received {len(got)} of {count} payloads on "
+                f"{channel!r} within {self.timeout} s (first received: {got[:5]!r})"
+            ) from None
+
+    async def quiet_window(self) -> None:
+        """Let late (duplicate or stray) deliveries arrive before counting."""
+        await asyncio.sleep(self.quiet)
+
+    def expect(self, inbox: _Inbox, channel: str, expected: list[str], what: str) -> None:
+        """``inbox`` received exactly ``expected`` on ``channel``, in that order."""
+        if inbox.not_str:
+            raise self.fail(
+                f"{what}: subscriber {inbox.name} was called with a non-str payload "
+                f"{inbox.not_str[0]!r} (handlers receive the published str)"
+            )
+        got = inbox.on(channel)
+        if got == expected:
+            return
+        missing = [p for p in expected if p not in got]
+        foreign = [p for p in got if p not in expected]
+        dupes = sorted({p for p in got if got.count(p) > 1})
+        if missing:
+            detail = f"lost {len(missing)} payload(s), e.g. {missing[:3]!r}"
+        elif foreign:
+            detail = f"received {len(foreign)} payload(s) not published there, e.g. {foreign[:3]!r}"
+        elif dupes:
+            detail = f"received duplicates, e.g. {dupes[:3]!r}"
+        else:
+            first = next(i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e)
+            detail = f"out of order from position {first}: {got[first : first + 3]!r}"
+        raise self.fail(
+            f"{what}: subscriber {inbox.name} on {channel!r} {detail} "
+            f"({len(got)} received, {len(expected)} expected)"
+        )
+
+
+class _Probe:
+    """One transport under test, with bounded calls and a record of its subscriptions."""
+
+    def __init__(self, run: _TransportRun, name: str, transport: Any) -> None:
+        self.run = run
+        self.name = name
+        self.transport = transport
+        self.channels: set[str] = set()
+
+    async def publish(self, channel: str, payload: str) -> None:
+        await self.run.call(
+            f"{self.name}.publish({channel!r})", self.transport.publish, channel, payload
+        )
+
+    async def subscribe(self, channel: str, handler: Any) -> None:
+        await self.run.call(
+            f"{self.name}.subscribe({channel!r})", self.transport.subscribe, channel, handler
+        )
+        self.channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self.run.call(
+            f"{self.name}.unsubscribe({channel!r})", self.transport.unsubscribe, channel
+        )
+        self.channels.discard(channel)
+
+
+async def _check_delivery(run: _TransportRun) -> None:
+    a, b, c = await run.open("a"), await run.open("b"), await run.open("c")
+    channel = run.channel("room")
+    inbox_a, inbox_b = _Inbox("a"), _Inbox("b")
+    await a.subscribe(channel, inbox_a.handler(channel))
+    await b.subscribe(channel, inbox_b.handler(channel, is_async=True))
+    await c.publish(channel, "one")
+    await c.publish(channel, "two")
+    what = "a publish reaches every subscriber of the channel"
+    for inbox in (inbox_a, inbox_b):
+        await run.wait(inbox, channel, 2, what)
+    await run.quiet_window()
+    for inbox in (inbox_a, inbox_b):
+        run.expect(inbox, channel, ["one", "two"], what)
+
+
+async def _check_echo(run: _TransportRun) -> None:
+    a, b = await run.open("a"), await run.open("b")
+    channel = run.channel("room")
+    inbox_a, inbox_b = _Inbox("a (the publisher)"), _Inbox("b")
+    await a.subscribe(channel, inbox_a.handler(channel))
+    await b.subscribe(channel, inbox_b.handler(channel))
+    await a.publish(channel, "echo")
+    what = "the publisher's own subscriber receives its publish (echo, like Redis pub/sub)"
+    await run.wait(inbox_b, channel, 1, what)
+    await run.wait(inbox_a, channel, 1, what)
+    await run.quiet_window()
+    run.expect(inbox_a, channel, ["echo"], what)
+    run.expect(inbox_b, channel, ["echo"], what)
+
+
+async def _check_subscribe_is_live(run: _TransportRun) -> None:
+    a, b = await run.open("a"), await run.open("b")
+    inbox_a, inbox_b = _Inbox("a"), _Inbox("b")
+    rounds = 20
+    for i in range(rounds):
+        remote, own = run.channel(f"remote-{i}"), run.channel(f"own-{i}")
+        await b.subscribe(remote, inbox_b.handler(remote))
+        await a.publish(remote, f"remote-{i}")
+        await a.subscribe(own, inbox_a.handler(own))
+        await a.publish(own, f"own-{i}")
+    what = "a publish right after subscribe() returned is delivered"
+    for i in range(rounds):
+        await run.wait(inbox_b, run.channel(f"remote-{i}"), 1, what)
+        await run.wait(inbox_a, run.channel(f"own-{i}"), 1, what)
+    await run.quiet_window()
+    for i in range(rounds):
+        run.expect(inbox_b, run.channel(f"remote-{i}"), [f"remote-{i}"], what)
+        run.expect(inbox_a, run.channel(f"own-{i}"), [f"own-{i}"], what)
+
+
+async def _check_unsubscribe(run: _TransportRun) -> None:
+    a, b = await run.open("a"), await run.open("b")
+    channel, other = run.channel("room"), run.channel("other")
+    inbox_a, inbox_b = _Inbox("a"), _Inbox("b")
+    await a.subscribe(channel, inbox_a.handler(channel))
+    await b.subscribe(channel, inbox_b.handler(channel))
+    await b.subscribe(other, inbox_b.handler(other))
+    await a.publish(channel, "before")
+    await run.wait(inbox_b, channel, 1, "delivery before unsubscribe")
+    await b.unsubscribe(channel)
+    await a.publish(channel, "after-1")
+    await a.publish(channel, "after-2")
+    await a.publish(other, "other")
+    await run.wait(inbox_a, channel, 3, "a subscriber that stayed keeps receiving")
+    await run.wait(inbox_b, other, 1, "unsubscribing one channel keeps the others")
+    await run.quiet_window()
+    run.expect(inbox_b, channel, ["before"], "unsubscribe() stops delivery")
+    run.expect(inbox_a, channel, ["before", "after-1", "after-2"], "delivery to the others")
+    await b.subscribe(channel, inbox_b.handler(channel, generation=1))
+    await a.publish(channel, "again")
+    what = "subscribing again after unsubscribe() delivers new payloads only"
+    await run.wait(inbox_b, channel, 2, what)
+    await run.quiet_window()
+    run.expect(inbox_b, channel, ["before", "again"], what)
+
+
+async def _check_order(run: _TransportRun) -> None:
+    a, b = await run.open("a"), await run.open("b")
+    channel = run.channel("room")
+    inbox_a, inbox_b = _Inbox("a"), _Inbox("b")
+    await a.subscribe(channel, inbox_a.handler(channel))
+    await b.subscribe(channel, inbox_b.handler(channel))
+    payloads = [f"{i:03d}" for i in range(200)]
+    for payload in payloads:
+        await a.publish(channel, payload)
+    what = "payloads on one channel arrive in publish order"
+    for inbox in (inbox_b, inbox_a):
+        await run.wait(inbox, channel, len(payloads), what)
+    await run.quiet_window()
+    for inbox in (inbox_b, inbox_a):
+        run.expect(inbox, channel, payloads, what)
+
+
+# Room names are free text: glob characters and prefixes of each other must stay apart.
+_ISOLATION_NAMES = (
+    "plain",
+    "plain:sub",
+    "glob*",
+    "glob?",
+    "br[ac]ket",
+    "/chat/general",
+    "/chat/general/",
+    "with space",
+    "uni-ĉambro",
+    "team:a:b",
+)
+_STRAY_NAMES = ("plain:", "glob-stray", "globZ", "braket", "/chat", "team:a")
+
+
+async def _check_isolation(run: _TransportRun) -> None:
+    a, b = await run.open("a"), await run.open("b")
+    inbox = _Inbox("b")
+    channels = [run.channel(name) for name in _ISOLATION_NAMES]
+    channels += [run.channel(f"many-{i}") for i in range(20)]
+    strays = [run.channel(name) for name in _STRAY_NAMES]
+    for channel in channels:
+        await b.subscribe(channel, inbox.handler(channel))
+    per_channel = 5
+    for k in range(per_channel):
+        for i, channel in enumerate(channels):
+            await a.publish(channel, f"{i}:{k}")
+        for stray in strays:
+            await a.publish(stray, f"stray:{k}")
+    what = "payloads never cross channels"
+    for channel in channels:
+        await run.wait(inbox, channel, per_channel, what)
+    await run.quiet_window()
+    for i, channel in enumerate(channels):
+        run.expect(inbox, channel, [f"{i}:{k}" for k in range(per_channel)], what)
+    leaked = {ch: got for ch, got in inbox.received.items() if ch not in channels}
+    if leaked:
+        raise run.fail(f"{what}: unsubscribed channels were delivered: {leaked!r}")
+
+
+async def _check_churn(run: _TransportRun) -> None:
+    a, b, c = await run.open("a"), await run.open("b"), await run.open("c")
+    rng = random.Random(20240601)  # fixed: a failure reproduces
+    channels = [run.channel(f"churn-{i}") for i in range(24)]
+    inboxes = {"a": _Inbox("a"), "b": _Inbox("b")}
+    final: dict[tuple[str, str], int | None] = {}
+    generations = itertools.count(1)
+
+    async def churn(probe: _Probe, channel: str, ops: int, pauses: list[int]) -> None:
+        for k in range(ops):
+            if k % 2 == 0:
+                generation = next(generations)
+                handler = inboxes[probe.name].handler(channel, generation=generation)
+                await probe.subscribe(channel, handler)
+                final[probe.name, channel] = generation
+            else:
+                await probe.unsubscribe(channel)
+                final[probe.name, channel] = None
+            for _ in range(pauses[k]):
+                await asyncio.sleep(0)  # interleave with the other channels' calls
+
+    jobs = []
+    for probe in (a, b):
+        for channel in channels:
+            ops = rng.randint(1, 6)
+            jobs.append(churn(probe, channel, ops, [rng.randrange(3) for _ in range(ops)]))
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    for channel in channels:
+        await c.publish(channel, "final")
+    what = "after concurrent subscribe/unsubscribe churn, exactly the last state holds"
+    for (name, channel), generation in final.items():
+        if generation is not None:
+            await run.wait(inboxes[name], channel, 1, what)
+    await run.quiet_window()
+    for (name, channel), generation in sorted(final.items()):
+        inbox = inboxes[name]
+        run.expect(inbox, channel, ["final"] if generation is not None else [], what)
+        if generation is not None and inbox.generations[channel] != [generation]:
+            raise run.fail(
+                f"{what}: {name} on {channel!r} delivered to the handler of an earlier "
+                f"subscribe() (generation {inbox.generations[channel]}, latest {generation})"
+            )
+
+
+_TRANSPORT_CHECKS: tuple[tuple[str, Callable[[_TransportRun], Awaitable[None]]], ...] = (
+    ("delivery", _check_delivery),
+    ("echo", _check_echo),
+    ("subscribe-is-live", _check_subscribe_is_live),
+    ("unsubscribe", _check_unsubscribe),
+    ("order", _check_order),
+    ("isolation", _check_isolation),
+    ("churn", _check_churn),
+)
+
+
+async def check_transport(
+    factory: TransportFactory,
+    *,
+    channel_prefix: str = "wsevents-test:",
+    timeout: float = 5.0,
+    quiet: float = 0.2,
+) -> None:
+    """The conformance suite every [`BroadcastTransport`][wsevents.BroadcastTransport] must pass.
+
+    ``factory`` is called several times per check (sync or async); every transport it
+    returns must be on the **same medium** (one [`MemoryBus`][wsevents.MemoryBus], one Redis
+    server...), since the checks publish on one and expect delivery on another. Its
+    ``publish``, ``subscribe``, ``unsubscribe``, ``start`` and ``close`` must be ``async``
+    (as [`BroadcastTransport`][wsevents.BroadcastTransport] says); ``start()`` is called
+    after creation and ``close()`` at the end of each check.
+
+    It checks, on fresh channels under ``channel_prefix`` plus a random run id: delivery
+    to every subscriber of a channel (sync and async handlers); echo to the publisher's own
+    subscriber (like Redis pub/sub); that a publish right after ``subscribe()`` returned is
+    delivered; that ``unsubscribe()`` stops delivery on that channel only; per-channel
+    order of 200 payloads; isolation of many channels (also names with glob characters and
+    names that prefix each other); and that concurrent subscribe/unsubscribe churn leaves
+    exactly the last state, each subscription delivering once to its latest handler.
+
+    Every wait is bounded by ``timeout`` seconds; ``quiet`` is the window given to late
+    duplicates before counting.
+
+    Raises:
+        AssertionError: the first check that fails, naming the check and what went wrong.
+
+    Example:
+        ``bus = MemoryBus(); await check_transport(lambda: MemoryTransport(bus))``
+    """
+    prefix = f"{channel_prefix}{uuid.uuid4().hex[:12]}:"
+    for name, check in _TRANSPORT_CHECKS:
+        run = _TransportRun(factory, prefix, name, timeout, quiet)
+        try:
+            await check(run)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await run.close()
+            raise
+        await run.close()
