@@ -221,6 +221,25 @@ class FailingPublishTransport(MemoryTransport):
         raise ConnectionError("backend down")
 
 
+class DoubleEchoTransport(MemoryTransport):
+    """Echoes each payload to the publisher's own subscriber twice, the second copy only
+    when the next payload on that channel is published (so no wait for a count sees it)."""
+
+    def __init__(self, bus: MemoryBus) -> None:
+        super().__init__(bus)
+        self.held: dict[str, str] = {}
+
+    async def publish(self, channel: str, payload: str) -> None:
+        own = self._subs.get(channel)
+        held = self.held.pop(channel, None)
+        for sub in self.bus.channels.get(channel, ()):
+            if sub is own and held is not None:
+                sub.queue.put_nowait(held)
+            sub.queue.put_nowait(payload)
+        if own is not None:
+            self.held[channel] = payload
+
+
 class DuplicatingTransport(MemoryTransport):
     """Delivers every payload twice."""
 
@@ -241,6 +260,7 @@ BROKEN: list[tuple[type[MemoryTransport], str]] = [
     (HangingSubscribeTransport, r"\[delivery\].*subscribe\(.*\) did not return within 0.5 s"),
     (FailingPublishTransport, r"\[delivery\].*publish\(.*\) raised ConnectionError"),
     (DuplicatingTransport, r"\[delivery\].*duplicates"),
+    (DoubleEchoTransport, r"\[echo\].*a \(the publisher\) on .* received duplicates"),
 ]
 
 

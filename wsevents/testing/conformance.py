@@ -2,6 +2,14 @@
 
 [`check_transport`][wsevents.testing.conformance.check_transport] is plain asyncio: it
 needs no pytest, and reports a failure as an ``AssertionError``.
+
+Absence is proven by order, never by waiting: the contract orders the payloads of one
+channel from one publisher at each subscriber. So after the payloads a check expects, the
+same publisher publishes a **barrier** payload on the same channel; once a subscriber has
+the barrier, anything that channel would still bring it (a duplicate, a payload published
+after ``unsubscribe()``, a stray from another channel delivered through this subscription)
+would have come before, and what it received is final. Each check says which barrier
+proves what.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import itertools
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ..transports.base import BroadcastTransport
@@ -60,15 +68,13 @@ class _Inbox:
 class _TransportRun:
     """One check of [`check_transport`][]: its transports, channels and failures."""
 
-    def __init__(
-        self, factory: TransportFactory, prefix: str, check: str, timeout: float, quiet: float
-    ) -> None:
+    def __init__(self, factory: TransportFactory, prefix: str, check: str, timeout: float) -> None:
         self.factory = factory
         self.prefix = prefix
         self.check = check
         self.timeout = timeout
-        self.quiet = quiet
         self.opened: list[tuple[str, Any, set[str]]] = []
+        self._barriers = itertools.count(1)
 
     def fail(self, text: str) -> AssertionError:
         return AssertionError(f"check_transport [{self.check}]: {text}")
@@ -139,36 +145,87 @@ class _TransportRun:
                 f"{channel!r} within {self.timeout} s (first received: {got[:5]!r})"
             ) from None
 
-    async def quiet_window(self) -> None:
-        """Let late (duplicate or stray) deliveries arrive before counting."""
-        await asyncio.sleep(self.quiet)
+    async def received(self, inbox: _Inbox, channel: str, expected: list[str], what: str) -> None:
+        """Wait for as many payloads as ``expected`` holds; what came so far must match it."""
+        await self.wait(inbox, channel, len(expected), what)
+        self.expect(inbox, channel, expected, what, so_far=True)
 
-    def expect(self, inbox: _Inbox, channel: str, expected: list[str], what: str) -> None:
-        """``inbox`` received exactly ``expected`` on ``channel``, in that order."""
+    async def barrier(self, publisher: _Probe, watches: list[_Watch], what: str) -> None:
+        """Publish a barrier on each watched channel and wait for it; then each watched
+        subscriber received exactly ``expected`` and the barrier, in that order.
+
+        ``publisher`` must be the one that published the payloads the watches expect: the
+        contract orders one publisher's payloads on a channel, so anything more that the
+        channel brings before the barrier shows up here (see the module's docstring).
+        """
+        barriers: dict[str, str] = {}
+        for watch in watches:
+            if watch.channel not in barriers:
+                barriers[watch.channel] = f"~barrier-{next(self._barriers)}~"
+                await publisher.publish(watch.channel, barriers[watch.channel])
+        for inbox, channel, expected, foreign in watches:
+            final = [*expected, barriers[channel]]
+            try:
+                async with asyncio.timeout(self.timeout):
+                    while barriers[channel] not in inbox.on(channel):
+                        inbox._changed.clear()
+                        await inbox._changed.wait()
+            except TimeoutError:
+                self.expect(inbox, channel, final, what, so_far=True, foreign=foreign)
+                raise self.fail(
+                    f"{what}: subscriber {inbox.name} did not receive the barrier published "
+                    f"after the checked payloads on {channel!r} within {self.timeout} s "
+                    f"(received: {inbox.on(channel)[:5]!r})"
+                ) from None
+            self.expect(inbox, channel, final, what, foreign=foreign)
+
+    def expect(
+        self,
+        inbox: _Inbox,
+        channel: str,
+        expected: list[str],
+        what: str,
+        *,
+        so_far: bool = False,
+        foreign: str = "not published there",
+    ) -> None:
+        """``inbox`` received exactly ``expected`` on ``channel``, in that order.
+
+        With ``so_far``, what arrived until now must be the start of ``expected``.
+        """
         if inbox.not_str:
             raise self.fail(
                 f"{what}: subscriber {inbox.name} was called with a non-str payload "
                 f"{inbox.not_str[0]!r} (handlers receive the published str)"
             )
         got = inbox.on(channel)
-        if got == expected:
+        if got == (expected[: len(got)] if so_far else expected):
             return
-        missing = [p for p in expected if p not in got]
-        foreign = [p for p in got if p not in expected]
+        missing = [] if so_far else [p for p in expected if p not in got]
+        strays = [p for p in got if p not in expected]
         dupes = sorted({p for p in got if got.count(p) > 1})
         if missing:
             detail = f"lost {len(missing)} payload(s), e.g. {missing[:3]!r}"
-        elif foreign:
-            detail = f"received {len(foreign)} payload(s) not published there, e.g. {foreign[:3]!r}"
+        elif strays:
+            detail = f"received {len(strays)} payload(s) {foreign}, e.g. {strays[:3]!r}"
         elif dupes:
             detail = f"received duplicates, e.g. {dupes[:3]!r}"
         else:
-            first = next(i for i, (g, e) in enumerate(zip(got, expected, strict=True)) if g != e)
+            first = next(i for i, (g, e) in enumerate(zip(got, expected, strict=False)) if g != e)
             detail = f"out of order from position {first}: {got[first : first + 3]!r}"
         raise self.fail(
             f"{what}: subscriber {inbox.name} on {channel!r} {detail} "
             f"({len(got)} received, {len(expected)} expected)"
         )
+
+
+class _Watch(NamedTuple):
+    """A subscriber's channel that a barrier closes, and what it must hold before it."""
+
+    inbox: _Inbox
+    channel: str
+    expected: list[str]
+    foreign: str = "not published there"  # how to name a payload it should not have
 
 
 class _Probe:
@@ -204,14 +261,16 @@ async def _check_delivery(run: _TransportRun) -> None:
     inbox_a, inbox_b = _Inbox("a"), _Inbox("b")
     await a.subscribe(channel, inbox_a.handler(channel))
     await b.subscribe(channel, inbox_b.handler(channel, is_async=True))
-    await c.publish(channel, "one")
-    await c.publish(channel, "two")
+    payloads = ["one", "two"]
+    for payload in payloads:
+        await c.publish(channel, payload)
     what = "a publish reaches every subscriber of the channel"
     for inbox in (inbox_a, inbox_b):
-        await run.wait(inbox, channel, 2, what)
-    await run.quiet_window()
-    for inbox in (inbox_a, inbox_b):
-        run.expect(inbox, channel, ["one", "two"], what)
+        await run.received(inbox, channel, payloads, what)
+    # c's barrier comes after any duplicate of c's payloads on this channel.
+    await run.barrier(
+        c, [_Watch(inbox_a, channel, payloads), _Watch(inbox_b, channel, payloads)], what
+    )
 
 
 async def _check_echo(run: _TransportRun) -> None:
@@ -222,11 +281,11 @@ async def _check_echo(run: _TransportRun) -> None:
     await b.subscribe(channel, inbox_b.handler(channel))
     await a.publish(channel, "echo")
     what = "the publisher's own subscriber receives its publish (echo, like Redis pub/sub)"
-    await run.wait(inbox_b, channel, 1, what)
-    await run.wait(inbox_a, channel, 1, what)
-    await run.quiet_window()
-    run.expect(inbox_a, channel, ["echo"], what)
-    run.expect(inbox_b, channel, ["echo"], what)
+    await run.received(inbox_b, channel, ["echo"], what)
+    await run.received(inbox_a, channel, ["echo"], what)
+    # a's barrier comes after a second echo, to a's own subscriber as to b.
+    watches = [_Watch(inbox_a, channel, ["echo"]), _Watch(inbox_b, channel, ["echo"])]
+    await run.barrier(a, watches, what)
 
 
 async def _check_subscribe_is_live(run: _TransportRun) -> None:
@@ -240,13 +299,14 @@ async def _check_subscribe_is_live(run: _TransportRun) -> None:
         await a.subscribe(own, inbox_a.handler(own))
         await a.publish(own, f"own-{i}")
     what = "a publish right after subscribe() returned is delivered"
+    watches: list[_Watch] = []
     for i in range(rounds):
-        await run.wait(inbox_b, run.channel(f"remote-{i}"), 1, what)
-        await run.wait(inbox_a, run.channel(f"own-{i}"), 1, what)
-    await run.quiet_window()
-    for i in range(rounds):
-        run.expect(inbox_b, run.channel(f"remote-{i}"), [f"remote-{i}"], what)
-        run.expect(inbox_a, run.channel(f"own-{i}"), [f"own-{i}"], what)
+        remote, own = run.channel(f"remote-{i}"), run.channel(f"own-{i}")
+        await run.received(inbox_b, remote, [f"remote-{i}"], what)
+        await run.received(inbox_a, own, [f"own-{i}"], what)
+        watches += [_Watch(inbox_b, remote, [f"remote-{i}"]), _Watch(inbox_a, own, [f"own-{i}"])]
+    # a published everything: its barrier on each channel comes after any duplicate.
+    await run.barrier(a, watches, what)
 
 
 async def _check_unsubscribe(run: _TransportRun) -> None:
@@ -257,22 +317,30 @@ async def _check_unsubscribe(run: _TransportRun) -> None:
     await b.subscribe(channel, inbox_b.handler(channel))
     await b.subscribe(other, inbox_b.handler(other))
     await a.publish(channel, "before")
-    await run.wait(inbox_b, channel, 1, "delivery before unsubscribe")
+    await run.received(inbox_b, channel, ["before"], "delivery before unsubscribe")
     await b.unsubscribe(channel)
     await a.publish(channel, "after-1")
     await a.publish(channel, "after-2")
     await a.publish(other, "other")
-    await run.wait(inbox_a, channel, 3, "a subscriber that stayed keeps receiving")
-    await run.wait(inbox_b, other, 1, "unsubscribing one channel keeps the others")
-    await run.quiet_window()
-    run.expect(inbox_b, channel, ["before"], "unsubscribe() stops delivery")
-    run.expect(inbox_a, channel, ["before", "after-1", "after-2"], "delivery to the others")
+    stayed = ["before", "after-1", "after-2"]
+    await run.received(inbox_a, channel, stayed, "a subscriber that stayed keeps receiving")
+    await run.received(inbox_b, other, ["other"], "unsubscribing one channel keeps the others")
+    # Unsubscribed, b cannot see a barrier on the channel: it subscribes again, and a
+    # publishes "again", then the barrier. A payload of a's published after unsubscribe()
+    # that still reached b comes, on this channel, before them; a transport that replays
+    # payloads published before subscribe() shows them here too.
     await b.subscribe(channel, inbox_b.handler(channel, generation=1))
     await a.publish(channel, "again")
-    what = "subscribing again after unsubscribe() delivers new payloads only"
-    await run.wait(inbox_b, channel, 2, what)
-    await run.quiet_window()
-    run.expect(inbox_b, channel, ["before", "again"], what)
+    what = "unsubscribe() stops delivery, and subscribing again delivers new payloads only"
+    await run.barrier(
+        a,
+        [
+            _Watch(inbox_b, channel, ["before", "again"], "published while it was unsubscribed"),
+            _Watch(inbox_a, channel, [*stayed, "again"]),
+            _Watch(inbox_b, other, ["other"]),
+        ],
+        what,
+    )
 
 
 async def _check_order(run: _TransportRun) -> None:
@@ -286,10 +354,11 @@ async def _check_order(run: _TransportRun) -> None:
         await a.publish(channel, payload)
     what = "payloads on one channel arrive in publish order"
     for inbox in (inbox_b, inbox_a):
-        await run.wait(inbox, channel, len(payloads), what)
-    await run.quiet_window()
-    for inbox in (inbox_b, inbox_a):
-        run.expect(inbox, channel, payloads, what)
+        await run.received(inbox, channel, payloads, what)
+    # a's barrier comes after a late duplicate of any of a's payloads.
+    await run.barrier(
+        a, [_Watch(inbox_b, channel, payloads), _Watch(inbox_a, channel, payloads)], what
+    )
 
 
 # Room names are free text: glob characters and prefixes of each other must stay apart.
@@ -306,28 +375,46 @@ _ISOLATION_NAMES = (
     "team:a:b",
 )
 _STRAY_NAMES = ("plain:", "glob-stray", "globZ", "braket", "/chat", "team:a")
+# Strays nobody subscribes to (the others have a witness subscriber).
+_UNHEARD_NAMES = ("nobody", "glob-nobody")
 
 
 async def _check_isolation(run: _TransportRun) -> None:
-    a, b = await run.open("a"), await run.open("b")
+    a, b, c = await run.open("a"), await run.open("b"), await run.open("c")
     inbox = _Inbox("b")
+    witness = _Inbox("c (a witness on the stray channels)")
     channels = [run.channel(name) for name in _ISOLATION_NAMES]
     channels += [run.channel(f"many-{i}") for i in range(20)]
     strays = [run.channel(name) for name in _STRAY_NAMES]
+    unheard = [run.channel(name) for name in _UNHEARD_NAMES]
     for channel in channels:
         await b.subscribe(channel, inbox.handler(channel))
+    for stray in strays:
+        await c.subscribe(stray, witness.handler(stray))
     per_channel = 5
     for k in range(per_channel):
         for i, channel in enumerate(channels):
             await a.publish(channel, f"{i}:{k}")
-        for stray in strays:
+        for stray in strays + unheard:
             await a.publish(stray, f"stray:{k}")
     what = "payloads never cross channels"
+    expected = {
+        channel: [f"{i}:{k}" for k in range(per_channel)] for i, channel in enumerate(channels)
+    }
+    stray_payloads = [f"stray:{k}" for k in range(per_channel)]
     for channel in channels:
-        await run.wait(inbox, channel, per_channel, what)
-    await run.quiet_window()
-    for i, channel in enumerate(channels):
-        run.expect(inbox, channel, [f"{i}:{k}" for k in range(per_channel)], what)
+        await run.received(inbox, channel, expected[channel], what)
+    for stray in strays:
+        await run.received(witness, stray, stray_payloads, "a publish reaches its channel")
+    # b is subscribed to no stray channel, so no barrier there can reach it. A stray that
+    # leaks to b comes through the subscription of one of b's channels (a transport that
+    # reads names as patterns or prefixes, or hands unheard payloads to someone), where
+    # a's barrier, published after every stray, closes the stream. The witness c,
+    # subscribed to most stray channels, gets a barrier there too: the medium has passed
+    # those strays on before the check counts.
+    watches = [_Watch(inbox, channel, expected[channel]) for channel in channels]
+    watches += [_Watch(witness, stray, stray_payloads) for stray in strays]
+    await run.barrier(a, watches, what)
     leaked = {ch: got for ch, got in inbox.received.items() if ch not in channels}
     if leaked:
         raise run.fail(f"{what}: unsubscribed channels were delivered: {leaked!r}")
@@ -335,6 +422,7 @@ async def _check_isolation(run: _TransportRun) -> None:
 
 async def _check_churn(run: _TransportRun) -> None:
     a, b, c = await run.open("a"), await run.open("b"), await run.open("c")
+    probes = {"a": a, "b": b}
     rng = random.Random(20240601)  # fixed: a failure reproduces
     channels = [run.channel(f"churn-{i}") for i in range(24)]
     inboxes = {"a": _Inbox("a"), "b": _Inbox("b")}
@@ -368,15 +456,33 @@ async def _check_churn(run: _TransportRun) -> None:
     what = "after concurrent subscribe/unsubscribe churn, exactly the last state holds"
     for (name, channel), generation in final.items():
         if generation is not None:
-            await run.wait(inboxes[name], channel, 1, what)
-    await run.quiet_window()
+            await run.received(inboxes[name], channel, ["final"], what)
+        else:
+            run.expect(inboxes[name], channel, [], what, so_far=True)
+    # A probe that ended unsubscribed cannot see a barrier on that channel: it subscribes
+    # again (a new handler), then c publishes the barriers. A "final" that still reached
+    # it through a subscription the churn left alive comes, on that channel, before the
+    # barrier; a duplicate "final" to a subscribed probe does too.
+    latest: dict[tuple[str, str], int] = {}
+    watches: list[_Watch] = []
     for (name, channel), generation in sorted(final.items()):
-        inbox = inboxes[name]
-        run.expect(inbox, channel, ["final"] if generation is not None else [], what)
-        if generation is not None and inbox.generations[channel] != [generation]:
+        if generation is None:
+            latest[name, channel] = next(generations)
+            handler = inboxes[name].handler(channel, generation=latest[name, channel])
+            await probes[name].subscribe(channel, handler)
+            watches.append(
+                _Watch(inboxes[name], channel, [], "published while it was unsubscribed")
+            )
+        else:
+            latest[name, channel] = generation
+            watches.append(_Watch(inboxes[name], channel, ["final"]))
+    await run.barrier(c, watches, what)
+    for (name, channel), generation in sorted(latest.items()):
+        delivered_to = inboxes[name].generations[channel]
+        if any(g != generation for g in delivered_to):
             raise run.fail(
                 f"{what}: {name} on {channel!r} delivered to the handler of an earlier "
-                f"subscribe() (generation {inbox.generations[channel]}, latest {generation})"
+                f"subscribe() (generation {delivered_to}, latest {generation})"
             )
 
 
@@ -415,8 +521,10 @@ async def check_transport(
     names that prefix each other); and that concurrent subscribe/unsubscribe churn leaves
     exactly the last state, each subscription delivering once to its latest handler.
 
-    Every wait is bounded by ``timeout`` seconds; ``quiet`` is the window given to late
-    duplicates before counting.
+    No check sleeps: a duplicate or a payload that must not arrive is caught by order,
+    before a barrier payload published after it on the same channel. Every wait is bounded
+    by ``timeout`` seconds. ``quiet`` is accepted for compatibility and unused (it was a
+    window given to late deliveries before counting).
 
     Raises:
         AssertionError: the first check that fails, naming the check and what went wrong.
@@ -426,7 +534,7 @@ async def check_transport(
     """
     prefix = f"{channel_prefix}{uuid.uuid4().hex[:12]}:"
     for name, check in _TRANSPORT_CHECKS:
-        run = _TransportRun(factory, prefix, name, timeout, quiet)
+        run = _TransportRun(factory, prefix, name, timeout)
         try:
             await check(run)
         except BaseException:
