@@ -1,7 +1,7 @@
 """The pytest plugin (entry point ``wsevents``): the ``ws_client`` and ``ws_cluster`` fixtures.
 
-The only module of [`wsevents.testing`][wsevents.testing] that imports pytest. Both fixtures
-serve apps with pytest-aiohttp's ``aiohttp_client``.
+The only module of ``wsevents.testing`` that imports pytest. Both fixtures serve apps with
+pytest-aiohttp's ``aiohttp_client``.
 
 pytest imports this module when it starts, before ``pytest --cov`` starts measuring, so it
 imports the rest of wsevents only inside the fixtures: the test client, the cluster
