@@ -143,6 +143,7 @@ LAYER_ORDER = [
     "contracts",
     "asyncapi",
     "_aio",
+    "_adapters",
     "transports.base",
     "transports.memory",
     "transports.redis._url",

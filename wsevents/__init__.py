@@ -2,47 +2,54 @@
 
 Routed message handlers, context-local composables, rooms and broadcasting across
 instances, on aiohttp, wire compatible with ``@wooksjs/event-ws``.
+
+Every name below is loaded on first use: ``import wsevents`` runs no module of the
+package but the adapter registry, so that aiohttp stays unloaded until it is needed and
+a pytest plugin importing ``wsevents.testing.plugin`` does not load the runtime before
+coverage measurement starts.
 """
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from ._context import MessageScope
-from .app import RouteGroup, WsApp, create_ws_app, register_adapter
-from .composables import (
-    RouteParams,
-    WsRooms,
-    WsServer,
-    use_route_params,
-    use_ws_connection,
-    use_ws_message,
-    use_ws_rooms,
-    use_ws_server,
-)
-from .connection import Connection
-from .dispatch import CallNext, Interceptor
-from .exceptions import (
-    ProtocolError,
-    RoutingError,
-    TransportError,
-    WsClientError,
-    WsConnectionRefused,
-    WsError,
-    WsEventsError,
-)
-from .protocol import ClientMessage, Codec, JsonCodec
-from .rooms import DeliveryReport, RoomManager
-from .routing import Guard, Route
-from .transports import (
-    BaseTransport,
-    BroadcastTransport,
-    Capabilities,
-    ConnectionDirectory,
-    MemoryBus,
-    MemoryTransport,
-)
+from ._adapters import register_adapter
 
 if TYPE_CHECKING:
+    from ._context import MessageScope
+    from .app import RouteGroup, WsApp, create_ws_app
     from .client import WsClient
+    from .composables import (
+        RouteParams,
+        WsRooms,
+        WsServer,
+        use_route_params,
+        use_ws_connection,
+        use_ws_message,
+        use_ws_rooms,
+        use_ws_server,
+    )
+    from .connection import Connection
+    from .dispatch import CallNext, Interceptor
+    from .exceptions import (
+        ProtocolError,
+        RoutingError,
+        TransportError,
+        WsClientError,
+        WsConnectionRefused,
+        WsError,
+        WsEventsError,
+    )
+    from .protocol import ClientMessage, Codec, JsonCodec
+    from .rooms import DeliveryReport, RoomManager
+    from .routing import Guard, Route
+    from .transports import (
+        BaseTransport,
+        BroadcastTransport,
+        Capabilities,
+        ConnectionDirectory,
+        MemoryBus,
+        MemoryTransport,
+    )
 
 __version__ = "0.1.0"
 
@@ -85,6 +92,46 @@ __all__ = [
     "use_ws_server",
 ]
 
+# Where each public name lives (relative to this package).
+_EXPORTS: dict[str, str] = {
+    "BaseTransport": ".transports",
+    "BroadcastTransport": ".transports",
+    "CallNext": ".dispatch",
+    "Capabilities": ".transports",
+    "ClientMessage": ".protocol",
+    "Codec": ".protocol",
+    "Connection": ".connection",
+    "ConnectionDirectory": ".transports",
+    "DeliveryReport": ".rooms",
+    "Guard": ".routing",
+    "Interceptor": ".dispatch",
+    "JsonCodec": ".protocol",
+    "MemoryBus": ".transports",
+    "MemoryTransport": ".transports",
+    "MessageScope": "._context",
+    "ProtocolError": ".exceptions",
+    "RoomManager": ".rooms",
+    "Route": ".routing",
+    "RouteGroup": ".app",
+    "RouteParams": ".composables",
+    "RoutingError": ".exceptions",
+    "TransportError": ".exceptions",
+    "WsApp": ".app",
+    "WsClient": ".client",
+    "WsClientError": ".exceptions",
+    "WsConnectionRefused": ".exceptions",
+    "WsError": ".exceptions",
+    "WsEventsError": ".exceptions",
+    "WsRooms": ".composables",
+    "WsServer": ".composables",
+    "create_ws_app": ".app",
+    "use_route_params": ".composables",
+    "use_ws_connection": ".composables",
+    "use_ws_message": ".composables",
+    "use_ws_rooms": ".composables",
+    "use_ws_server": ".composables",
+}
+
 
 def _load_server() -> None:
     # The aiohttp adapter registers itself when imported. Loaded on the first
@@ -97,10 +144,13 @@ register_adapter(loader=_load_server)
 
 
 def __getattr__(name: str) -> Any:
-    # The client needs aiohttp's ClientSession: load it on first use, so that
-    # ``import wsevents`` stays free of aiohttp.
-    if name == "WsClient":
-        from .client import WsClient
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return WsClient
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -15,8 +15,9 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import copy_context
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._adapters import ADAPTERS, Adapter, register_adapter
 from ._aio import TaskSet, await_hook, call_hook
 from ._context import app_var
 from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
@@ -51,57 +52,6 @@ G = TypeVar("G", bound=Guard)
 
 SHUTDOWN_CLOSE_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
-
-
-class Adapter(Protocol):
-    """What serves a [`WsApp`][] on a network stack (``wsevents.server`` is the aiohttp
-    one); [`WsApp.attach`][wsevents.WsApp.attach], [`WsApp.run`][wsevents.WsApp.run] and
-    [`WsApp.listen`][wsevents.WsApp.listen] delegate to it."""
-
-    def attach(self, ws_app: WsApp, app: Any, path: str) -> Any:
-        """Mount ``ws_app`` on the stack's application ``app`` at ``path``; returns ``app``."""
-        ...
-
-    def run(self, ws_app: WsApp, *, host: str, port: int, path: str) -> None:
-        """Serve until interrupted."""
-        ...
-
-    async def listen(
-        self, ws_app: WsApp, *, host: str, port: int, path: str
-    ) -> tuple[str, int, Callable[[], Awaitable[None]]]:
-        """Serve in the running loop; returns the bound host and port and a function that
-        stops serving (and, through the stack's cleanup, releases ``ws_app``)."""
-        ...
-
-
-class _AdapterRegistry:
-    """The adapter [`WsApp`][] delegates to; filled when ``wsevents.server`` is imported
-    (``wsevents/__init__`` installs the loader that imports it on first use)."""
-
-    adapter: Adapter | None = None
-    loader: Callable[[], None] | None = None
-
-    def get(self) -> Adapter:
-        if self.adapter is None and self.loader is not None:
-            self.loader()
-        if self.adapter is None:
-            raise RuntimeError("no adapter registered: import wsevents.server first")
-        return self.adapter
-
-
-_ADAPTERS = _AdapterRegistry()  # process-wide wiring, like an import: no per-app state
-
-
-def register_adapter(
-    adapter: Adapter | None = None, *, loader: Callable[[], None] | None = None
-) -> None:
-    """Set the adapter behind [`WsApp.attach`][wsevents.WsApp.attach],
-    [`WsApp.run`][wsevents.WsApp.run] and [`WsApp.listen`][wsevents.WsApp.listen], or the
-    ``loader`` that imports (and so registers) it on first use."""
-    if adapter is not None:
-        _ADAPTERS.adapter = adapter
-    if loader is not None:
-        _ADAPTERS.loader = loader
 
 
 class WsApp(WsServer):
@@ -411,12 +361,12 @@ class WsApp(WsServer):
 
     def attach(self, app: web.Application, path: str = "/ws") -> web.Application:
         """Mount on an aiohttp application at ``path`` (see [`attach`][wsevents.server.attach])."""
-        mounted: web.Application = _ADAPTERS.get().attach(self, app, path)
+        mounted: web.Application = ADAPTERS.get().attach(self, app, path)
         return mounted
 
     def run(self, *, host: str = "127.0.0.1", port: int = 8080, path: str = "/ws") -> None:
         """Serve standalone until Ctrl-C / SIGTERM (see [`run`][wsevents.server.run])."""
-        _ADAPTERS.get().run(self, host=host, port=port, path=path)
+        ADAPTERS.get().run(self, host=host, port=port, path=path)
 
     async def listen(
         self, *, host: str = "127.0.0.1", port: int = 0, path: str = "/ws"
@@ -426,7 +376,7 @@ class WsApp(WsServer):
         Returns:
             The bound ``(host, port)``; ``port=0`` picks a free one.
         """
-        bound_host, bound_port, stop = await _ADAPTERS.get().listen(
+        bound_host, bound_port, stop = await ADAPTERS.get().listen(
             self, host=host, port=port, path=path
         )
         self._stop_listening = stop
