@@ -186,3 +186,17 @@ def test_official_parser_accepts_the_reference_app_document(validator: Path) -> 
     diagnostics = [json.loads(line) for line in checked.stdout.splitlines()]
     assert [d for d in diagnostics if d["severity"] == "error"] == []
     assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.timeout(300)
+def test_official_parser_accepts_the_chat_document(validator: Path) -> None:  # noqa: F811
+    result = cli("examples.chat.server:app")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    sent = {op["title"] for op in doc["operations"].values() if op["action"] == "send"}
+    assert sent == {
+        "push message /chat/:room([A-Za-z0-9_-]{1,32})",
+        "push system /chat/:room([A-Za-z0-9_-]{1,32})",
+    }
+    checked = run_validator(validator, result.stdout)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
