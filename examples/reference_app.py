@@ -7,13 +7,16 @@ Run it with ``python -m wsevents run examples.reference_app:app`` (add
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from wsevents import (
     WsError,
     create_ws_app,
     use_route_params,
     use_ws_connection,
+    use_ws_data,
     use_ws_message,
     use_ws_rooms,
     use_ws_server,
@@ -90,6 +93,13 @@ async def subscribe() -> dict[str, bool]:
 async def unsubscribe() -> dict[str, bool]:
     await use_ws_rooms().leave()
     return {"unsubscribed": True}
+
+
+app.declare_push(
+    "message",
+    "/chat/rooms/:room",
+    summary="A member's message (its data as sent), to the other members of the room",
+)
 
 
 @app.on_message("message", "/chat/rooms/:room")
@@ -193,3 +203,32 @@ def admin_stats() -> dict[str, int]:
 @admin.on_message("rpc", "/echo")
 def admin_echo() -> Any:
     return use_ws_message().data
+
+
+# -- contracts: declared data, reply and param types ---------------------------------------
+
+
+class Message(msgspec.Struct):
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    tags: Annotated[list[str], msgspec.Meta(max_length=5)] = []
+
+
+class Ack(msgspec.Struct):
+    ok: bool
+    length: int
+
+
+class Item(msgspec.Struct):
+    id: int
+
+
+@app.on_message("rpc", "/typed/message", data=Message, reply=Ack)
+def typed_message() -> Ack:
+    """Check a message and count its characters (code points)."""
+    return Ack(ok=True, length=len(use_ws_data(Message).text))
+
+
+@app.on_message("rpc", "/typed/items/:id", params={"id": int}, reply=Item)
+def typed_item() -> Item:
+    """An item by its integer id."""
+    return Item(id=use_route_params().typed["id"])

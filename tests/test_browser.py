@@ -288,6 +288,45 @@ return out;
     }
 
 
+def test_error_details_reach_the_browser_error(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        """
+const client = new WsClient("/ws");
+const detailsOf = async (promise) => {
+  try { await promise; return "resolved"; }
+  catch (err) { return [err instanceof WsClientError, err.code, err.message, err.details]; }
+};
+const out = {};
+out.invalid = await detailsOf(client.call("rpc", "/typed/message", { text: "" }));
+out.param = await detailsOf(client.call("rpc", "/typed/items/x"));
+out.plain = await detailsOf(client.call("rpc", "/error/418"));
+out.ok = await client.call("rpc", "/typed/message", { text: String.fromCodePoint(0x1f600) });
+client.close();
+return out;
+""",
+    )
+    assert result == {
+        "invalid": [
+            True,
+            400,
+            "Invalid data: text: expected at least 1 character",
+            [{"path": ["text"], "message": "expected at least 1 character"}],
+        ],
+        "param": [
+            True,
+            400,
+            "Invalid param id: expected an integer",
+            [{"path": ["params", "id"], "message": "expected an integer"}],
+        ],
+        "plain": [True, 418, "custom error", None],
+        "ok": {"ok": True, "length": 1},
+    }
+
+
 def test_not_connected_without_reconnect_is_503(
     driver: WebDriver, reference_server: ServerThread
 ) -> None:

@@ -190,6 +190,23 @@ async def test_call_raises_the_servers_error(
     assert await client.call("rpc", "/echo", "still fine") == "still fine"
 
 
+async def test_validation_error_carries_details_and_plain_errors_none(
+    reference: TestServer, clients: ClientFactory
+) -> None:
+    client = clients(url_of(reference))
+    await client.connect()
+    with pytest.raises(WsClientError) as info:
+        await client.call("rpc", "/typed/message", {"text": "hi", "tags": ["a", 1]})
+    assert (info.value.code, info.value.message) == (
+        400,
+        "Invalid data: tags[1]: expected a string",
+    )
+    assert info.value.details == [{"path": ["tags", 1], "message": "expected a string"}]
+    with pytest.raises(WsClientError) as info:
+        await client.call("rpc", "/error/418")
+    assert info.value.details is None
+
+
 async def test_call_timeout_raises_408_and_the_late_reply_is_dropped(
     reference: TestServer, clients: ClientFactory
 ) -> None:

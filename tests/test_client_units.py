@@ -230,6 +230,27 @@ def test_error_reply_fails_the_call_with_its_code_and_message() -> None:
     assert (call.exception.code, call.exception.message) == (403, "private")
 
 
+@pytest.mark.parametrize(
+    ("details", "expected"),
+    [
+        ([{"path": ["a", 0], "message": "bad"}], [{"path": ["a", 0], "message": "bad"}]),
+        ([], []),
+        (None, None),
+        ("not a list", None),
+        ([1, 2], None),
+    ],
+)
+def test_error_reply_details_reach_the_error(details: Any, expected: Any) -> None:
+    error: dict[str, Any] = {"code": 400, "message": "Invalid data"}
+    if details is not None:
+        error["details"] = details
+    reply = parse_server_message({"id": 1, "error": error})
+    assert isinstance(reply, Reply)
+    assert reply.error is not None
+    assert reply.error.details == expected
+    assert (reply.error.code, reply.error.message) == (400, "Invalid data")
+
+
 def test_reply_nobody_waits_for_is_dropped() -> None:
     tracker = RpcTracker()
     call = FakeCall()

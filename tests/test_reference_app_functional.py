@@ -338,3 +338,138 @@ async def test_admin_routes_refuse_other_connections_with_403(ws_client, query, 
     await client.send("rpc", path, "no id")  # refused silently
     assert await client.call("rpc", "/echo", "still open") == "still open"
     assert client.pending_messages() == []
+
+
+# -- contracts: /typed/message and /typed/items/:id --------------------------------------------
+
+
+async def typed(client, data, message_id=1) -> dict:
+    return await client.request("rpc", "/typed/message", data, message_id=message_id)
+
+
+async def test_typed_message_valid_replies_ok_and_length(ws_client) -> None:
+    client = await ws_client(app)
+    assert await typed(client, {"text": "hello"}) == {"id": 1, "data": {"ok": True, "length": 5}}
+    reply = await typed(client, {"text": "x" * 500, "tags": ["a", "b", "c", "d", "e"]}, 2)
+    assert reply == {"id": 2, "data": {"ok": True, "length": 500}}
+    assert (await typed(client, {"text": "a", "tags": []}, 3))["data"]["length"] == 1
+
+
+async def test_typed_message_counts_code_points_not_bytes_or_utf16_units(ws_client) -> None:
+    client = await ws_client(app)
+    # 😀 is 4 UTF-8 bytes and 2 UTF-16 units, one character; é is 2 bytes.
+    assert (await typed(client, {"text": "😀é"}))["data"] == {"ok": True, "length": 2}
+    assert (await typed(client, {"text": "😀" * 500}, 2))["data"]["length"] == 500
+    error = (await typed(client, {"text": "😀" * 501}, 3))["error"]
+    assert error["details"] == [{"path": ["text"], "message": "expected at most 500 characters"}]
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "details"),
+    [
+        (
+            {"text": ""},
+            "Invalid data: text: expected at least 1 character",
+            [{"path": ["text"], "message": "expected at least 1 character"}],
+        ),
+        (
+            {"text": "x" * 501},
+            "Invalid data: text: expected at most 500 characters",
+            [{"path": ["text"], "message": "expected at most 500 characters"}],
+        ),
+        (
+            {"tags": ["a"]},
+            "Invalid data: text: missing required field",
+            [{"path": ["text"], "message": "missing required field"}],
+        ),
+        (
+            {"text": 5},
+            "Invalid data: text: expected a string",
+            [{"path": ["text"], "message": "expected a string"}],
+        ),
+        (
+            {"text": "hi", "tags": ["a", "b", "c", "d", "e", "f"]},
+            "Invalid data: tags: expected at most 5 items",
+            [{"path": ["tags"], "message": "expected at most 5 items"}],
+        ),
+        (
+            {"text": "hi", "tags": ["a", 7]},
+            "Invalid data: tags[1]: expected a string",
+            [{"path": ["tags", 1], "message": "expected a string"}],
+        ),
+        (
+            {"text": "hi", "tags": "a"},
+            "Invalid data: tags: expected an array",
+            [{"path": ["tags"], "message": "expected an array"}],
+        ),
+        (
+            ["text"],
+            "Invalid data: expected an object",
+            [{"path": [], "message": "expected an object"}],
+        ),
+        (None, "Invalid data: expected an object", [{"path": [], "message": "expected an object"}]),
+    ],
+)
+async def test_typed_message_invalid_data_is_400_naming_the_field(
+    ws_client, data, message, details
+) -> None:
+    client = await ws_client(app)
+    reply = await typed(client, data, "x-1")
+    assert reply == {"id": "x-1", "error": {"code": 400, "message": message, "details": details}}
+
+
+async def test_test_client_call_raises_with_the_details(ws_client) -> None:
+    client = await ws_client(app)
+    with pytest.raises(WsClientError) as caught:
+        await client.call("rpc", "/typed/message", {"text": ""})
+    assert caught.value.code == 400
+    assert caught.value.details == [{"path": ["text"], "message": "expected at least 1 character"}]
+    with pytest.raises(WsClientError) as plain:
+        await client.call("rpc", "/error/404")
+    assert plain.value.details is None
+
+
+async def test_typed_message_error_leaks_no_internals(ws_client) -> None:
+    client = await ws_client(app)
+    reply = await typed(client, {"text": "secret-input" * 50, "tags": [{"k": "secret-input"}]})
+    text = str(reply["error"])
+    for leak in ("secret-input", "msgspec", "Struct", "Message", "http", "Traceback", "`"):
+        assert leak not in text
+
+
+async def test_typed_message_without_id_is_dropped_and_the_socket_stays_open(ws_client) -> None:
+    client = await ws_client(app)
+    await client.send("rpc", "/typed/message", {"text": ""})  # invalid, no id
+    await client.send("rpc", "/typed/message", {"text": "ok"})  # valid, no id: no reply
+    # Frames are handled in order: a reply to either would arrive before this one.
+    assert await typed(client, {"text": "abc"}, 9) == {"id": 9, "data": {"ok": True, "length": 3}}
+    assert client.close_code is None
+
+
+async def test_typed_item_converts_the_id_to_a_number(ws_client) -> None:
+    client = await ws_client(app)
+    assert await client.request("rpc", "/typed/items/42", message_id=1) == {
+        "id": 1,
+        "data": {"id": 42},
+    }
+    assert await client.call("rpc", "/typed/items/-7") == {"id": -7}
+
+
+@pytest.mark.parametrize("raw_id", ["abc", "4.2", "1e3", "%2B1", "12x"])
+async def test_typed_item_non_integer_id_is_400_naming_id(ws_client, raw_id) -> None:
+    client = await ws_client(app)
+    reply = await client.request("rpc", f"/typed/items/{raw_id}", message_id=1)
+    assert reply == {
+        "id": 1,
+        "error": {
+            "code": 400,
+            "message": "Invalid param id: expected an integer",
+            "details": [{"path": ["params", "id"], "message": "expected an integer"}],
+        },
+    }
+
+
+async def test_plain_routes_have_no_details_in_their_errors(ws_client) -> None:
+    client = await ws_client(app)
+    reply = await client.request("rpc", "/error/418", message_id=1)
+    assert reply == {"id": 1, "error": {"code": 418, "message": "custom error"}}

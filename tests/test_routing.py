@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsevents.exceptions import RoutingError
-from wsevents.routing import Route, RouteMatch, Router, join_pattern
+from wsevents.routing import Route, RouteMatch, Router, join_pattern, param_names
 
 
 def resolve(router: Router[str], path: str, event: str = "rpc") -> tuple[str, dict[str, str]]:
@@ -567,3 +567,24 @@ def test_a_route_declares_nothing_by_default_and_is_frozen() -> None:
     with pytest.raises(AttributeError):
         route.event = "other"  # type: ignore[misc]
     assert route != Route("rpc", "/x", handler)  # compared by identity: one per registration
+
+
+@pytest.mark.parametrize(
+    ("pattern", "names"),
+    [
+        ("/echo", ()),
+        ("/teams/:team/channels/:channel", ("team", "channel")),
+        ("/:from-:to", ("from", "to")),
+        ("/n/:id(\\d+)", ("id",)),
+        ("/vars/:key?", ("key",)),
+        ("/static/*", ("*",)),
+        ("/time\\:now", ()),
+    ],
+)
+def test_param_names_in_pattern_order(pattern: str, names: tuple[str, ...]) -> None:
+    assert param_names(pattern) == names
+
+
+def test_param_names_of_a_bad_pattern_raise() -> None:
+    with pytest.raises(RoutingError):
+        param_names("no-slash")

@@ -1,4 +1,5 @@
-"""Command line: ``python -m wsevents run MODULE:ATTR [options]``."""
+"""Command line: ``python -m wsevents run MODULE:ATTR [options]`` and
+``python -m wsevents asyncapi MODULE:ATTR [--yaml]``."""
 
 from __future__ import annotations
 
@@ -138,7 +139,53 @@ def _parser() -> argparse.ArgumentParser:
         help="exit with status 2 when Redis does not answer at start, instead of serving "
         "alone and retrying in the background",
     )
+    asyncapi = sub.add_parser(
+        "asyncapi",
+        help="print the AsyncAPI 3.0 document of a WsApp",
+        description="Print the AsyncAPI 3.0 document of a WsApp's routes and declared pushes "
+        "(JSON, or YAML with --yaml) on stdout.",
+        formatter_class=_HelpFormatter,
+    )
+    asyncapi.add_argument(
+        "target",
+        help="MODULE:ATTR (e.g. examples.reference_app:app): a WsApp, an aiohttp Application "
+        "with one attached, or a factory returning one",
+    )
+    asyncapi.add_argument("--yaml", action="store_true", help="write YAML instead of JSON")
+    asyncapi.add_argument("--title", help="info.title (default: the target)")
+    asyncapi.add_argument("--app-version", default="0.0.0", metavar="VERSION", help="info.version")
+    asyncapi.add_argument("--description", help="text at the start of info.description")
+    asyncapi.add_argument(
+        "--server",
+        metavar="URL",
+        help="the server to describe, a ws:// or wss:// URL such as ws://localhost:8080/ws",
+    )
     return parser
+
+
+def _asyncapi(args: argparse.Namespace) -> str:
+    """The document of ``args.target``, as text.
+
+    Raises:
+        UsageError: the target cannot be loaded, has no WsApp, or ``--server`` is bad.
+    """
+    import json
+
+    from .asyncapi import to_yaml
+
+    ws_app = _ws_app_of(load_target(args.target), "asyncapi")
+    try:
+        document = ws_app.asyncapi(
+            title=args.title or args.target,
+            version=args.app_version,
+            description=args.description,
+            server=args.server,
+        )
+    except ValueError as exc:
+        raise UsageError(f"bad --server: {exc}") from None
+    if args.yaml:
+        return to_yaml(document)
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 def _ws_app_of(target: Any, option: str) -> Any:
@@ -367,6 +414,14 @@ def _serve(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "asyncapi":
+        try:
+            text = _asyncapi(args)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return USAGE_ERROR
+        sys.stdout.write(text)
+        return 0
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

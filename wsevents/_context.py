@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from contextvars_extras import ContextVarExt
 
@@ -49,6 +49,12 @@ class MessageScope:
         route: the [`Route`][wsevents.Route] that matched: ``route.pattern`` (e.g.
             ``/users/:id``, not the concrete path) and ``route.event`` label metrics with
             bounded cardinality. For the ``on_unhandled`` fallback both are ``"*"``.
+        typed_params: the params with the route's declared ``params=`` types converted
+            (set after the guards, before the handler); ``None`` until then, or when the
+            route declares none.
+
+    A route with a declared ``data=`` type replaces ``message`` (after the guards) by a
+    copy whose ``data`` is the validated value; ``raw`` stays the frame as received.
     """
 
     message: ClientMessage
@@ -56,6 +62,7 @@ class MessageScope:
     connection: Connection
     app: WsApp
     route: Route = _NO_ROUTE
+    typed_params: Mapping[str, Any] | None = None
 
 
 current_connection: ContextVarExt[Connection] = ContextVarExt("wsevents.connection")

@@ -13,16 +13,19 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import copy_context
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._adapters import ADAPTERS, Adapter, register_adapter
 from ._aio import TaskSet, await_hook, call_hook
 from ._context import app_var
+from .asyncapi import RouteSpec, build_asyncapi, docstring_summary
 from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
 from .composables import WsServer
 from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
+from .contracts import PushChecker, PushSpec, compile_data_type
 from .dispatch import FALLBACK_PATTERN, Dispatcher, Endpoint, Handler, Interceptor
 from .exceptions import WsError
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
@@ -88,6 +91,10 @@ class WsApp(WsServer):
         ignore_case: match message paths case-insensitively (router option).
         ignore_trailing_slash: treat ``/a/`` like ``/a`` (router option).
         route_cache_size: resolved ``(event, path)`` pairs the router remembers (0 = none).
+        check_pushes: check every push against its declaration ([`declare_push`][]) before
+            it is sent, and raise [`InvalidPush`][wsevents.contracts.InvalidPush] from the
+            sending call when it does not match (a debug aid; off, pushes cost nothing
+            more).
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class WsApp(WsServer):
         ignore_case: bool = False,
         ignore_trailing_slash: bool = False,
         route_cache_size: int = 1024,
+        check_pushes: bool = False,
     ) -> None:
         if heartbeat < 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat must be >= 0 and heartbeat_timeout > 0")
@@ -146,6 +154,11 @@ class WsApp(WsServer):
         rooms = RoomManager(transport, instance_id=instance_id, codec=self.codec)
         super().__init__(self._connections, rooms, self.codec)
         self._server = WsServer(self._connections, rooms, self.codec)
+        self._pushes = PushChecker()
+        self.check_pushes = check_pushes
+        """Whether pushes are checked against their declarations (see the option)."""
+        if check_pushes:
+            rooms.check_push = self._pushes.check
         self._tasks = TaskSet()
         self._dispatcher = Dispatcher(
             self,
@@ -178,6 +191,9 @@ class WsApp(WsServer):
         handler: Callable[[], Any],
         *,
         guards: Iterable[Guard] = (),
+        data: Any = None,
+        reply: Any = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         """Route messages with ``event`` whose path matches ``pattern`` to ``handler``.
 
@@ -185,22 +201,81 @@ class WsApp(WsServer):
         ``async``. Its return value is the RPC reply's ``data``. ``guards`` run before it,
         in order, after the app's guards (see [`Guard`][wsevents.Guard]).
 
+        Declared types (see [contracts](../contracts.md)) are checked after the guards:
+
+        * ``params={"id": int}`` converts route params (a bad value: 400 ``"Invalid
+          param id: ..."``); read them with ``use_route_params().typed``;
+        * ``data=Message`` (a msgspec Struct, dataclass, ``TypedDict``, builtin type or
+          pydantic model) validates ``data`` (invalid: 400 ``"Invalid data: ..."`` with
+          ``details``); the handler reads the typed value with
+          [`use_ws_data`][wsevents.use_ws_data] or ``use_ws_message().data``;
+        * ``reply=Ack`` dumps the handler's return value to JSON values through the type
+          and describes the reply in the AsyncAPI export.
+
         Raises:
-            RoutingError: bad pattern or duplicate route.
-            TypeError: a guard is not callable.
+            RoutingError: bad pattern, duplicate route, or ``params`` names a param the
+                pattern does not have.
+            TypeError: a guard is not callable, or a declared type is not supported.
         """
-        self._add_route(Route(event, pattern, handler, tuple(guards), summary=_summary(handler)))
+        self._add_route(
+            Route(
+                event,
+                pattern,
+                handler,
+                tuple(guards),
+                data,
+                reply,
+                _params(params),
+                summary=_summary(handler),
+            )
+        )
 
     def on_message(
-        self, event: str, pattern: str, *, guards: Iterable[Guard] = ()
+        self,
+        event: str,
+        pattern: str,
+        *,
+        guards: Iterable[Guard] = (),
+        data: Any = None,
+        reply: Any = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]:
         """Decorator form of [`add_message_handler`][]."""
 
         def register(fn: F) -> F:
-            self.add_message_handler(event, pattern, fn, guards=guards)
+            self.add_message_handler(
+                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
+            )
             return fn
 
         return register
+
+    def declare_push(
+        self,
+        event: str,
+        pattern: str,
+        *,
+        data: Any = None,
+        summary: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Declare a push the server sends: ``event`` on paths matching ``pattern``, with
+        ``data`` of the given type (``None``: anything).
+
+        Declarations describe the pushes in the AsyncAPI export ([`asyncapi`][]) and,
+        with ``check_pushes=True``, every push of a declared event is checked against
+        them before it is sent.
+
+        Raises:
+            RoutingError: bad pattern, or the same event and pattern declared twice.
+            TypeError: the data type is not supported.
+        """
+        contract = compile_data_type(data) if data is not None else None
+        self._pushes.add(PushSpec(event, pattern, contract, summary, description))
+
+    def pushes(self) -> tuple[PushSpec, ...]:
+        """The declared pushes, in declaration order."""
+        return self._pushes.specs()
 
     def _add_route(self, route: Route) -> None:
         """Register ``route`` (every registration, by the app or a group, ends here)."""
@@ -210,6 +285,54 @@ class WsApp(WsServer):
         """Every registered route with its metadata, in registration order (the
         ``on_unhandled`` fallback is not a route)."""
         return tuple(endpoint.route for _, _, endpoint in self.router.routes())
+
+    def asyncapi(
+        self,
+        *,
+        title: str = "wsevents app",
+        version: str = "0.0.0",
+        description: str | None = None,
+        server: str | None = None,
+    ) -> dict[str, Any]:
+        """An AsyncAPI 3.0 document of every route and declared push (a JSON-ready dict).
+
+        See [the AsyncAPI page](../asyncapi.md) for what maps to what.
+
+        Args:
+            title: ``info.title``.
+            version: ``info.version``: the application's version.
+            description: text before the explanation of the envelope in
+                ``info.description``.
+            server: a ``ws://`` or ``wss://`` URL described as the server ``default``,
+                e.g. ``ws://localhost:8080/ws``.
+
+        Raises:
+            ValueError: ``server`` is not a ``ws://`` or ``wss://`` URL.
+        """
+        specs = []
+        for _, _, endpoint in self.router.routes():
+            route = endpoint.route
+            summary, text = docstring_summary(route.handler)
+            params = endpoint.params.params.values() if endpoint.params is not None else ()
+            specs.append(
+                RouteSpec(
+                    route.event,
+                    route.pattern,
+                    endpoint.data,
+                    endpoint.reply,
+                    tuple(params),
+                    summary,
+                    text,
+                )
+            )
+        return build_asyncapi(
+            specs,
+            self._pushes.specs(),
+            title=title,
+            version=version,
+            description=description,
+            server=server,
+        )
 
     def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
         """A [`RouteGroup`][]: routes registered through it get ``prefix`` before their
@@ -407,6 +530,8 @@ class WsApp(WsServer):
         if conn.closed:  # the hook closed it itself
             log.debug("refused %s: on_connect closed it", conn.id)
             return False
+        if self.check_pushes:
+            conn._check_push = self._pushes.check
         self._connections[conn.id] = conn
         cluster = self.rooms.cluster
         if cluster.directory is not None:
@@ -477,14 +602,19 @@ class RouteGroup:
         handler: Callable[[], Any],
         *,
         guards: Iterable[Guard] = (),
+        data: Any = None,
+        reply: Any = None,
+        params: Mapping[str, Any] | None = None,
     ) -> None:
         """Register ``handler`` on the group's prefix joined with ``pattern``
         ([`join_pattern`][wsevents.routing.join_pattern]), behind the group's guards,
-        then ``guards``.
+        then ``guards``; ``data``, ``reply`` and ``params`` as for
+        [`WsApp.add_message_handler`][wsevents.WsApp.add_message_handler] (``params`` may
+        name the prefix's params too).
 
         Raises:
-            RoutingError: bad pattern or duplicate route.
-            TypeError: a guard is not callable.
+            RoutingError: bad pattern, duplicate route, or an unknown param in ``params``.
+            TypeError: a guard is not callable, or a declared type is not supported.
         """
         self._app._add_route(
             Route(
@@ -492,20 +622,56 @@ class RouteGroup:
                 join_pattern(self.prefix, pattern),
                 handler,
                 (*self.guards, *guards),
+                data,
+                reply,
+                _params(params),
                 summary=_summary(handler),
             )
         )
 
     def on_message(
-        self, event: str, pattern: str, *, guards: Iterable[Guard] = ()
+        self,
+        event: str,
+        pattern: str,
+        *,
+        guards: Iterable[Guard] = (),
+        data: Any = None,
+        reply: Any = None,
+        params: Mapping[str, Any] | None = None,
     ) -> Callable[[F], F]:
         """Decorator form of [`add_message_handler`][]."""
 
         def register(fn: F) -> F:
-            self.add_message_handler(event, pattern, fn, guards=guards)
+            self.add_message_handler(
+                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
+            )
             return fn
 
         return register
+
+    def declare_push(
+        self,
+        event: str,
+        pattern: str,
+        *,
+        data: Any = None,
+        summary: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """[`WsApp.declare_push`][wsevents.WsApp.declare_push] on the group's prefix joined
+        with ``pattern``.
+
+        Raises:
+            RoutingError: bad pattern, or the same event and pattern declared twice.
+            TypeError: the data type is not supported.
+        """
+        self._app.declare_push(
+            event,
+            join_pattern(self.prefix, pattern),
+            data=data,
+            summary=summary,
+            description=description,
+        )
 
     def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
         """A group inside this one: prefixes joined, this group's guards first."""
@@ -513,6 +679,10 @@ class RouteGroup:
 
     def __repr__(self) -> str:
         return f"RouteGroup({self.prefix!r}, guards={len(self.guards)})"
+
+
+def _params(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(params)) if params else MappingProxyType({})
 
 
 def _summary(fn: Callable[..., Any]) -> str | None:
@@ -540,6 +710,7 @@ def create_ws_app(
     ignore_case: bool = False,
     ignore_trailing_slash: bool = False,
     route_cache_size: int = 1024,
+    check_pushes: bool = False,
 ) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
     # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
@@ -560,4 +731,5 @@ def create_ws_app(
         ignore_case=ignore_case,
         ignore_trailing_slash=ignore_trailing_slash,
         route_cache_size=route_cache_size,
+        check_pushes=check_pushes,
     )

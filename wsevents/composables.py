@@ -9,7 +9,7 @@ need, without registration, lifecycle or adapter entry points.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._context import MessageScope, app_var, connection_var, message_var
 from .cluster import Envelope
@@ -20,12 +20,15 @@ from .rooms import DeliveryReport, RoomManager
 if TYPE_CHECKING:
     pass
 
+T = TypeVar("T")
+
 __all__ = [
     "RouteParams",
     "WsRooms",
     "WsServer",
     "use_route_params",
     "use_ws_connection",
+    "use_ws_data",
     "use_ws_message",
     "use_ws_rooms",
     "use_ws_server",
@@ -42,6 +45,8 @@ class WsServer:
     """
 
     __slots__ = ("_cluster", "_connections", "_encode", "instance_id", "rooms")
+    # The push check lives on the RoomManager shared with the app: one switch for every
+    # kind of push.
 
     def __init__(
         self, connections: Mapping[str, Connection], rooms: RoomManager, codec: Codec
@@ -72,6 +77,9 @@ class WsServer:
         params: Mapping[str, str] | None = None,
     ) -> DeliveryReport:
         """Push to every connection of every instance (the caller included)."""
+        check = self.rooms.check_push
+        if check is not None:
+            check(event, path, data)
         frame = encode_push(event, path, data, params, self._encode)
         sent = dropped = 0
         for conn in self._connections.values():
@@ -103,8 +111,11 @@ class WsServer:
         """
         conn = self._connections.get(connection_id)
         if conn is not None:
-            conn.send(event, path, data, params)
+            conn.send(event, path, data, params)  # checks the push itself
             return True
+        check = self.rooms.check_push
+        if check is not None:
+            check(event, path, data)
         return await self._cluster.send_remote(connection_id, event, path, data, params)
 
 
@@ -133,6 +144,9 @@ def use_ws_connection() -> Connection:
 def use_ws_message() -> ClientMessage:
     """The current message: ``event``, ``path``, ``data``, ``id``, ``raw``.
 
+    On a route with a declared ``data=`` type, ``data`` is the validated value (a Struct,
+    dataclass, model...) and ``raw`` the frame as received.
+
     Raises:
         RuntimeError: called outside an ``on_message`` handler.
     """
@@ -140,12 +154,27 @@ def use_ws_message() -> ClientMessage:
 
 
 class RouteParams:
-    """The route params of the current message (read-only, percent-decoded)."""
+    """The route params of the current message (read-only, percent-decoded).
 
-    __slots__ = ("params",)
+    ``get`` and ``params`` give the text matched in the path; ``typed`` gives the values
+    converted to the route's declared ``params=`` types (``{"id": int}`` makes
+    ``typed["id"]`` an ``int``), and the undeclared ones as text.
 
-    def __init__(self, params: Mapping[str, str]) -> None:
+    Attributes:
+        params: every param as text.
+    """
+
+    __slots__ = ("_typed", "params")
+
+    def __init__(self, params: Mapping[str, str], typed: Mapping[str, Any] | None = None) -> None:
         self.params = params
+        self._typed = typed
+
+    @property
+    def typed(self) -> Mapping[str, Any]:
+        """Every param, the declared ones converted (the same as ``params`` when the route
+        declares no types)."""
+        return self.params if self._typed is None else self._typed
 
     @overload
     def get(self, name: str) -> str | None: ...
@@ -165,7 +194,29 @@ def use_route_params() -> RouteParams:
     Raises:
         RuntimeError: called outside an ``on_message`` handler.
     """
-    return RouteParams(_scope("use_route_params").params)
+    scope = _scope("use_route_params")
+    return RouteParams(scope.params, scope.typed_params)
+
+
+def use_ws_data(tp: type[T]) -> T:
+    """The current message's ``data``, validated as the route's declared ``data=`` type.
+
+    ``tp`` must be the type the route declared (``data=Message`` → ``use_ws_data(Message)``
+    returns that ``Message``); it is what a type checker sees as the result.
+
+    Raises:
+        RuntimeError: called outside an ``on_message`` handler, or on a route whose
+            declared ``data`` type is not ``tp``.
+    """
+    scope = _scope("use_ws_data")
+    declared = scope.route.data
+    if declared is not tp:
+        what = "declares no data type" if declared is None else f"declares data={declared!r}"
+        raise RuntimeError(
+            f"use_ws_data({tp!r}): the route {scope.route.event} {scope.route.pattern} {what}"
+        )
+    data: T = scope.message.data
+    return data
 
 
 class WsRooms:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .protocol import Codec, JsonCodec, encode_error, encode_push, encode_reply
@@ -73,6 +73,7 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_binary",
+        "_check_push",
         "_encode",
         "_inflight",
         "_max_send_buffer",
@@ -105,6 +106,8 @@ class Connection:
         self._socket = socket
         self._encode = codec.encode
         self._binary = codec.binary
+        # Set by an app created with check_pushes=True (a debug aid).
+        self._check_push: Callable[[str, str, Any], None] | None = None
         self._max_send_buffer = max_send_buffer
         self._overflowed = False
         self._rooms: dict[str, None] = {}
@@ -217,9 +220,16 @@ class Connection:
         data: Any = None,
         params: Mapping[str, str] | None = None,
     ) -> bool:
-        """Push ``{"event", "path", "params"?, "data"?}`` to this connection."""
+        """Push ``{"event", "path", "params"?, "data"?}`` to this connection.
+
+        Raises:
+            InvalidPush: only with ``WsApp(check_pushes=True)``: the push does not match
+                its declaration.
+        """
         if self._socket.closed:
             return False
+        if self._check_push is not None:
+            self._check_push(event, path, data)
         return self.send_frame(encode_push(event, path, data, params, self._encode))
 
     def reply(self, message_id: Any, data: Any = None) -> bool:
@@ -228,11 +238,21 @@ class Connection:
             return False
         return self.send_frame(encode_reply(message_id, data, self._encode))
 
-    def reply_error(self, message_id: Any, code: int, message: str) -> bool:
-        """Send an RPC error reply ``{"id", "error": {"code", "message"}}``."""
+    def reply_error(
+        self,
+        message_id: Any,
+        code: int,
+        message: str,
+        *,
+        details: Sequence[Mapping[str, Any]] | None = None,
+    ) -> bool:
+        """Send an RPC error reply ``{"id", "error": {"code", "message", "details"?}}``
+        (``details`` left out when ``None``)."""
         if self._socket.closed:
             return False
-        return self.send_frame(encode_error(message_id, code, message, self._encode))
+        return self.send_frame(
+            encode_error(message_id, code, message, self._encode, details=details)
+        )
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start closing the connection; later sends do nothing.

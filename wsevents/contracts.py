@@ -48,6 +48,7 @@ __all__ = [
     "InvalidPush",
     "ParamContract",
     "ParamsContract",
+    "PushChecker",
     "PushSpec",
     "check_push",
     "compile_data_type",
@@ -747,3 +748,55 @@ def check_push(spec: PushSpec, data: Any, path: str | None = None) -> Any:
             message = f"push {spec.event} {spec.pattern}: {exc.message}"
             raise InvalidPush(message, exc.details) from None
     return plain
+
+
+PushCheck = Callable[[str, str, Any], None]
+"""``check(event, path, data)``: raises [`InvalidPush`][wsevents.contracts.InvalidPush]."""
+
+
+class PushChecker:
+    """The declared pushes of an app, matched by event and path.
+
+    ``check(event, path, data)`` finds the declaration of a push: an event with no
+    declaration passes unchecked; a declared event sent on a path that matches none of its
+    patterns, or whose ``data`` does not validate, raises
+    [`InvalidPush`][wsevents.contracts.InvalidPush].
+    """
+
+    __slots__ = ("_events", "_router", "_specs")
+
+    def __init__(self) -> None:
+        self._specs: list[PushSpec] = []
+        self._events: dict[str, list[str]] = {}
+        self._router: Router[PushSpec] = Router(cache_size=256)
+
+    def add(self, spec: PushSpec) -> None:
+        """Declare ``spec``.
+
+        Raises:
+            RoutingError: a bad pattern, or the same event and pattern declared twice.
+        """
+        self._router.add(spec.event, spec.pattern, spec)
+        self._specs.append(spec)
+        self._events.setdefault(spec.event, []).append(spec.pattern)
+
+    def specs(self) -> tuple[PushSpec, ...]:
+        """The declarations, in order."""
+        return tuple(self._specs)
+
+    def check(self, event: str, path: str, data: Any) -> None:
+        """Check one push against its declaration.
+
+        Raises:
+            InvalidPush: see the class.
+        """
+        patterns = self._events.get(event)
+        if patterns is None:
+            return
+        found = self._router.match(event, path)
+        if found is None:
+            raise InvalidPush(
+                f"push {event}: path {path!r} matches none of its declared patterns "
+                f"({', '.join(patterns)})"
+            )
+        check_push(found.handler, data)

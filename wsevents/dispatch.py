@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._aio import TaskSet, is_async
 from ._context import MessageScope, message_var
+from .contracts import DataContract, ParamsContract, compile_data_type, compile_params
 from .exceptions import ProtocolError, RoutingError, WsError
 from .protocol import INTERNAL_ERROR, NOT_FOUND, ClientMessage, Codec, encode_error
 from .protocol import parse_client_message as _parse
-from .routing import Guard, Route, Router
+from .routing import Guard, Route, Router, param_names
 
 if TYPE_CHECKING:
     from .app import WsApp
@@ -103,30 +104,43 @@ class Handler:
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A route as the dispatcher runs it: ``fn`` runs the route's guards (its groups',
-    then its own) and its handler; ``is_async`` says whether ``fn`` must be awaited.
+    then its own), converts its declared params and validates its declared ``data``,
+    runs its handler and dumps a declared reply; ``is_async`` says whether ``fn`` must be
+    awaited.
 
-    Compiled once, at registration ([`of`][]): a route without guards gets its handler
-    itself as ``fn``; sync guards around a sync handler stay sync.
+    Compiled once, at registration ([`of`][]): a route without guards or declared types
+    gets its handler itself as ``fn``; sync guards and validation around a sync handler
+    stay sync.
     """
 
     fn: Callable[[], Any]
     is_async: bool
     route: Route
+    data: DataContract | None = None
+    reply: DataContract | None = None
+    params: ParamsContract | None = None
 
     @classmethod
     def of(cls, route: Route) -> Endpoint:
         """Compile ``route``.
 
         Raises:
-            TypeError: a guard is not callable.
+            TypeError: a guard is not callable, or a declared type is not supported.
+            RoutingError: ``params`` names a param the pattern does not have.
         """
-        fn = route.handler
-        fn_async = is_async(fn)
         for guard in route.guards:
             _check_guard(guard)
-        if not route.guards:
-            return cls(fn, fn_async, route)
+        data = compile_data_type(route.data) if route.data is not None else None
+        reply = compile_data_type(route.reply) if route.reply is not None else None
+        params = compile_params(route.params) if route.params else None
+        _check_param_names(route, params)
+        fn = route.handler
+        fn_async = is_async(fn)
         checks = tuple((guard, is_async(guard)) for guard in route.guards)
+        if not checks and data is None and reply is None and params is None:
+            return cls(fn, fn_async, route)
+        prepare = _preparer(data, params)
+        dump = reply.dump if reply is not None else None
         if not fn_async and not any(guard_async for _, guard_async in checks):
             sync_guards = tuple(guard for guard, _ in checks)
 
@@ -134,16 +148,60 @@ class Endpoint:
                 for guard in sync_guards:
                     if guard() is False:
                         raise WsError(403, FORBIDDEN)
-                return fn()
+                if prepare is not None:
+                    prepare()
+                result = fn()
+                return result if dump is None else dump(result)
 
-            return cls(checked, False, route)
+            return cls(checked, False, route, data, reply, params)
 
         async def checked_async() -> Any:
-            await _run_guards(checks)
+            if checks:
+                await _run_guards(checks)
+            if prepare is not None:
+                prepare()
             result = fn()
-            return (await result) if fn_async else result
+            if fn_async:
+                result = await result
+            return result if dump is None else dump(result)
 
-        return cls(checked_async, True, route)
+        return cls(checked_async, True, route, data, reply, params)
+
+
+def _check_param_names(route: Route, params: ParamsContract | None) -> None:
+    if params is None:
+        return
+    names = set(param_names(route.pattern))
+    unknown = [name for name in params.params if name not in names]
+    if unknown:
+        raise RoutingError(
+            f"params={{...}} of {route.event} {route.pattern} names {', '.join(unknown)}, "
+            "which the pattern does not have"
+        )
+
+
+def _preparer(
+    data: DataContract | None, params: ParamsContract | None
+) -> Callable[[], None] | None:
+    """What runs after the guards: convert the params, then validate ``data`` (400 on
+    failure); the results go into the message's scope for the handler to read."""
+    if data is None and params is None:
+        return None
+    validate = data.validate if data is not None else None
+    convert = params.convert if params is not None else None
+
+    def prepare() -> None:
+        scope = message_var.get()
+        if convert is not None:
+            scope.typed_params = convert(scope.params)
+        if validate is not None:
+            msg = scope.message
+            # A new message: what an interceptor holds keeps the data as it was sent.
+            scope.message = ClientMessage(
+                msg.event, msg.path, validate(msg.data), msg.id, msg.has_id, msg.raw
+            )
+
+    return prepare
 
 
 def _check_guard(guard: object) -> None:
@@ -333,13 +391,14 @@ class Dispatcher:
     def _fail(scope: MessageScope, exc: Exception) -> None:
         """The one error mapping: WsError → its reply; anything else → logged, 500."""
         msg = scope.message
+        details = None
         if isinstance(exc, WsError):
-            code, text = exc.code, exc.message
+            code, text, details = exc.code, exc.message, exc.details
         else:
             log.error("handler failed: %s %s", msg.event, msg.path, exc_info=exc)
             code, text = 500, INTERNAL_ERROR
         if msg.has_id:
-            scope.connection.reply_error(msg.id, code, text)
+            scope.connection.reply_error(msg.id, code, text, details=details)
 
     def _reply(self, conn: Connection, msg: ClientMessage, result: Any) -> None:
         """Send ``result`` as the reply to ``msg``; 500 when it cannot be encoded."""

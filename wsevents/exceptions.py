@@ -68,11 +68,28 @@ class TransportError(WsEventsError):
 
 
 class WsClientError(WsEventsError):
-    """An RPC made by a client failed: an error reply, 408 (timeout) or 503 (not connected)."""
+    """An RPC made by a client failed: an error reply, 408 (timeout) or 503 (not connected).
 
-    def __init__(self, code: int, message: str | None = None) -> None:
+    Attributes:
+        code: the error's code.
+        message: the error's message.
+        details: the error reply's ``details`` (e.g. the failing fields of a 400
+            validation error, ``[{"path": ["text"], "message": "..."}]``), or ``None``
+            when the reply has none.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str | None = None,
+        *,
+        details: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         self.code = int(code)
         self.message = message if message is not None else _default_message(self.code)
+        self.details: list[dict[str, Any]] | None = (
+            None if details is None else [dict(d) for d in details]
+        )
         super().__init__(self.code, self.message)
 
     def __str__(self) -> str:

@@ -93,6 +93,8 @@ class RoomManager:
         """The cross-instance side: channels, envelopes, publishing, subscriptions."""
         self.cluster.bind_rooms(self._members_contains, self.deliver_local)
         self._members: dict[str, dict[str, Connection]] = {}
+        self.check_push: Callable[[str, str, Any], None] | None = None
+        """Checks every push before it is sent (``WsApp(check_pushes=True)`` sets it)."""
         self._join_policies: list[JoinPolicy] = []
         self._join_hooks: list[RoomHook] = []
         self._leave_hooks: list[RoomHook] = []
@@ -245,6 +247,8 @@ class RoomManager:
         published (when there is a transport). A failed publish is logged and reported,
         never raised.
         """
+        if self.check_push is not None:
+            self.check_push(event, room, data)
         frame = encode_push(event, room, data, params, self._encode)
         sent, skipped, dropped = self.deliver_local(room, frame, exclude_id)
         cluster = self.cluster

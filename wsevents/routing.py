@@ -29,7 +29,7 @@ from routes import Mapper
 
 from .exceptions import RoutingError
 
-__all__ = ["Guard", "Route", "RouteMatch", "Router", "join_pattern"]
+__all__ = ["Guard", "Route", "RouteMatch", "Router", "join_pattern", "param_names"]
 
 H = TypeVar("H")
 
@@ -61,9 +61,12 @@ class Route:
         guards: the route's guards in the order they run: its groups' guards (the
             outermost group first), then its own. The app's guards, which run before
             them, are not included.
-        data: the declared type of the message's ``data`` (None: not declared).
-        reply: the declared type of the reply's ``data`` (None: not declared).
-        params: the declared types of route params, by name.
+        data: the declared type of the message's ``data`` (None: not declared), validated
+            before the handler runs.
+        reply: the declared type of the reply's ``data`` (None: not declared); the
+            handler's return value is dumped to JSON values through it.
+        params: the declared types of route params, by name, converted before the
+            handler runs.
         summary: the first line of the handler's docstring, if any.
     """
 
@@ -95,6 +98,17 @@ def join_pattern(prefix: str, pattern: str) -> str:
     if pattern == "/":
         return base or "/"
     return base + pattern
+
+
+def param_names(pattern: str) -> tuple[str, ...]:
+    """The names of ``pattern``'s params, in order (``"*"`` for the wildcard):
+    ``/teams/:team/channels/:channel`` → ``("team", "channel")``.
+
+    Raises:
+        RoutingError: the pattern is malformed.
+    """
+    names = _compile_pattern(pattern, ignore_trailing_slash=False)[0].names
+    return tuple("*" if name == _WILD else name for name in names)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from ._context import current_app, current_connection
@@ -30,7 +31,15 @@ from .app import WsApp, register_adapter
 from .connection import Connection
 from .protocol import select_subprotocol
 
-__all__ = ["CLIENT_JS", "WS_APP", "add_client_route", "attach", "listen", "run"]
+__all__ = [
+    "CLIENT_JS",
+    "WS_APP",
+    "add_asyncapi_route",
+    "add_client_route",
+    "attach",
+    "listen",
+    "run",
+]
 
 log = logging.getLogger("wsevents.server")
 
@@ -482,6 +491,41 @@ def add_client_route(app: web.Application, path: str = "/wsevents-client.js") ->
         )
 
     app.router.add_get(path, client_js)
+    return app
+
+
+def add_asyncapi_route(
+    app: web.Application,
+    ws_app: WsApp,
+    path: str = "/asyncapi.json",
+    *,
+    title: str = "wsevents app",
+    version: str = "0.0.0",
+    description: str | None = None,
+    server: str | None = None,
+) -> web.Application:
+    """Serve ``ws_app``'s AsyncAPI document ([`WsApp.asyncapi`][wsevents.WsApp.asyncapi])
+    as JSON at ``GET path``.
+
+    The document is built on the first request (every route is registered by then) and
+    kept; the keyword arguments are those of ``WsApp.asyncapi``.
+
+    Raises:
+        ValueError: ``server`` is not a ``ws://`` or ``wss://`` URL.
+    """
+    if server is not None:  # a bad URL fails here, not at the first request
+        ws_app.asyncapi(title=title, version=version, server=server)
+    body: list[bytes] = []
+
+    async def asyncapi_json(_: web.Request) -> web.Response:
+        if not body:
+            document = ws_app.asyncapi(
+                title=title, version=version, description=description, server=server
+            )
+            body.append(orjson.dumps(document))
+        return web.Response(body=body[0], content_type="application/json")
+
+    app.router.add_get(path, asyncapi_json)
     return app
 
 

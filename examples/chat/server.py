@@ -27,8 +27,9 @@ import logging
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
 from wsevents import (
@@ -36,6 +37,7 @@ from wsevents import (
     create_ws_app,
     use_route_params,
     use_ws_connection,
+    use_ws_data,
     use_ws_message,
     use_ws_rooms,
     use_ws_server,
@@ -46,6 +48,42 @@ HERE = Path(__file__).parent
 ROOM = "/chat/:room([A-Za-z0-9_-]{1,32})"
 MAX_NAME = 24
 MAX_TEXT = 500
+
+
+class Post(msgspec.Struct):
+    """What a member sends: ``message`` data."""
+
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
+
+
+class Entry(msgspec.Struct):
+    """A message as members get it (the ``message`` push) and as history keeps it."""
+
+    name: str
+    text: str
+    ts: int
+
+
+class Notice(msgspec.Struct):
+    """A ``system`` push: someone joined or left; the room's members after the change."""
+
+    kind: str
+    name: str
+    text: str
+    members: list[str]
+
+
+class Joined(msgspec.Struct):
+    """The reply to ``subscribe``."""
+
+    room: str
+    name: str
+    members: list[str]
+    history: list[Entry]
+
+
+class Sent(msgspec.Struct):
+    sent: bool
 
 
 class History:
@@ -83,6 +121,9 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
     """The chat as an aiohttp application: ``/`` (page), ``/wsevents-client.js``, ``/ws``."""
     ws = create_ws_app()
     history = History(history_size, max_rooms)
+    # Declared for the AsyncAPI export (python -m wsevents asyncapi examples.chat.server:app).
+    ws.declare_push("message", ROOM, data=Entry, summary="A member's message")
+    ws.declare_push("system", ROOM, data=Notice, summary="A member joined or left")
 
     def my_name() -> str:
         name: str = use_ws_connection().state["name"]
@@ -117,8 +158,9 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
             leave = notice("leave", my_name(), room)
             await rooms.broadcast(room, "system", leave, exclude_id=conn.id)
 
-    @ws.on_message("subscribe", ROOM)
+    @ws.on_message("subscribe", ROOM, reply=Joined)
     async def join() -> dict[str, Any]:
+        """Join the room: its members and recent messages."""
         room = use_ws_message().path
         rooms = use_ws_rooms()
         if room not in rooms.rooms():
@@ -140,16 +182,16 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
             await rooms.leave()
         return {"left": True}
 
-    @ws.on_message("message", ROOM)
+    @ws.on_message("message", ROOM, data=Post, reply=Sent)
     async def message() -> dict[str, bool]:
+        """Say something to the room (the sender included)."""
         msg = use_ws_message()
         rooms = use_ws_rooms()
         if msg.path not in rooms.rooms():
             raise WsError(403, "join the room first")
-        data = msg.data
-        text = data.get("text") if isinstance(data, dict) else None
-        if not isinstance(text, str) or not 0 < len(text.strip()) <= MAX_TEXT:
-            raise WsError(400, f"data.text must be 1 to {MAX_TEXT} characters")
+        text = use_ws_data(Post).text
+        if not text.strip():
+            raise WsError(400, "Invalid data: text: expected some visible characters")
         entry = {"name": my_name(), "text": text.strip(), "ts": int(time.time() * 1000)}
         history.add(msg.path, entry)
         await rooms.broadcast("message", entry, exclude_self=False)
@@ -163,6 +205,11 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
     add_client_route(app, "/wsevents-client.js")
     ws.attach(app, "/ws")
     return app
+
+
+def app() -> web.Application:
+    """The chat with its default options (a target for ``python -m wsevents``)."""
+    return create_app()
 
 
 def main(argv: list[str] | None = None) -> None:

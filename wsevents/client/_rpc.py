@@ -28,7 +28,7 @@ class PendingCall(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A reply ``{"id", "data"}`` or ``{"id", "error": {"code", "message"}}``."""
+    """A reply ``{"id", "data"}`` or ``{"id", "error": {"code", "message", "details"?}}``."""
 
     id: Any
     data: Any = None
@@ -64,9 +64,11 @@ def parse_server_message(obj: Any) -> Reply | Push | None:
         message = err.get("message") if isinstance(err, Mapping) else None
         if not isinstance(code, int) or isinstance(code, bool):
             code = 500
-        return Reply(
-            message_id, None, WsClientError(code, message if isinstance(message, str) else None)
-        )
+        details = err.get("details") if isinstance(err, Mapping) else None
+        if not isinstance(details, list) or not all(isinstance(d, Mapping) for d in details):
+            details = None  # absent or malformed: the call fails all the same
+        error = WsClientError(code, message if isinstance(message, str) else None, details=details)
+        return Reply(message_id, None, error)
     event, path = obj.get("event"), obj.get("path")
     if not isinstance(event, str) or not isinstance(path, str):
         return None

@@ -19,12 +19,17 @@ const DEFAULT_QUEUE_SIZE = 1000;
 const DEFAULT_ACCEPT_WINDOW = 100;
 const CLIENT_CLOSE_REASON = "Client closed";
 
-/** An RPC failed: the server's error reply, 408 (timeout) or 503 (not connected). */
+/**
+ * An RPC failed: the server's error reply, 408 (timeout) or 503 (not connected).
+ * `details` is the error reply's `details` (e.g. the failing fields of a 400 validation
+ * error, `[{path: ["text"], message: "..."}]`), or null when it has none.
+ */
 export class WsClientError extends Error {
-  constructor(code, message) {
+  constructor(code, message, details = null) {
     super(message ?? `WsClientError ${code}`);
     this.name = "WsClientError";
     this.code = code;
+    this.details = details;
   }
 }
 
@@ -566,7 +571,8 @@ export class WsClient {
       if (msg.error !== undefined && msg.error !== null) {
         const code = Number.isInteger(msg.error.code) ? msg.error.code : 500;
         const text = typeof msg.error.message === "string" ? msg.error.message : undefined;
-        entry.reject(new WsClientError(code, text));
+        const details = Array.isArray(msg.error.details) ? msg.error.details : null;
+        entry.reject(new WsClientError(code, text, details));
       } else {
         entry.resolve(msg.data ?? null);
       }

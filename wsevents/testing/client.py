@@ -104,7 +104,10 @@ class WsTestClient:
         reply = await self.request(event, path, data, message_id=message_id, timeout=timeout)
         if "error" in reply:
             err = reply["error"]
-            raise WsClientError(err.get("code", 500), err.get("message"))
+            details = err.get("details")
+            if not isinstance(details, list) or not all(isinstance(d, dict) for d in details):
+                details = None  # absent or malformed: the call fails all the same
+            raise WsClientError(err.get("code", 500), err.get("message"), details=details)
         return reply.get("data")
 
     async def request(

@@ -1,0 +1,151 @@
+"""What declared types cost: server CPU per 100k RPC replies, validated or not.
+
+Three servers, each started fresh per rep and measured with the harness' scenario ``s1``
+(50 connections x 10 ``rpc /echo`` in flight, a ~100-byte object), reps interleaved:
+
+* ``echo``: the reference app's plain ``/echo``;
+* ``typed-msgspec``: ``/echo`` declared ``data=Payload, reply=Payload`` (a msgspec Struct
+  with the constraints of ``/typed/message``), see ``benchmarks/contracts_app.py``;
+* ``typed-pydantic``: the same with a pydantic model.
+
+The key figure is the server's CPU seconds per 100k replies (lower is better), compared
+with ``echo`` from the same run; the target is ``typed-msgspec / echo <= 1.10``. Run from
+the project root, on a quiet machine:
+
+    python benchmarks/contracts.py                  # 3 reps of 2 + 8 s per server (~2 min)
+    python benchmarks/contracts.py --reps 1 --warmup 1 --duration 2   # a quick check
+
+The harness (``bench.py``, ``loadgen.js``) is ``../shared/bench`` unless ``--bench-dir`` or
+``$WSEVENTS_BENCH_DIR`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+SERVERS = {
+    "echo": "examples.reference_app:app",
+    "typed-msgspec": "benchmarks.contracts_app:msgspec_app",
+    "typed-pydantic": "benchmarks.contracts_app:pydantic_app",
+}
+TARGET = 1.10
+
+
+def server_cmd(target: str) -> str:
+    return f"{PYTHON} -m wsevents run {target} --host 127.0.0.1 --port {{port}} --log-level warning"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3, help="interleaved reps per server")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds measured")
+    p.add_argument("--timeout", type=float, default=60.0, help="kill a load run after this")
+    p.add_argument(
+        "--bench-dir",
+        type=Path,
+        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
+    )
+    p.add_argument(
+        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
+    )
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin CPUs")
+    return p
+
+
+def table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    """A Markdown table of median CPU s/100k replies and replies/s per server, with ratios
+    to ``echo``; also the medians of CPU s/100k by server."""
+    cpu: dict[str, list[float]] = {}
+    rate: dict[str, list[float]] = {}
+    for rec in records:
+        result = rec.get("result") or {}
+        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
+            continue
+        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"])
+        if result.get("replies_per_s") is not None:
+            rate.setdefault(rec["server"], []).append(result["replies_per_s"])
+    medians = {name: statistics.median(values) for name, values in cpu.items()}
+    base = medians.get("echo")
+    lines = [
+        "| server | reps | srv CPU s/100k replies | ratio to echo | replies/s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in SERVERS:
+        if name not in medians:
+            lines.append(f"| {name} | 0 | failed | | |")
+            continue
+        ratio = f"{medians[name] / base:.3f}" if base else "n/a"
+        replies = f"{statistics.median(rate[name]):.0f}" if rate.get(name) else "n/a"
+        lines.append(f"| {name} | {len(cpu[name])} | {medians[name]:.3f} | {ratio} | {replies} |")
+    return "\n".join(lines), medians
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    bench = a.bench_dir.resolve() / "bench.py"
+    if not bench.exists():
+        print(f"contracts.py: no harness at {bench}; give --bench-dir", file=sys.stderr)
+        return 2
+    cmd = [
+        sys.executable,
+        str(bench),
+        "--compare",
+        ",".join(SERVERS),
+        "--scenarios",
+        "s1",
+        "--reps",
+        str(a.reps),
+        "--warmup",
+        str(a.warmup),
+        "--duration",
+        str(a.duration),
+        "--timeout",
+        str(a.timeout),
+        "--raw",
+        str(a.raw_dir),
+        "--label",
+        "contracts",
+    ]
+    for name, target in SERVERS.items():
+        cmd += ["--extra", f"{name}={server_cmd(target)}"]
+    if not a.pin:
+        cmd.append("--no-pin")
+    run_dir: Path | None = None
+    # --extra commands run in the caller's folder: the project root.
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            found = re.search(r"raw -> (.+)$", line.rstrip("\n"))
+            if found and run_dir is None:
+                run_dir = Path(found.group(1))
+    if run_dir is None:
+        print(f"contracts.py: bench.py exited with {proc.returncode}", file=sys.stderr)
+        return 1
+    records = []
+    for path in sorted(run_dir.glob("*.s1.*.json")):
+        with path.open() as f:
+            records.append(json.load(f))
+    text, medians = table(records)
+    print("\nServer CPU per 100k RPC replies (median over reps; lower is better)\n")
+    print(text)
+    if "echo" in medians and "typed-msgspec" in medians:
+        ratio = medians["typed-msgspec"] / medians["echo"]
+        verdict = "within" if ratio <= TARGET else "OVER"
+        print(f"\ntyped-msgspec/echo = {ratio:.3f} ({verdict} the {TARGET:.2f} target)")
+    return 0 if len(medians) == len(SERVERS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
