@@ -267,8 +267,9 @@ class _OriginWarnings:
         self._lines += 1
         suppressed, self._suppressed = self._suppressed, 0
         log.warning(
-            "refused a WebSocket from origin %r (Host %r); allowed_origins allows it. "
-            "Refused origins are logged once per %d s (%d more refused since the last line)",
+            "refused a WebSocket from origin %r (Host %r); to accept it, add it to "
+            "allowed_origins (CLI: --allow-origin). Refused origins are logged once per %d s "
+            "(%d more refused since the last line)",
             origin[:200],
             request.host[:200],
             _ORIGIN_WARNING_WINDOW,
