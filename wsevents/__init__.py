@@ -29,6 +29,7 @@ from .exceptions import (
     WsError,
     WsEventsError,
 )
+from .presence import Presence, PresenceChange, PresenceUser, PresenceUsers
 from .protocol import ClientMessage, Codec, JsonCodec
 from .rooms import DeliveryReport, RoomManager
 from .routing import Guard, Route
@@ -39,6 +40,8 @@ from .transports import (
     ConnectionDirectory,
     MemoryBus,
     MemoryTransport,
+    PresenceCount,
+    PresenceStore,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +65,12 @@ __all__ = [
     "MemoryBus",
     "MemoryTransport",
     "MessageScope",
+    "Presence",
+    "PresenceChange",
+    "PresenceCount",
+    "PresenceStore",
+    "PresenceUser",
+    "PresenceUsers",
     "ProtocolError",
     "RoomManager",
     "Route",
