@@ -29,7 +29,7 @@ async def next_presence(client: WsTestClient, timeout: float = 5.0) -> dict[str,
     """The next presence push (other pushes are skipped)."""
     async with asyncio.timeout(timeout):
         while True:
-            frame = await client.next_push()
+            frame = await client.next_push(timeout)
             if frame["event"] == "presence":
                 return frame
 
