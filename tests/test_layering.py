@@ -165,6 +165,7 @@ LAYER_ORDER = [
     "client._backoff",
     "client._listeners",
     "client._rpc",
+    "client._presence",
     "client._client",
     "client",
 ]

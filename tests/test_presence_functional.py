@@ -310,3 +310,47 @@ async def test_a_clean_shutdown_leaves_nothing_behind_and_pushes_the_leaves(
     store = cluster.bus.presence
     assert await store.count(room) == PresenceCount(1, 1)
     assert await store.heartbeat(cluster.apps[1].rooms.instance_id, 1.0)  # it was forgotten
+
+
+# -- the Python client ------------------------------------------------------------------------
+
+
+async def test_client_presence_follows_members_and_resyncs_after_a_reconnect() -> None:
+    from wsevents import WsClient
+
+    ws = WsApp(heartbeat=0)
+    add_presence(ws)
+    host, port = await ws.listen(port=0)
+    room = room_name()
+    url = f"ws://{host}:{port}/ws"
+    try:
+        async with (
+            WsClient(url + "?user=alice", reconnect=True, base_delay=0.05) as alice,
+            WsClient(url + "?user=bob") as bob,
+        ):
+            mine = await alice.presence(room, {"name": "Ada"})
+            assert set(mine.members) == {"alice"}
+            changed = asyncio.Event()
+            mine.on_change(lambda change: changed.set())
+            theirs = await bob.presence(room, {"name": "Bob"})
+            assert set(theirs.members) == {"alice", "bob"}
+            await changed.wait()
+            assert mine.members["bob"]["name"] == "Bob"
+            assert await mine.count() == {"connections": 2, "users": 2}
+            assert [m["user"] for m in (await mine.list(limit=1))["members"]] == ["alice"]
+            # Alice's socket drops: she left on the server; the client joins again and
+            # fetches the members anew (bob left meanwhile: not replayed from old state).
+            for conn in ws.connections():
+                if conn.user == "alice":
+                    conn.abort()
+            await theirs.leave()
+            async with asyncio.timeout(5):
+                while set(mine.members) != {"alice"} or alice.connected is False:
+                    changed.clear()
+                    await changed.wait()
+            assert await bob.call("rpc", "/presence/count", {"room": room}) == {
+                "connections": 1,
+                "users": 1,
+            }
+    finally:
+        await ws.close()
