@@ -286,3 +286,36 @@ async def test_killed_instance_members_are_gone_everywhere_within_30_s(
         await both.close()
         for client in victims:
             await client.close()
+
+
+# -- the chat example on two instances ---------------------------------------------------------
+
+
+async def test_chat_member_lists_are_right_with_two_instances_on_redis(
+    aiohttp_client: Any, prefix: str
+) -> None:
+    from examples.chat.server import create_app
+
+    servers = [
+        await aiohttp_client(
+            create_app(transport=RedisTransport.from_url(REDIS_URL, prefix=prefix))
+        )
+        for _ in range(2)
+    ]
+    room = f"/chat/{unique('r')}"
+    ada = WsTestClient(await servers[0].ws_connect("/ws", params={"name": "Ada"}))
+    bob = WsTestClient(await servers[1].ws_connect("/ws", params={"name": "Bob"}))
+    assert (await ada.call("subscribe", room))["members"] == ["Ada"]
+    assert (await bob.call("subscribe", room))["members"] == ["Ada", "Bob"]
+    joined = await ada.next_push()
+    assert joined["data"]["kind"] == "join" and joined["data"]["members"] == ["Ada", "Bob"]
+    await bob.close()
+    async with asyncio.timeout(5):
+        while True:
+            push = await ada.next_push()
+            if push["event"] == "system" and push["data"]["kind"] == "leave":
+                break
+    assert push["data"]["members"] == ["Ada"]
+    # A resubscribe (what a page does after a reconnect) gets the list as it is now.
+    assert (await ada.call("subscribe", room))["members"] == ["Ada"]
+    await ada.close()
