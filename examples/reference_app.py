@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import msgspec
 
 from wsevents import (
+    WsApp,
     WsError,
     create_ws_app,
     use_route_params,
@@ -232,3 +233,66 @@ def typed_message() -> Ack:
 def typed_item() -> Item:
     """An item by its integer id."""
     return Item(id=use_route_params().typed["id"])
+
+
+# -- presence: who is in a room, on every instance, by user ------------------------------
+
+
+def add_presence(ws: WsApp) -> None:
+    """The presence routes (a function, so that tests can build several instances)."""
+    ws.presence.track("/presence/rooms/:room", mode="list")
+
+    @ws.on_connect
+    def identify() -> None:
+        """``?user=<id>`` names the connection's user (by default the connection id)."""
+        request = use_ws_connection().request
+        user = request.query.get("user") if request is not None else None
+        if user:
+            use_ws_connection().user = user
+
+    @ws.on_message("join", "/presence/rooms/:room")
+    async def presence_join() -> dict[str, bool]:
+        data = use_ws_message().data
+        name = data.get("name") if isinstance(data, dict) else None
+        await use_ws_rooms().join(data={"name": name})
+        return {"joined": True}
+
+    @ws.on_message("leave", "/presence/rooms/:room")
+    async def presence_leave() -> dict[str, bool]:
+        await use_ws_rooms().leave()
+        return {"left": True}
+
+    @ws.on_message("message", "/presence/rooms/:room")
+    async def presence_message() -> dict[str, bool]:
+        await use_ws_rooms().broadcast("message", use_ws_message().data)
+        return {"sent": True}
+
+    @ws.on_message("rpc", "/presence/count")
+    async def presence_count() -> dict[str, int]:
+        room, _ = _presence_query()
+        count = await use_ws_server().presence.count(room)
+        return {"connections": count.connections, "users": count.users}
+
+    @ws.on_message("rpc", "/presence/list")
+    async def presence_list() -> dict[str, Any]:
+        room, data = _presence_query()
+        offset, limit = data.get("offset", 0), data.get("limit", 50)
+        for value in (offset, limit):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise WsError(400, "data.offset and data.limit must be integers >= 0")
+        page = await use_ws_server().presence.users(room, offset, min(limit, 100))
+        members = [
+            {"user": m.user, "name": (m.data or {}).get("name"), "connections": m.connections}
+            for m in page.members
+        ]
+        return {"total": page.total, "members": members}
+
+
+def _presence_query() -> tuple[str, dict[str, Any]]:
+    data = use_ws_message().data
+    if not isinstance(data, dict) or not isinstance(data.get("room"), str):
+        raise WsError(400, "data.room must be a string")
+    return data["room"], data
+
+
+add_presence(app)

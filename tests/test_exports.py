@@ -20,6 +20,7 @@ MODULES = [
     "wsevents.connection",
     "wsevents.dispatch",
     "wsevents.exceptions",
+    "wsevents.presence",
     "wsevents.protocol",
     "wsevents.rooms",
     "wsevents.routing",

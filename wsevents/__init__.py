@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         WsError,
         WsEventsError,
     )
+    from .presence import Presence, PresenceChange, PresenceUser, PresenceUsers
     from .protocol import ClientMessage, Codec, JsonCodec
     from .rooms import DeliveryReport, RoomManager
     from .routing import Guard, Route
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
         ConnectionDirectory,
         MemoryBus,
         MemoryTransport,
+        PresenceCount,
+        PresenceStore,
     )
 
 __version__ = "0.1.0"
@@ -70,6 +73,12 @@ __all__ = [
     "MemoryBus",
     "MemoryTransport",
     "MessageScope",
+    "Presence",
+    "PresenceChange",
+    "PresenceCount",
+    "PresenceStore",
+    "PresenceUser",
+    "PresenceUsers",
     "ProtocolError",
     "RoomManager",
     "Route",
@@ -111,6 +120,12 @@ _EXPORTS: dict[str, str] = {
     "MemoryBus": ".transports",
     "MemoryTransport": ".transports",
     "MessageScope": "._context",
+    "Presence": ".presence",
+    "PresenceChange": ".presence",
+    "PresenceCount": ".transports",
+    "PresenceStore": ".transports",
+    "PresenceUser": ".presence",
+    "PresenceUsers": ".presence",
     "ProtocolError": ".exceptions",
     "RoomManager": ".rooms",
     "Route": ".routing",

@@ -28,6 +28,7 @@ from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
 from .contracts import PushChecker, PushSpec, compile_data_type
 from .dispatch import FALLBACK_PATTERN, Dispatcher, Endpoint, Handler, Interceptor
 from .exceptions import WsError
+from .presence import Presence, PresenceListener
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
 from .rooms import RoomManager
 from .routing import Guard, Route, Router, join_pattern
@@ -50,6 +51,7 @@ __all__ = [
 log = logging.getLogger("wsevents")
 
 F = TypeVar("F", bound=Callable[..., Any])
+PL = TypeVar("PL", bound=PresenceListener)
 IC = TypeVar("IC", bound=Interceptor)
 G = TypeVar("G", bound=Guard)
 
@@ -152,8 +154,9 @@ class WsApp(WsServer):
         self._connections: dict[str, Connection] = {}
         instance_id = uuid.uuid4().hex
         rooms = RoomManager(transport, instance_id=instance_id, codec=self.codec)
-        super().__init__(self._connections, rooms, self.codec)
-        self._server = WsServer(self._connections, rooms, self.codec)
+        presence = Presence(rooms)
+        super().__init__(self._connections, rooms, self.codec, presence)
+        self._server = WsServer(self._connections, rooms, self.codec, presence)
         self._pushes = PushChecker()
         self.check_pushes = check_pushes
         """Whether pushes are checked against their declarations (see the option)."""
@@ -430,6 +433,14 @@ class WsApp(WsServer):
         self._on_transport_state.append((True, Handler.of(fn)))
         return fn
 
+    def on_presence(self, fn: PL) -> PL:
+        """Call ``fn(change)`` for every [`PresenceChange`][wsevents.PresenceChange]: a
+        user's first connection joined a presence room, or their last one left it. Each
+        change is reported once in the whole cluster, on the instance that decided it
+        (see [`Presence.add_listener`][wsevents.Presence.add_listener])."""
+        self.presence.add_listener(fn)
+        return fn
+
     def set_transport(self, transport: BroadcastTransport | None) -> None:
         """Replace the transport before the app starts (what ``--redis-url`` does).
 
@@ -455,6 +466,7 @@ class WsApp(WsServer):
         self._started = True
         self._closing = False
         await self.rooms.cluster.start(self._connections, self._transport_state_changed)
+        await self.presence.start()
 
     async def shutdown(self) -> None:
         """Close every connection with 1001 and let running handlers finish (graceful)."""
@@ -479,6 +491,7 @@ class WsApp(WsServer):
         """Shut down and close the transport; the adapter's cleanup calls it."""
         await self.shutdown()
         if self._started:
+            await self.presence.close()
             await self.rooms.cluster.close()
         self._started = False
 

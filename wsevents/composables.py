@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._context import MessageScope, app_var, connection_var, message_var
 from .cluster import Envelope
 from .connection import Connection
+from .presence import Presence
 from .protocol import ClientMessage, Codec, encode_push
 from .rooms import DeliveryReport, RoomManager
 
@@ -41,20 +42,27 @@ class WsServer:
 
     Attributes:
         rooms: the instance's [`RoomManager`][wsevents.RoomManager].
+        presence: the instance's [`Presence`][wsevents.Presence]: counts and user lists of
+            presence rooms.
         instance_id: this instance's id (the origin of its envelopes).
     """
 
-    __slots__ = ("_cluster", "_connections", "_encode", "instance_id", "rooms")
+    __slots__ = ("_cluster", "_connections", "_encode", "instance_id", "presence", "rooms")
     # The push check lives on the RoomManager shared with the app: one switch for every
     # kind of push.
 
     def __init__(
-        self, connections: Mapping[str, Connection], rooms: RoomManager, codec: Codec
+        self,
+        connections: Mapping[str, Connection],
+        rooms: RoomManager,
+        codec: Codec,
+        presence: Presence | None = None,
     ) -> None:
         self._connections = connections
         self._encode = codec.encode
         self._cluster = rooms.cluster
         self.rooms = rooms
+        self.presence = presence if presence is not None else Presence(rooms)
         self.instance_id = rooms.instance_id
 
     def connections(self) -> tuple[Connection, ...]:
@@ -230,12 +238,25 @@ class WsRooms:
     def __init__(self, scope: MessageScope) -> None:
         self._scope = scope
 
-    async def join(self, room: str | None = None) -> str:
-        """Join ``room`` (default: the message path); returns the room name."""
+    async def join(self, room: str | None = None, *, data: Mapping[str, Any] | None = None) -> str:
+        """Join ``room`` (default: the message path); returns the room name.
+
+        In a presence room, ``data`` is the member data others see (e.g.
+        ``{"name": "Ada"}``).
+        """
         scope = self._scope
         name = scope.message.path if room is None else room
-        await scope.app.rooms.join(scope.connection, name)
+        await scope.app.rooms.join(scope.connection, name, data=data)
         return name
+
+    async def update_presence(
+        self, data: Mapping[str, Any] | None, *, room: str | None = None
+    ) -> bool:
+        """Replace the current user's member data in presence room ``room`` (default: the
+        message path); False when the connection is not a presence member there."""
+        scope = self._scope
+        name = scope.message.path if room is None else room
+        return await scope.app.presence.update(scope.connection, name, data)
 
     async def leave(self, room: str | None = None) -> str:
         """Leave ``room`` (default: the message path); returns the room name."""

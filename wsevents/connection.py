@@ -68,6 +68,9 @@ class Connection:
         request: the aiohttp upgrade request (headers, query, cookies, peer), or None.
         subprotocol: the WebSocket subprotocol selected at the handshake, or None.
         state: a dict for the application's own per-connection data.
+        user: the user the connection belongs to (presence counts users by it); the
+            connection id unless ``on_connect`` sets it, e.g.
+            ``use_ws_connection().user = "alice"``. Set it before joining rooms.
     """
 
     __slots__ = (
@@ -86,6 +89,7 @@ class Connection:
         "request",
         "state",
         "subprotocol",
+        "user",
     )
 
     def __init__(
@@ -103,6 +107,7 @@ class Connection:
         self.request = request
         self.subprotocol = subprotocol
         self.state: dict[str, Any] = {}
+        self.user: str = self.id
         self._socket = socket
         self._encode = codec.encode
         self._binary = codec.binary
@@ -189,6 +194,10 @@ class Connection:
     def remove_room(self, room: str) -> None:
         """Forget membership of ``room`` (the [`RoomManager`][wsevents.RoomManager] calls it)."""
         self._rooms.pop(room, None)
+
+    def in_room(self, room: str) -> bool:
+        """True while the connection is in ``room`` on this instance."""
+        return room in self._rooms
 
     # -- sending -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._aio import await_hook
 from .cluster import ROOM_CHANNEL_PREFIX, Cluster, Envelope
@@ -25,6 +25,7 @@ __all__ = [
     "ROOM_CHANNEL_PREFIX",
     "DeliveryReport",
     "JoinPolicy",
+    "PresenceHooks",
     "RoomHook",
     "RoomManager",
 ]
@@ -36,6 +37,18 @@ RoomHook = Callable[[Connection, str], "Awaitable[None] | None"]
 
 JoinPolicy = Callable[[Connection, str], "Awaitable[None] | None"]
 """Called with ``(connection, room)`` before a join; raising ``WsError`` refuses it."""
+
+
+class PresenceHooks(Protocol):
+    """What the room registry tells presence (``wsevents.presence.Presence`` implements it)."""
+
+    async def joined(self, conn: Connection, room: str, data: Mapping[str, Any] | None) -> None:
+        """``conn`` joined ``room`` with member ``data``."""
+        ...
+
+    async def left(self, conn: Connection, room: str) -> None:
+        """``conn`` left ``room``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,8 @@ class RoomManager:
         self._join_policies: list[JoinPolicy] = []
         self._join_hooks: list[RoomHook] = []
         self._leave_hooks: list[RoomHook] = []
+        self.presence_hooks: PresenceHooks | None = None
+        """Set once a presence pattern is tracked (None: joins and leaves cost nothing more)."""
 
     @property
     def transport(self) -> BroadcastTransport | None:
@@ -137,11 +152,15 @@ class RoomManager:
 
     # -- membership -------------------------------------------------------------------
 
-    async def join(self, conn: Connection, room: str) -> None:
+    async def join(
+        self, conn: Connection, room: str, *, data: Mapping[str, Any] | None = None
+    ) -> None:
         """Add ``conn`` to ``room``; with a transport, return once the instance is subscribed.
 
         A closed connection joins nothing: its rooms are being (or have been) left, and a
-        handler still running after the disconnect must not bring it back.
+        handler still running after the disconnect must not bring it back. In a presence
+        room, ``data`` is the member data (see [`Presence`][wsevents.Presence]); elsewhere
+        it is ignored.
 
         Raises:
             WsError: a join policy refused the join.
@@ -167,6 +186,8 @@ class RoomManager:
             await cluster.sync_room(room)
         if new and self._join_hooks:
             await self._run_hooks(self._join_hooks, conn, room, "room join hook failed")
+        if new and self.presence_hooks is not None:
+            await self.presence_hooks.joined(conn, room, data)
 
     async def leave(self, conn: Connection, room: str) -> None:
         """Remove ``conn`` from ``room``; an empty room disappears (and is unsubscribed)."""
@@ -180,6 +201,8 @@ class RoomManager:
                 await self.cluster.sync_room(room)
         if self._leave_hooks:
             await self._run_hooks(self._leave_hooks, conn, room, "room leave hook failed")
+        if self.presence_hooks is not None:
+            await self.presence_hooks.left(conn, room)
 
     async def leave_all(self, conn: Connection) -> tuple[str, ...]:
         """Remove ``conn`` from every room; returns the rooms it was in."""

@@ -17,7 +17,8 @@ Protocol (paths are ``/chat/<room>``, room names are 1-32 of ``A-Z a-z 0-9 _ -``
 - ``unsubscribe`` (or closing the tab) leaves; the others get ``{kind: "leave", ...}``.
 
 Every notice carries the room's member list after the change, so a page shows the
-server's list rather than adding and removing names itself.
+server's list rather than adding and removing names itself. The list comes from presence,
+so it is right on every instance: ``--redis-url`` runs several chat servers as one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import msgspec
 from aiohttp import web
 
 from wsevents import (
+    BroadcastTransport,
     WsError,
     create_ws_app,
     use_route_params,
@@ -117,9 +119,16 @@ def clean_name(raw: str | None, fallback: str) -> str:
     return " ".join(text.split())[:MAX_NAME] or fallback
 
 
-def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Application:
+def create_app(
+    *,
+    history_size: int = 50,
+    max_rooms: int = 1000,
+    transport: BroadcastTransport | None = None,
+) -> web.Application:
     """The chat as an aiohttp application: ``/`` (page), ``/wsevents-client.js``, ``/ws``."""
-    ws = create_ws_app()
+    ws = create_ws_app(transport=transport)
+    # Every room is a presence room: the member lists count every instance.
+    ws.presence.track(ROOM, mode="list")
     history = History(history_size, max_rooms)
     # Declared for the AsyncAPI export (python -m wsevents asyncapi examples.chat.server:app).
     ws.declare_push("message", ROOM, data=Entry, summary="A member's message")
@@ -129,11 +138,19 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         name: str = use_ws_connection().state["name"]
         return name
 
-    def members(room: str, leaving: str | None = None) -> list[str]:
-        conns = use_ws_server().room_connections(room)
-        return sorted(c.state.get("name", "?") for c in conns if c.id != leaving)
+    async def members(room: str, leaving: str | None = None) -> list[str]:
+        # Each connection is a presence user of its own (the user is the connection id).
+        presence, names, offset = use_ws_server().presence, [], 0
+        while True:
+            page = await presence.users(room, offset, 100)
+            names += [
+                str((m.data or {}).get("name", "?")) for m in page.members if m.user != leaving
+            ]
+            offset += len(page.members)
+            if not page.members or offset >= page.total:
+                return sorted(names)
 
-    def notice(kind: str, name: str, room: str) -> dict[str, Any]:
+    async def notice(kind: str, name: str, room: str) -> dict[str, Any]:
         verb = "joined" if kind == "join" else "left"
         # The leaver is still a member while its notice goes out: leave it out of the list.
         leaving = use_ws_connection().id if kind == "leave" else None
@@ -141,7 +158,7 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
             "kind": kind,
             "name": name,
             "text": f"{name} {verb}",
-            "members": members(room, leaving),
+            "members": await members(room, leaving),
         }
 
     @ws.on_connect
@@ -155,7 +172,7 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         conn = use_ws_connection()
         rooms = use_ws_server().rooms
         for room in conn.rooms:
-            leave = notice("leave", my_name(), room)
+            leave = await notice("leave", my_name(), room)
             await rooms.broadcast(room, "system", leave, exclude_id=conn.id)
 
     @ws.on_message("subscribe", ROOM, reply=Joined)
@@ -164,12 +181,12 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         room = use_ws_message().path
         rooms = use_ws_rooms()
         if room not in rooms.rooms():
-            await rooms.join()
-            await rooms.broadcast("system", notice("join", my_name(), room))
+            await rooms.join(data={"name": my_name()})
+            await rooms.broadcast("system", await notice("join", my_name(), room))
         return {
             "room": use_route_params().get("room"),
             "name": my_name(),
-            "members": members(room),
+            "members": await members(room),
             "history": history.recent(room),
         }
 
@@ -178,7 +195,7 @@ def create_app(*, history_size: int = 50, max_rooms: int = 1000) -> web.Applicat
         room = use_ws_message().path
         rooms = use_ws_rooms()
         if room in rooms.rooms():
-            await rooms.broadcast("system", notice("leave", my_name(), room))
+            await rooms.broadcast("system", await notice("leave", my_name(), room))
             await rooms.leave()
         return {"left": True}
 
@@ -217,10 +234,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--history", type=int, default=50, help="messages kept per room")
+    parser.add_argument("--redis-url", help="share rooms and members with other instances")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("wsevents").info("chat on http://%s:%d/", args.host, args.port)
-    run(create_app(history_size=args.history), host=args.host, port=args.port)
+    transport = None
+    if args.redis_url:
+        from wsevents.transports.redis import RedisTransport
+
+        transport = RedisTransport.from_url(args.redis_url)
+    app = create_app(history_size=args.history, transport=transport)
+    run(app, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ._client import (
     WsClient,
 )
 from ._listeners import Push
+from ._presence import PresenceChangeHandler, RoomPresence
 
 __all__ = [
     "DEFAULT_PUSH_QUEUE_SIZE",
@@ -29,10 +30,12 @@ __all__ = [
     "CloseHook",
     "ErrorHook",
     "OpenHook",
+    "PresenceChangeHandler",
     "Push",
     "PushHandler",
     "PushStream",
     "ReconnectHook",
+    "RoomPresence",
     "Subscription",
     "WsClient",
     "WsClientError",

@@ -20,6 +20,7 @@ from ..exceptions import WsClientError, WsConnectionRefused
 from ..protocol import JsonCodec
 from ._backoff import Backoff, BackoffStrategy
 from ._listeners import Listeners, Push
+from ._presence import RoomPresence
 from ._rpc import Reply, RpcTracker, build_message, parse_server_message
 
 __all__ = [
@@ -311,6 +312,7 @@ class WsClient:
         self._tasks = TaskSet()
         self._confirming: asyncio.Future[None] | None = None  # the pong awaited by _setup
         self._refusal: WsConnectionRefused | None = None  # why the last attempt was refused
+        self._presences: dict[str, RoomPresence] = {}
 
     def __repr__(self) -> str:
         return f"<WsClient {self.url} {self._state.value}>"
@@ -502,6 +504,49 @@ class WsClient:
         self._subscriptions[path] = data
         return Subscription(self, path, data, reply)
 
+    async def presence(
+        self,
+        room: str,
+        join: Any = None,
+        *,
+        join_event: str = "join",
+        leave_event: str = "leave",
+        count_path: str = "/presence/count",
+        list_path: str = "/presence/list",
+    ) -> RoomPresence:
+        """Join presence room ``room`` (``call(join_event, room, join)``) and follow who is
+        in it: a [`RoomPresence`][wsevents.client.RoomPresence] with the current
+        ``members``, ``on_change(handler)``, ``count()`` and ``list(offset, limit)``.
+
+        ``count()`` and ``list()`` call the app's ``count_path`` and ``list_path`` routes
+        (the reference app's by default). After a reconnect the room is joined again and
+        the members fetched anew (never replayed from the old state); ``leave()`` leaves.
+
+        Raises:
+            WsClientError: the join or the first list failed.
+        """
+        existing = self._presences.get(room)
+        if existing is not None:
+            return existing
+        presence = RoomPresence(
+            self,
+            room,
+            join=join,
+            join_event=join_event,
+            leave_event=leave_event,
+            count_path=count_path,
+            list_path=list_path,
+        )
+        self._presences[room] = presence
+        try:
+            await presence.start()
+        except BaseException:
+            self._presences.pop(room, None)
+            presence.stop_listening()
+            raise
+        presence.on_leave = lambda: self._presences.pop(room, None)
+        return presence
+
     def on(self, event: str, pattern: str, handler: PushHandler) -> Callable[[], None]:
         """Call ``handler(push)`` for each push of ``event`` on a path matching ``pattern``.
 
@@ -620,6 +665,8 @@ class WsClient:
                     self._connecting = False
                     await self._fire(self.on_open)
                     self._release_waiters()
+                    for room in list(self._presences.values()):
+                        _ = self._spawn(room._reopened())  # resynchronise, never replay
                     return
         finally:
             self._connecting = False

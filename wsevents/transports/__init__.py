@@ -15,10 +15,14 @@ from .base import (
     Capabilities,
     ConnectionDirectory,
     PayloadHandler,
+    PresenceCount,
+    PresenceMember,
+    PresencePage,
+    PresenceStore,
     StateListener,
     TransportStateEvents,
 )
-from .memory import MemoryBus, MemoryTransport
+from .memory import MemoryBus, MemoryPresenceStore, MemoryTransport
 
 if TYPE_CHECKING:
     from .redis import RedisTransport
@@ -29,8 +33,13 @@ __all__ = [
     "Capabilities",
     "ConnectionDirectory",
     "MemoryBus",
+    "MemoryPresenceStore",
     "MemoryTransport",
     "PayloadHandler",
+    "PresenceCount",
+    "PresenceMember",
+    "PresencePage",
+    "PresenceStore",
     "RedisTransport",
     "StateListener",
     "TransportStateEvents",

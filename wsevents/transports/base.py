@@ -20,6 +20,10 @@ __all__ = [
     "Capabilities",
     "ConnectionDirectory",
     "PayloadHandler",
+    "PresenceCount",
+    "PresenceMember",
+    "PresencePage",
+    "PresenceStore",
     "StateListener",
     "TransportStateEvents",
 ]
@@ -69,16 +73,115 @@ class TransportStateEvents(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceCount:
+    """How many are in a presence room, on every instance.
+
+    Attributes:
+        connections: connections in the room.
+        users: distinct users among them.
+    """
+
+    connections: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceMember:
+    """One user of a presence room.
+
+    Attributes:
+        user: the user id.
+        data: the user's member data as JSON text (set by their first connection, or by an
+            update), or None.
+        connections: how many of the user's connections are in the room.
+    """
+
+    user: str
+    data: str | None
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresencePage:
+    """A page of a presence room's users, ordered by user id.
+
+    Attributes:
+        total: distinct users in the room.
+        members: the users of the page.
+    """
+
+    total: int
+    members: tuple[PresenceMember, ...]
+
+
+class PresenceStore(Protocol):
+    """Who is in which presence room, for every instance at once.
+
+    Entries are ``(room, connection id)`` with the connection's user and instance. The
+    store decides atomically whether an add is the user's first connection in the room and
+    whether a remove was their last, so that each join and leave is decided by exactly one
+    instance. Instances prove they are alive with [`heartbeat`][]; the entries of one that
+    stops are removed by one survivor through [`reap`][].
+
+    Member data travels as JSON text: the store never decodes it.
+    """
+
+    async def add(
+        self, room: str, connection_id: str, user: str, data: str | None, instance_id: str
+    ) -> bool:
+        """Add a connection; True when it is its user's first connection in ``room`` (then
+        ``data`` becomes the user's data). Adding a present connection changes nothing."""
+        ...
+
+    async def remove(self, room: str, connection_id: str, instance_id: str) -> str | None:
+        """Remove a connection; its user when it was their last one in ``room``, else None
+        (also for an unknown connection)."""
+        ...
+
+    async def update(self, room: str, user: str, data: str | None) -> bool:
+        """Replace ``user``'s data in ``room``; False when the user is not there."""
+        ...
+
+    async def count(self, room: str) -> PresenceCount:
+        """Connections and distinct users in ``room``."""
+        ...
+
+    async def members(self, room: str, offset: int, limit: int) -> PresencePage:
+        """Users of ``room`` ordered by user id (code point order), ``limit`` from ``offset``."""
+        ...
+
+    async def heartbeat(self, instance_id: str, ttl: float) -> bool:
+        """Mark ``instance_id`` alive for ``ttl`` seconds; True when the store did not know
+        it (a new instance, or one reaped meanwhile: it should add its entries again)."""
+        ...
+
+    async def expired_instances(self) -> list[str]:
+        """Instances whose heartbeat expired and that nobody has reaped yet."""
+        ...
+
+    async def reap(self, instance_id: str, reaper_id: str) -> list[tuple[str, str]] | None:
+        """Remove every entry of ``instance_id`` and forget it; returns the ``(room, user)``
+        pairs whose last connection that was, or None when another reaper is at it.
+
+        Of several instances reaping the same one at once, one gets the pairs (each pair
+        once): the others get None or an empty list. An instance reaps itself at shutdown.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a transport offers beyond pub/sub; each field is the implementing object or None.
 
     Attributes:
         directory: where connection ids are registered, for ``send_to`` across instances.
         state_events: backend loss and recovery notifications.
+        presence: who is in which presence room on every instance.
     """
 
     directory: ConnectionDirectory | None = None
     state_events: TransportStateEvents | None = None
+    presence: PresenceStore | None = None
 
 
 @runtime_checkable

@@ -6,11 +6,19 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 
-from .base import BaseTransport, Capabilities, PayloadHandler
+from .base import (
+    BaseTransport,
+    Capabilities,
+    PayloadHandler,
+    PresenceCount,
+    PresenceMember,
+    PresencePage,
+)
 
-__all__ = ["MemoryBus", "MemoryTransport"]
+__all__ = ["MemoryBus", "MemoryPresenceStore", "MemoryTransport"]
 
 log = logging.getLogger("wsevents.transports.memory")
 
@@ -22,15 +30,123 @@ class _Subscription:
     task: asyncio.Task[None] | None = None
 
 
+@dataclass(slots=True)
+class _PresenceRoom:
+    connections: dict[str, tuple[str, str]] = field(default_factory=dict)  # cid: user, instance
+    users: dict[str, int] = field(default_factory=dict)  # user: connections
+    data: dict[str, str | None] = field(default_factory=dict)  # user: JSON text
+
+
+class MemoryPresenceStore:
+    """A [`PresenceStore`][wsevents.transports.base.PresenceStore] in this process.
+
+    A single instance uses one of its own; the [`MemoryTransport`][] instances of one
+    [`MemoryBus`][] share the bus's. Every method runs without awaiting, so each is atomic.
+    """
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, _PresenceRoom] = {}
+        self._alive: dict[str, float] = {}  # instance: monotonic expiry
+
+    async def add(
+        self, room: str, connection_id: str, user: str, data: str | None, instance_id: str
+    ) -> bool:
+        """Add a connection; True when it is its user's first in ``room``."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            entry = self._rooms[room] = _PresenceRoom()
+        if connection_id in entry.connections:
+            return False
+        entry.connections[connection_id] = (user, instance_id)
+        count = entry.users.get(user, 0) + 1
+        entry.users[user] = count
+        if count == 1:
+            entry.data[user] = data
+        return count == 1
+
+    async def remove(self, room: str, connection_id: str, instance_id: str) -> str | None:
+        """Remove a connection; its user when it was their last in ``room``."""
+        return self._remove(room, connection_id)
+
+    def _remove(self, room: str, connection_id: str) -> str | None:
+        entry = self._rooms.get(room)
+        if entry is None:
+            return None
+        found = entry.connections.pop(connection_id, None)
+        if found is None:
+            return None
+        user = found[0]
+        count = entry.users[user] - 1
+        if count:
+            entry.users[user] = count
+            return None
+        del entry.users[user]
+        entry.data.pop(user, None)
+        if not entry.connections:
+            del self._rooms[room]
+        return user
+
+    async def update(self, room: str, user: str, data: str | None) -> bool:
+        """Replace ``user``'s data in ``room``; False when the user is not there."""
+        entry = self._rooms.get(room)
+        if entry is None or user not in entry.users:
+            return False
+        entry.data[user] = data
+        return True
+
+    async def count(self, room: str) -> PresenceCount:
+        """Connections and distinct users in ``room``."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            return PresenceCount(0, 0)
+        return PresenceCount(len(entry.connections), len(entry.users))
+
+    async def members(self, room: str, offset: int, limit: int) -> PresencePage:
+        """Users of ``room`` ordered by user id, ``limit`` from ``offset``."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            return PresencePage(0, ())
+        users = sorted(entry.users)[offset : offset + limit] if limit > 0 else []
+        return PresencePage(
+            len(entry.users),
+            tuple(PresenceMember(u, entry.data.get(u), entry.users[u]) for u in users),
+        )
+
+    async def heartbeat(self, instance_id: str, ttl: float) -> bool:
+        """Mark ``instance_id`` alive for ``ttl`` seconds; True when it was unknown."""
+        new = instance_id not in self._alive
+        self._alive[instance_id] = time.monotonic() + ttl
+        return new
+
+    async def expired_instances(self) -> list[str]:
+        """Instances whose heartbeat expired."""
+        now = time.monotonic()
+        return [i for i, t in self._alive.items() if t <= now]
+
+    async def reap(self, instance_id: str, reaper_id: str) -> list[tuple[str, str]] | None:
+        """Remove every entry of ``instance_id`` and forget it; the users who left (it
+        never awaits, so a second reaper finds nothing left)."""
+        self._alive.pop(instance_id, None)
+        left: list[tuple[str, str]] = []
+        for room, entry in list(self._rooms.items()):
+            for cid, (_, instance) in list(entry.connections.items()):
+                if instance == instance_id:
+                    user = self._remove(room, cid)
+                    if user is not None:
+                        left.append((room, user))
+        return left
+
+
 class MemoryBus:
     """The shared medium of [`MemoryTransport`][] instances (one per simulated cluster).
 
-    It also keeps the cluster's connection directory.
+    It also keeps the cluster's connection directory and presence store.
     """
 
     def __init__(self) -> None:
         self.channels: dict[str, list[_Subscription]] = {}
         self.directory: dict[str, str] = {}
+        self.presence = MemoryPresenceStore()
         self.published = 0
 
     def subscriber_count(self, channel: str) -> int:
@@ -95,8 +211,8 @@ class MemoryTransport(BaseTransport):
             await self.unsubscribe(channel)
 
     def capabilities(self) -> Capabilities:
-        """A connection directory, kept on the bus."""
-        return Capabilities(directory=self)
+        """A connection directory and a presence store, kept on the bus."""
+        return Capabilities(directory=self, presence=self.bus.presence)
 
     async def register_connection(self, connection_id: str, instance_id: str) -> None:
         """Directory: ``connection_id`` lives on ``instance_id``."""

@@ -21,7 +21,9 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
 * ``<prefix>ws:instance:<instance id>``: each instance's inbox (``send_to``);
 * ``<prefix>probe:<random>``: this transport's private health-check channel;
 * ``<prefix>conn:<connection id>``: a key per open connection whose value is the instance
-  holding it, with a TTL that the live instance refreshes (the directory).
+  holding it, with a TTL that the live instance refreshes (the directory);
+* ``<prefix>ws:presence:...``: the presence store (see ``_presence``), keys of a room
+  hash-tagged ``{<room>}``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ...exceptions import TransportError
 from ..base import BaseTransport, Capabilities, PayloadHandler, StateListener
 from ._commands import cause
 from ._directory import RedisDirectory
+from ._presence import RedisPresence
 from ._pubsub import PubSub
 from ._url import describe_client, redact_url
 
@@ -49,7 +52,8 @@ log = logging.getLogger("wsevents.transports.redis")
 
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
-    [`ConnectionDirectory`][wsevents.ConnectionDirectory] and backend state events.
+    [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events and a
+    [`PresenceStore`][wsevents.PresenceStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -147,6 +151,7 @@ class RedisTransport(BaseTransport):
             pubsub=self._pubsub,
             ensure_running=self._ensure_tasks,
         )
+        self._presence = RedisPresence(client, prefix=prefix, command_timeout=self.command_timeout)
         # Rewrite the directory whenever the connection comes up: Redis may have
         # restarted empty.
         self._pubsub.on_up = self._directory.wake
@@ -313,8 +318,11 @@ class RedisTransport(BaseTransport):
             await self.client.aclose()
 
     def capabilities(self) -> Capabilities:
-        """The connection directory and the backend state events, each its own object."""
-        return Capabilities(directory=self._directory, state_events=self._pubsub)
+        """The connection directory, the backend state events and the presence store, each
+        its own object."""
+        return Capabilities(
+            directory=self._directory, state_events=self._pubsub, presence=self._presence
+        )
 
     # -- BroadcastTransport -------------------------------------------------------------
 
