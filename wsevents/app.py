@@ -59,13 +59,54 @@ SHUTDOWN_CLOSE_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
 
 
-class WsApp(WsServer):
+class _MessageDecorators:
+    """``@on_message``, the decorator form of ``add_message_handler``, for the app and its
+    route groups alike."""
+
+    __slots__ = ()
+
+    def add_message_handler(
+        self,
+        event: str,
+        pattern: str,
+        handler: Callable[[], Any],
+        *,
+        guards: Iterable[Guard] = (),
+        data: Any = None,
+        reply: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def on_message(
+        self,
+        event: str,
+        pattern: str,
+        *,
+        guards: Iterable[Guard] = (),
+        data: Any = None,
+        reply: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator form of ``add_message_handler`` (same arguments, the handler decorated)."""
+
+        def register(fn: F) -> F:
+            self.add_message_handler(
+                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
+            )
+            return fn
+
+        return register
+
+
+class WsApp(_MessageDecorators, WsServer):
     """A WebSocket application: routed message handlers, rooms and lifecycle hooks.
 
     Create it with [`create_ws_app`][] (or directly), register handlers with
-    [`on_message`][], then mount it with [`attach`][] or run it with [`run`][]. It
-    also offers the whole [`WsServer`][wsevents.WsServer] API (connections, broadcast,
-    send_to); handlers reach that part alone through [`use_ws_server`][wsevents.use_ws_server].
+    [`on_message`][wsevents.WsApp.on_message], then mount it with [`attach`][] or run it
+    with [`run`][]. It also offers the whole [`WsServer`][wsevents.WsServer] API
+    (connections, broadcast, send_to); handlers reach that part alone through
+    [`use_ws_server`][wsevents.use_ws_server].
 
     Args:
         heartbeat: seconds between pings to every connection (0 = no heartbeat).
@@ -232,26 +273,6 @@ class WsApp(WsServer):
                 summary=_summary(handler),
             )
         )
-
-    def on_message(
-        self,
-        event: str,
-        pattern: str,
-        *,
-        guards: Iterable[Guard] = (),
-        data: Any = None,
-        reply: Any = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Callable[[F], F]:
-        """Decorator form of [`add_message_handler`][]."""
-
-        def register(fn: F) -> F:
-            self.add_message_handler(
-                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
-            )
-            return fn
-
-        return register
 
     def declare_push(
         self,
@@ -583,7 +604,7 @@ class WsApp(WsServer):
         call_hook(hook.fn, tasks=self._tasks, logger=log, message="transport state hook failed")
 
 
-class RouteGroup:
+class RouteGroup(_MessageDecorators):
     """Routes that share a path prefix and guards (made by
     [`WsApp.group`][wsevents.WsApp.group]).
 
@@ -641,26 +662,6 @@ class RouteGroup:
                 summary=_summary(handler),
             )
         )
-
-    def on_message(
-        self,
-        event: str,
-        pattern: str,
-        *,
-        guards: Iterable[Guard] = (),
-        data: Any = None,
-        reply: Any = None,
-        params: Mapping[str, Any] | None = None,
-    ) -> Callable[[F], F]:
-        """Decorator form of [`add_message_handler`][]."""
-
-        def register(fn: F) -> F:
-            self.add_message_handler(
-                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
-            )
-            return fn
-
-        return register
 
     def declare_push(
         self,
