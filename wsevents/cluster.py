@@ -266,14 +266,7 @@ class Cluster:
                 if envelope.kind == "room"
                 else BROADCAST_CHANNEL
             )
-        try:
-            await transport.publish(channel, envelope.encode())
-        except Exception as exc:
-            self._publish_failed(channel, exc)
-            return exc
-        if self._publish_warned_at is not None:
-            self._publish_recovered()
-        return None
+        return await self._send(transport, channel, envelope.encode)
 
     async def publish_fields(self, channel: str, fields: Mapping[str, Any]) -> Exception | None:
         """Publish raw envelope ``fields`` on ``channel``, stamped with our origin
@@ -281,9 +274,18 @@ class Cluster:
         transport = self.transport
         if transport is None:
             return None
+        origin = self.instance_id
+        return await self._send(
+            transport, channel, lambda: _dumps({**fields, "origin": origin}).decode()
+        )
+
+    async def _send(
+        self, transport: BroadcastTransport, channel: str, payload: Callable[[], str]
+    ) -> Exception | None:
+        """Encode and publish; an error (encoding included) is returned, logged at most
+        once per outage and interval."""
         try:
-            payload = {**fields, "origin": self.instance_id}
-            await transport.publish(channel, _dumps(payload).decode())
+            await transport.publish(channel, payload())
         except Exception as exc:
             self._publish_failed(channel, exc)
             return exc
