@@ -28,6 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from examples import reference_app
 from examples.chat.server import create_app as create_chat_app
+from wsevents import WsApp
 from wsevents.server import add_client_route
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -587,6 +588,197 @@ return { events, outcome: outcome ?? "gave up", state: client.state,
         "state": "disconnected",
         "ready": ["WsConnectionRefused", True, 1008, "Unauthorized", 1008, "Unauthorized"],
     }
+
+
+# -- presence ----------------------------------------------------------------------------------
+
+
+def presence_web_app() -> web.Application:
+    """A fresh instance with the reference app's presence routes (one per server start)."""
+    ws = WsApp(heartbeat=0)
+    reference_app.add_presence(ws)
+    app = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=TEST_PAGE, content_type="text/html")
+
+    app.router.add_get("/", page)
+    add_client_route(app)
+    ws.attach(app, "/ws")
+    return app
+
+
+PRESENCE_JS = """
+const until = (presence, test) => new Promise((resolve) => {
+  if (test()) { resolve(); return; }
+  const off = presence.onChange(() => { if (test()) { off(); resolve(); } });
+});
+const users = (presence) => [...presence.members.keys()].sort();
+"""
+
+
+def follow_lobby(driver: WebDriver, user: str, name: str) -> Any:
+    """In the current page: ``user`` follows the lobby (kept as window.lobby); its view."""
+    return run_js(
+        driver,
+        PRESENCE_JS
+        + f"""
+const options = {{ reconnect: true, baseDelay: 10, maxDelay: 100 }};
+window.client = new WsClient("/ws?user={user}", options);
+window.changes = [];
+window.lobby = await client.presence("/presence/rooms/lobby", {{ name: "{name}" }});
+// The push of one's own join may come after the first list: only others' changes count.
+lobby.onChange((change) => {{
+  if (![...change.joins, ...change.leaves].every((m) => m.user === "{user}")) changes.push(change);
+}});
+return {{ members: [...lobby.members.values()], again: (await client.presence(
+  "/presence/rooms/lobby")) === lobby }};
+""",
+    )
+
+
+def test_presence_two_pages_see_joins_leaves_counts_and_lists(driver: WebDriver) -> None:
+    with ServerThread(presence_web_app) as server:
+        ada = driver.current_window_handle
+        driver.get(server.url())
+        first = follow_lobby(driver, "ada", "Ada")
+        assert first == {
+            "members": [{"user": "ada", "name": "Ada", "connections": 1}],
+            "again": True,  # one RoomPresence per room
+        }
+
+        driver.switch_to.new_window("tab")
+        bob = driver.current_window_handle
+        driver.get(server.url())
+        second = follow_lobby(driver, "bob", "Bob")
+        assert [m["user"] for m in second["members"]] == ["ada", "bob"]
+        queries = run_js(
+            driver,
+            """
+return { count: await lobby.count(), page: await lobby.list(1, 1) };
+""",
+        )
+        assert queries == {
+            "count": {"connections": 2, "users": 2},
+            "page": {"total": 2, "members": [{"user": "bob", "name": "Bob", "connections": 1}]},
+        }
+
+        driver.switch_to.window(ada)
+        seen = run_js(
+            driver,
+            PRESENCE_JS
+            + """
+await until(lobby, () => lobby.members.has("bob"));
+return { users: users(lobby), changes };
+""",
+        )
+        assert seen == {
+            "users": ["ada", "bob"],
+            "changes": [{"joins": [{"user": "bob", "name": "Bob"}], "leaves": []}],
+        }
+
+        driver.switch_to.window(bob)
+        left = run_js(
+            driver,
+            """
+await lobby.leave();
+return { members: lobby.members.size, joined: lobby.joined,
+         count: await client.call("rpc", "/presence/count", { room: "/presence/rooms/lobby" }) };
+""",
+        )
+        assert left == {"members": 0, "joined": False, "count": {"connections": 1, "users": 1}}
+
+        driver.switch_to.window(ada)
+        seen = run_js(
+            driver,
+            PRESENCE_JS
+            + """
+await until(lobby, () => !lobby.members.has("bob"));
+return { users: users(lobby), last: changes[changes.length - 1] };
+""",
+        )
+        assert seen == {"users": ["ada"], "last": {"joins": [], "leaves": [{"user": "bob"}]}}
+
+        # Bob follows the room again, then his page goes away: Ada sees him leave.
+        driver.switch_to.window(bob)
+        again = follow_lobby(driver, "bob", "Bob")
+        assert [m["user"] for m in again["members"]] == ["ada", "bob"]
+        driver.switch_to.window(ada)
+        run_js(driver, PRESENCE_JS + "await until(lobby, () => changes.length === 3);")
+        driver.switch_to.window(bob)
+        driver.close()
+        driver.switch_to.window(ada)
+        seen = run_js(
+            driver,
+            PRESENCE_JS
+            + """
+await until(lobby, () => changes.length === 4 && !lobby.members.has("bob"));
+const out = { users: users(lobby), changes: changes.slice(2) };
+client.close();
+return out;
+""",
+        )
+        assert seen == {
+            "users": ["ada"],
+            "changes": [
+                {"joins": [{"user": "bob", "name": "Bob"}], "leaves": []},
+                {"joins": [], "leaves": [{"user": "bob"}]},
+            ],
+        }
+
+
+def test_presence_resynchronises_after_a_server_restart(driver: WebDriver) -> None:
+    with ServerThread(presence_web_app) as server:
+        port = server.port
+        ada = driver.current_window_handle
+        driver.get(server.url())
+        follow_lobby(driver, "ada", "Ada")
+        driver.switch_to.new_window("tab")
+        bob = driver.current_window_handle
+        driver.get(server.url())
+        follow_lobby(driver, "bob", "Bob")
+        driver.switch_to.window(ada)
+        run_js(driver, PRESENCE_JS + 'await until(lobby, () => lobby.members.has("bob"));')
+    # Both pages lost the server and retry; Bob's page goes away before it comes back.
+    driver.switch_to.window(bob)
+    driver.close()
+    driver.switch_to.window(ada)
+    with ServerThread(presence_web_app, port=port) as server:
+        driver.switch_to.new_window("tab")
+        cy = driver.current_window_handle
+        driver.get(server.url())
+        follow_lobby(driver, "cy", "Cy")
+        driver.switch_to.window(ada)
+        # Ada joins again and takes the new server's list: Bob is gone, Cy is there.
+        seen = run_js(
+            driver,
+            PRESENCE_JS
+            + """
+await until(lobby, () => users(lobby).join() === "ada,cy");
+return { users: users(lobby), count: await lobby.count(), state: client.state,
+         bobLeft: changes.some((c) => c.leaves.some((l) => l.user === "bob")) };
+""",
+        )
+        assert seen == {
+            "users": ["ada", "cy"],
+            "count": {"connections": 2, "users": 2},
+            "state": "open",
+            "bobLeft": True,
+        }
+        driver.switch_to.window(cy)
+        cy_view = run_js(
+            driver,
+            PRESENCE_JS
+            + """
+await until(lobby, () => users(lobby).join() === "ada,cy");
+client.close();
+return users(lobby);
+""",
+        )
+        assert cy_view == ["ada", "cy"]
+        driver.close()
+        driver.switch_to.window(ada)
+        run_js(driver, "client.close();")
 
 
 # -- the chat example ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@
  * It speaks the wsevents protocol, the one of @wooksjs/event-ws: RPC calls with ids and
  * timeouts, fire-and-forget sends with a bounded offline queue, subscriptions replayed
  * after reconnects, push listeners by exact path or trailing-"*" prefix, reconnects with
- * full-jitter backoff. Durations are milliseconds.
+ * full-jitter backoff, presence rooms (client.presence(room, join): members, onChange,
+ * count, list; resynchronised after reconnects). Durations are milliseconds.
  */
 
 const DEFAULT_RPC_TIMEOUT = 10000;
@@ -198,6 +199,7 @@ export class WsClient {
     this._waiters = new Set(); // functions run when connecting ends
     this._listeners = new Listeners();
     this._subscriptions = new Map(); // path -> data
+    this._presences = new Map(); // room -> RoomPresence
     this._timer = null;
     this._everReady = false; // a connection of this client was ready once
     this._refusal = null; // the WsConnectionRefused of the last refused socket
@@ -294,6 +296,31 @@ export class WsClient {
     unsubscribe.path = path;
     unsubscribe.reply = reply;
     return unsubscribe;
+  }
+
+  /**
+   * Join presence room `room` (call(joinEvent, room, join)) and follow who is in it: a
+   * promise of a RoomPresence with the current `members`, `onChange(cb)`, `count()`,
+   * `list(offset, limit)` and `leave()`. `count()` and `list()` call the app's
+   * `countPath` and `listPath` routes (the reference app's by default). After a reconnect
+   * the room is joined again and the members fetched anew, never replayed from the old
+   * state. Rejects with WsClientError when the join or the first list fails. Options:
+   * { joinEvent = "join", leaveEvent = "leave", countPath = "/presence/count",
+   *   listPath = "/presence/list", pageSize = 100 }.
+   */
+  async presence(room, join, options = {}) {
+    const existing = this._presences.get(room);
+    if (existing) return existing;
+    const presence = new RoomPresence(this, room, join, options);
+    this._presences.set(room, presence);
+    try {
+      await presence._start();
+    } catch (err) {
+      if (this._presences.get(room) === presence) this._presences.delete(room);
+      presence._stopListening();
+      throw err;
+    }
+    return presence;
   }
 
   /**
@@ -421,6 +448,8 @@ export class WsClient {
     life.ready = true;
     this._emit("open");
     this._release();
+    // Presence rooms: join again and fetch the members anew, never replay the old view.
+    for (const presence of this._presences.values()) presence._reopened();
   }
 
   _flush(ws) {
@@ -614,6 +643,141 @@ export class WsClient {
         }
       } catch (err) {
         console.error(`wsevents: ${name} hook failed`, err);
+      }
+    }
+  }
+}
+
+/**
+ * A presence room as the client sees it (what client.presence() resolves with, joined and
+ * synchronised). `members` is a Map user id -> member ({user, ...member data}, plus
+ * `connections` once fetched by a list). The server pushes "presence" on the room's path
+ * with {joins, leaves}; leaves are applied first, then joins.
+ */
+export class RoomPresence {
+  constructor(client, room, join, options = {}) {
+    this.room = room;
+    this.members = new Map();
+    this.joined = false;
+    this._client = client;
+    this._join = join;
+    this._joinEvent = options.joinEvent ?? "join";
+    this._leaveEvent = options.leaveEvent ?? "leave";
+    this._countPath = options.countPath ?? "/presence/count";
+    this._listPath = options.listPath ?? "/presence/list";
+    this._pageSize = options.pageSize ?? 100;
+    this._handlers = [];
+    this._syncing = null; // pushes buffered while a list is fetched
+    this._off = null;
+  }
+
+  /**
+   * Call handler(change) after each change of `members`: the data of a push
+   * ({joins, leaves}), or after a resynchronisation {joins: <every member>, leaves:
+   * <every member gone>}. Returns a function removing it.
+   */
+  onChange(handler) {
+    this._handlers.push(handler);
+    return () => remove(this._handlers, handler);
+  }
+
+  /** A promise of {connections, users} of the room, on every instance (an RPC). */
+  count() {
+    return this._client.call("rpc", this._countPath, { room: this.room });
+  }
+
+  /** A promise of {total, members}: a page of the room's users ordered by user id. */
+  list(offset = 0, limit = 50) {
+    return this._client.call("rpc", this._listPath, { room: this.room, offset, limit });
+  }
+
+  /** Leave the room and stop following it (the members are forgotten). */
+  async leave() {
+    this.joined = false;
+    this._stopListening();
+    this.members.clear();
+    const rooms = this._client._presences;
+    if (rooms.get(this.room) === this) rooms.delete(this.room);
+    await this._client.call(this._leaveEvent, this.room);
+  }
+
+  /**
+   * Fetch the whole member list again and replace `members` with it; pushes arriving
+   * meanwhile are applied on top.
+   */
+  async sync() {
+    this._syncing = [];
+    let buffered;
+    try {
+      const fresh = new Map();
+      let offset = 0;
+      for (;;) {
+        const page = await this.list(offset, this._pageSize);
+        const members = Array.isArray(page?.members) ? page.members : [];
+        for (const member of members) fresh.set(String(member.user), member);
+        offset += members.length;
+        if (!members.length || offset >= page.total) break;
+      }
+      const gone = [...this.members.keys()].filter((u) => !fresh.has(u)).map((user) => ({ user }));
+      this.members = fresh;
+      this._emit({ joins: [...fresh.values()], leaves: gone });
+    } finally {
+      buffered = this._syncing || [];
+      this._syncing = null;
+    }
+    for (const change of buffered) this._apply(change);
+  }
+
+  async _start() {
+    if (!this._off) this._off = this._client.on("presence", this.room, (p) => this._onPush(p));
+    await this._client.call(this._joinEvent, this.room, this._join);
+    this.joined = true;
+    await this.sync();
+  }
+
+  async _reopened() {
+    if (!this.joined) return;
+    try {
+      await this._client.call(this._joinEvent, this.room, this._join);
+      await this.sync();
+    } catch (err) {
+      // Lost again (the next open retries) or refused: the application hears of it.
+      this._client._emit("error", err);
+    }
+  }
+
+  _stopListening() {
+    if (this._off) {
+      this._off();
+      this._off = null;
+    }
+  }
+
+  _onPush(push) {
+    const data = push.data;
+    if (data === null || typeof data !== "object" || Array.isArray(data)) return;
+    if (this._syncing) this._syncing.push(data);
+    else this._apply(data);
+  }
+
+  _apply(change) {
+    for (const leave of Array.isArray(change.leaves) ? change.leaves : []) {
+      if (leave && typeof leave === "object") this.members.delete(String(leave.user));
+    }
+    for (const join of Array.isArray(change.joins) ? change.joins : []) {
+      if (join && typeof join === "object" && "user" in join) {
+        this.members.set(String(join.user), join);
+      }
+    }
+    this._emit(change);
+  }
+
+  _emit(change) {
+    for (const handler of [...this._handlers]) {
+      try {
+        handler(change);
+      } catch (err) {
+        this._client._reportHandlerError(err);
       }
     }
   }

@@ -2,7 +2,8 @@
 
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
-- ``wsevents.testing.conformance``: ``check_transport``, the suite every transport passes;
+- ``wsevents.testing.conformance``: ``check_transport`` and ``check_presence_store``, the
+  suites every transport and presence store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -21,7 +22,12 @@ if TYPE_CHECKING:
     from .client import WsTestClient
     from .cluster import ClusterFactory as ClusterFactory
     from .cluster import WsCluster, assert_delivered_once, serve_memory_cluster
-    from .conformance import TransportFactory, check_transport
+    from .conformance import (
+        PresenceStoreFactory,
+        TransportFactory,
+        check_presence_store,
+        check_transport,
+    )
     from .contexts import (
         RecordingSocket,
         TestConnectionContext,
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
     from .plugin import ws_client, ws_cluster
 
 __all__ = [
+    "PresenceStoreFactory",
     "RecordingSocket",
     "TestConnectionContext",
     "TestMessageContext",
@@ -39,6 +46,7 @@ __all__ = [
     "WsCluster",
     "WsTestClient",
     "assert_delivered_once",
+    "check_presence_store",
     "check_transport",
     "prepare_test_ws_connection_context",
     "prepare_test_ws_message_context",
@@ -52,6 +60,7 @@ __all__ = [
 _HOME = {
     "ClientFactory": "client",
     "ClusterFactory": "cluster",
+    "PresenceStoreFactory": "conformance",
     "RecordingSocket": "contexts",
     "TestConnectionContext": "contexts",
     "TestMessageContext": "contexts",
@@ -59,6 +68,7 @@ _HOME = {
     "WsCluster": "cluster",
     "WsTestClient": "client",
     "assert_delivered_once": "cluster",
+    "check_presence_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",
     "prepare_test_ws_message_context": "contexts",

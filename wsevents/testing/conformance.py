@@ -1,7 +1,8 @@
-"""The conformance suite of broadcast transports.
+"""The conformance suites of broadcast transports and presence stores.
 
-[`check_transport`][wsevents.testing.conformance.check_transport] is plain asyncio: it
-needs no pytest, and reports a failure as an ``AssertionError``.
+[`check_transport`][wsevents.testing.conformance.check_transport] and
+[`check_presence_store`][wsevents.testing.conformance.check_presence_store] are plain
+asyncio: they need no pytest, and report a failure as an ``AssertionError``.
 
 Absence is proven by order, never by waiting: the contract orders the payloads of one
 channel from one publisher at each subscriber. So after the payloads a check expects, the
@@ -24,13 +25,17 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from ..transports.base import BroadcastTransport
+    from ..transports.base import BroadcastTransport, PresenceStore
 
-__all__ = ["TransportFactory", "check_transport"]
+__all__ = ["PresenceStoreFactory", "TransportFactory", "check_presence_store", "check_transport"]
 
 
 TransportFactory = Callable[[], "BroadcastTransport | Awaitable[BroadcastTransport]"]
 """Makes one more transport on the shared medium (see [`check_transport`][])."""
+
+PresenceStoreFactory = Callable[[], "PresenceStore | Awaitable[PresenceStore]"]
+"""Makes one more presence store on the shared medium, as one more instance would see it
+(see [`check_presence_store`][])."""
 
 
 class _Inbox:
@@ -535,6 +540,399 @@ async def check_transport(
     prefix = f"{channel_prefix}{uuid.uuid4().hex[:12]}:"
     for name, check in _TRANSPORT_CHECKS:
         run = _TransportRun(factory, prefix, name, timeout)
+        try:
+            await check(run)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await run.close()
+            raise
+        await run.close()
+
+
+# -- presence stores ------------------------------------------------------------------------
+
+
+class _PresenceRun:
+    """One check of [`check_presence_store`][]: its stores, rooms, instances and failures."""
+
+    def __init__(
+        self, factory: PresenceStoreFactory, prefix: str, check: str, timeout: float
+    ) -> None:
+        self.factory = factory
+        self.prefix = prefix
+        self.check = check
+        self.timeout = timeout
+        self.instances: set[str] = set()
+        self._store: Any = None
+
+    def fail(self, text: str) -> AssertionError:
+        return AssertionError(f"check_presence_store [{self.check}]: {text}")
+
+    def room(self, name: str) -> str:
+        return f"{self.prefix}{self.check}:{name}"
+
+    def instance(self, name: str) -> str:
+        instance_id = f"{self.prefix}{self.check}:{name}"
+        self.instances.add(instance_id)
+        return instance_id
+
+    async def store(self) -> Any:
+        """One more store from the factory (what one more instance would have)."""
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                store = self.factory()
+                if inspect.isawaitable(store):
+                    store = await store
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise self.fail(f"the factory did not return within {self.timeout} s") from None
+            raise self.fail(f"the factory raised {exc!r}") from exc
+        for method in _PRESENCE_METHODS:
+            fn = getattr(store, method, None)
+            if not callable(fn):
+                raise self.fail(f"the factory returned {store!r}, which has no {method}()")
+            if not inspect.iscoroutinefunction(fn):
+                raise self.fail(f"{method}() is not async (the PresenceStore protocol is async)")
+        if self._store is None:
+            self._store = store
+        return store
+
+    async def call(self, store: Any, method: str, *args: Any) -> Any:
+        """``store.<method>(*args)``, bounded by the timeout; errors name the call."""
+        what = f"{method}({', '.join(repr(a) for a in args)})"
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                return await getattr(store, method)(*args)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise self.fail(f"{what} did not return within {self.timeout} s") from None
+            raise self.fail(f"{what} raised {exc!r}") from exc
+
+    def expect(self, got: Any, expected: Any, what: str) -> None:
+        if got != expected:
+            raise self.fail(f"{what}: got {got!r}, expected {expected!r}")
+
+    async def counted(self, store: Any, room: str, connections: int, users: int) -> None:
+        found = await self.call(store, "count", room)
+        got = (getattr(found, "connections", None), getattr(found, "users", None))
+        self.expect(got, (connections, users), f"count({room!r}) as (connections, users)")
+
+    async def page(self, store: Any, room: str, offset: int, limit: int) -> tuple[int, list[Any]]:
+        """``members(...)`` as ``(total, [(user, data, connections), ...])``."""
+        found = await self.call(store, "members", room, offset, limit)
+        members = [(m.user, m.data, m.connections) for m in found.members]
+        return found.total, members
+
+    async def expired(self, store: Any, instance_id: str, what: str) -> None:
+        """Wait until ``instance_id`` is in ``expired_instances()``, within the timeout.
+
+        Expiry is a matter of time (the store's clock, which may not be this process's):
+        poll it every 20 ms.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while instance_id not in await self.call(store, "expired_instances"):
+            if loop.time() > deadline:
+                raise self.fail(f"{what} was not in expired_instances() within {self.timeout} s")
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        """Remove whatever the check's instances still have in the store."""
+        if self._store is None:
+            return
+        for instance_id in sorted(self.instances):
+            await self.call(self._store, "reap", instance_id, instance_id)
+
+
+_PRESENCE_METHODS = (
+    "add",
+    "remove",
+    "update",
+    "count",
+    "members",
+    "heartbeat",
+    "expired_instances",
+    "reap",
+)
+
+
+async def _check_first_and_last(run: _PresenceRun) -> None:
+    store = await run.store()
+    room, i1 = run.room("lobby"), run.instance("i1")
+    run.expect(await run.call(store, "add", room, "c1", "ada", None, i1), True, "first add")
+    run.expect(
+        await run.call(store, "add", room, "c2", "ada", None, i1),
+        False,
+        "add of the user's second connection (neither first nor last)",
+    )
+    run.expect(
+        await run.call(store, "add", room, "c1", "ada", None, i1),
+        False,
+        "add of a connection already there",
+    )
+    await run.counted(store, room, 2, 1)
+    run.expect(await run.call(store, "add", room, "c3", "bob", None, i1), True, "another user")
+    run.expect(
+        await run.call(store, "remove", room, "c2", i1),
+        None,
+        "remove of one of two connections of a user",
+    )
+    run.expect(await run.call(store, "remove", room, "c1", i1), "ada", "remove of the last one")
+    run.expect(await run.call(store, "remove", room, "c1", i1), None, "remove of a removed one")
+    run.expect(await run.call(store, "remove", room, "nobody", i1), None, "unknown connection")
+    run.expect(await run.call(store, "remove", run.room("empty"), "c3", i1), None, "unknown room")
+    run.expect(await run.call(store, "add", room, "c1", "ada", None, i1), True, "a join again")
+    other = run.room("other")
+    run.expect(
+        await run.call(store, "add", other, "c1", "ada", None, i1),
+        True,
+        "the same connection in another room (rooms are independent)",
+    )
+    await run.counted(store, room, 2, 2)
+    await run.counted(store, other, 1, 1)
+
+
+async def _check_counts_and_pages(run: _PresenceRun) -> None:
+    store = await run.store()
+    room, i1 = run.room("pages"), run.instance("i1")
+    await run.counted(store, room, 0, 0)
+    run.expect(await run.page(store, room, 0, 10), (0, []), "members of an empty room")
+    # Code point order: upper case before lower case, then beyond ASCII.
+    users = ["zoe", "Zed", "ada", "é", "bob", "名", "Ada", "ä"]
+    cid = itertools.count(1)
+    for user in users:
+        await run.call(store, "add", room, f"c{next(cid)}", user, None, i1)
+    await run.call(store, "add", room, f"c{next(cid)}", "bob", None, i1)
+    await run.call(store, "add", room, f"c{next(cid)}", "bob", None, i1)
+    await run.counted(store, room, len(users) + 2, len(users))
+    ordered = sorted(users)
+    expected = [(u, None, 3 if u == "bob" else 1) for u in ordered]
+    run.expect(await run.page(store, room, 0, 100), (len(users), expected), "the whole list")
+    pages = []
+    for offset in range(0, len(users), 3):
+        total, page = await run.page(store, room, offset, 3)
+        run.expect(total, len(users), f"the total of the page at offset {offset}")
+        pages.extend(page)
+    run.expect(pages, expected, "pages of 3 put together")
+    run.expect(await run.page(store, room, 2, 0), (len(users), []), "limit 0")
+    run.expect(await run.page(store, room, 50, 10), (len(users), []), "an offset past the end")
+
+
+async def _check_data(run: _PresenceRun) -> None:
+    store = await run.store()
+    room, i1 = run.room("data"), run.instance("i1")
+    first, second = '{"name":"Ada"}', '{"name":"Second tab"}'
+    await run.call(store, "add", room, "c1", "ada", first, i1)
+    await run.call(store, "add", room, "c2", "ada", second, i1)
+    await run.call(store, "add", room, "c3", "bob", None, i1)
+    run.expect(
+        await run.page(store, room, 0, 10),
+        (2, [("ada", first, 2), ("bob", None, 1)]),
+        "data of the first connection (a second one's does not replace it; None stays None)",
+    )
+    run.expect(await run.call(store, "update", room, "bob", first), True, "update of a member")
+    run.expect(await run.call(store, "update", room, "ada", None), True, "update to None")
+    run.expect(
+        await run.call(store, "update", room, "nobody", first), False, "update of a non-member"
+    )
+    run.expect(
+        await run.call(store, "update", run.room("empty"), "ada", first),
+        False,
+        "update in an unknown room",
+    )
+    run.expect(
+        await run.page(store, room, 0, 10),
+        (2, [("ada", None, 2), ("bob", first, 1)]),
+        "data after the updates",
+    )
+    await run.call(store, "remove", room, "c1", i1)
+    await run.call(store, "remove", room, "c2", i1)
+    run.expect(await run.call(store, "update", room, "ada", first), False, "update after a leave")
+    await run.call(store, "add", room, "c4", "ada", second, i1)
+    run.expect(
+        await run.page(store, room, 0, 1),
+        (2, [("ada", second, 1)]),
+        "data after a leave and a new join (the old data is gone)",
+    )
+
+
+async def _check_races(run: _PresenceRun) -> None:
+    stores = [await run.store() for _ in range(4)]
+    room = run.room("race")
+    instances = [run.instance(f"i{n}") for n in range(len(stores))]
+    for round_ in range(10):
+        user = f"user{round_}"
+        added = await asyncio.gather(
+            *(
+                run.call(s, "add", room, f"{user}-c{n}", user, None, instances[n])
+                for n, s in enumerate(stores)
+            )
+        )
+        run.expect(
+            (added.count(True), added.count(False)),
+            (1, len(stores) - 1),
+            f"concurrent adds of {user}: (first, not first)",
+        )
+        removed = await asyncio.gather(
+            *(
+                run.call(s, "remove", room, f"{user}-c{n}", instances[n])
+                for n, s in enumerate(stores)
+            )
+        )
+        run.expect(
+            ([r for r in removed if r is not None], removed.count(None)),
+            ([user], len(stores) - 1),
+            f"concurrent removes of {user} (one last)",
+        )
+    await run.counted(stores[0], room, 0, 0)
+
+
+async def _check_heartbeat(run: _PresenceRun) -> None:
+    store = await run.store()
+    alive, brief = run.instance("alive"), run.instance("brief")
+    run.expect(await run.call(store, "heartbeat", alive, 60.0), True, "a new instance's heartbeat")
+    run.expect(await run.call(store, "heartbeat", alive, 60.0), False, "a known instance's")
+    run.expect(await run.call(store, "heartbeat", brief, 0.05), True, "a short heartbeat")
+    await run.expired(store, brief, "an instance whose 0.05 s heartbeat ran out")
+    expired = await run.call(store, "expired_instances")
+    if alive in expired:
+        raise run.fail(f"expired_instances() lists {alive!r}, alive for 60 s")
+    run.expect(
+        await run.call(store, "heartbeat", brief, 60.0),
+        False,
+        "the heartbeat of an expired instance that was not reaped (it is still known)",
+    )
+    expired = await run.call(store, "expired_instances")
+    if brief in expired:
+        raise run.fail("expired_instances() still lists an instance that beat again")
+
+
+async def _check_reap(run: _PresenceRun) -> None:
+    stores = [await run.store() for _ in range(4)]
+    store = stores[0]
+    dead, survivor = run.instance("dead"), run.instance("survivor")
+    reapers = [run.instance(f"reaper{n}") for n in range(len(stores))]
+    lobby, hall = run.room("lobby"), run.room("hall")
+    await run.call(store, "heartbeat", dead, 0.05)
+    await run.call(store, "heartbeat", survivor, 60.0)
+    await run.call(store, "add", lobby, "d1", "ada", '{"name":"Ada"}', dead)
+    await run.call(store, "add", lobby, "d2", "ada", None, dead)
+    await run.call(store, "add", lobby, "d3", "bob", None, dead)
+    await run.call(store, "add", lobby, "s1", "bob", None, survivor)
+    await run.call(store, "add", hall, "d1", "ada", None, dead)
+    await run.call(store, "add", hall, "s2", "cy", None, survivor)
+    await run.expired(store, dead, "the dead instance (a 0.05 s heartbeat)")
+    results = await asyncio.gather(
+        *(run.call(s, "reap", dead, reapers[n]) for n, s in enumerate(stores))
+    )
+    winners = [r for r in results if r]
+    if len(winners) != 1:
+        raise run.fail(
+            f"{len(stores)} concurrent reaps of one dead instance: {len(winners)} got leaves "
+            f"(exactly one reaper must; the others get None or []): {results!r}"
+        )
+    if any(r not in (None, []) and not isinstance(r, list) for r in results):
+        raise run.fail(f"reap() must return a list or None: {results!r}")
+    run.expect(
+        sorted(winners[0]),
+        sorted([(lobby, "ada"), (hall, "ada")]),
+        "the (room, user) pairs of the reap (users with a connection elsewhere stay)",
+    )
+    await run.counted(store, lobby, 1, 1)
+    await run.counted(store, hall, 1, 1)
+    run.expect(await run.page(store, lobby, 0, 10), (1, [("bob", None, 1)]), "lobby after it")
+    if dead in await run.call(store, "expired_instances"):
+        raise run.fail("expired_instances() still lists a reaped instance")
+    run.expect(await run.call(store, "reap", dead, reapers[0]), [], "reaping it again")
+    run.expect(
+        await run.call(store, "heartbeat", dead, 60.0),
+        True,
+        "the heartbeat of a reaped instance (unknown again: it must add its entries again)",
+    )
+    # A clean shutdown: the instance reaps itself, alive.
+    run.expect(
+        sorted(await run.call(store, "reap", survivor, survivor)),
+        sorted([(lobby, "bob"), (hall, "cy")]),
+        "an instance reaping itself at shutdown",
+    )
+    await run.counted(store, lobby, 0, 0)
+    await run.counted(store, hall, 0, 0)
+    if survivor in await run.call(store, "expired_instances"):
+        raise run.fail("expired_instances() lists an instance that reaped itself")
+    run.expect(await run.call(store, "heartbeat", survivor, 60.0), True, "its heartbeat after")
+
+
+async def _check_clean_removal(run: _PresenceRun) -> None:
+    stores = [await run.store() for _ in range(2)]
+    room, i1, i2 = run.room("clean"), run.instance("i1"), run.instance("i2")
+    await run.call(stores[0], "add", room, "a", "ada", '{"name":"Ada"}', i1)
+    await run.call(stores[1], "add", room, "b", "ada", None, i2)
+    await run.call(stores[1], "add", room, "c", "bob", None, i2)
+    await run.counted(stores[1], room, 3, 2)
+    run.expect(await run.call(stores[1], "remove", room, "a", i1), None, "remove of ada's first")
+    run.expect(await run.call(stores[0], "remove", room, "b", i2), "ada", "her last, elsewhere")
+    run.expect(await run.call(stores[0], "remove", room, "c", i2), "bob", "bob's last")
+    for n, s in enumerate(stores):
+        await run.counted(s, room, 0, 0)
+        run.expect(await run.page(s, room, 0, 10), (0, []), f"members on store {n} when empty")
+    run.expect(
+        await run.call(stores[1], "add", room, "d", "ada", None, i2),
+        True,
+        "a join into the emptied room (nothing of the old entries is left)",
+    )
+    run.expect(await run.page(stores[0], room, 0, 10), (1, [("ada", None, 1)]), "its members")
+
+
+_PRESENCE_CHECKS: tuple[tuple[str, Callable[[_PresenceRun], Awaitable[None]]], ...] = (
+    ("first-last", _check_first_and_last),
+    ("pages", _check_counts_and_pages),
+    ("data", _check_data),
+    ("races", _check_races),
+    ("heartbeat", _check_heartbeat),
+    ("reap", _check_reap),
+    ("clean-removal", _check_clean_removal),
+)
+
+
+async def check_presence_store(
+    factory: PresenceStoreFactory,
+    *,
+    room_prefix: str = "wsevents-test:",
+    timeout: float = 5.0,
+) -> None:
+    """The conformance suite every [`PresenceStore`][wsevents.PresenceStore] must pass.
+
+    ``factory`` is called one or more times per check (sync or async); every store it
+    returns must share one medium (the same object, or one per instance on the same Redis
+    and key prefix), as the instances of a cluster do. Every method must be ``async``.
+
+    On fresh rooms and instance ids under ``room_prefix`` plus a random run id, it checks:
+    that an add is first only for a user's first connection and a remove last only for
+    their last one (a second connection is neither; adding a present connection and
+    removing an absent one change nothing); counts, and pages ordered by user id in code
+    point order, with totals, ``limit`` 0 and offsets past the end; that the member data is
+    the first connection's until an update; that of concurrent adds (and removes) of one
+    user through several stores exactly one is first (last); heartbeats (True for an
+    unknown instance) and their expiry; that of concurrent reaps of a dead instance through
+    several stores exactly one gets its ``(room, user)`` pairs, users with a connection on
+    another instance staying, after which the instance is unknown; an instance reaping
+    itself; and that an emptied room is empty everywhere. At the end of each check, every
+    instance it used reaps itself, so that nothing it added is left.
+
+    Every call is bounded by ``timeout`` seconds; only the expiry checks wait, for a
+    heartbeat of 0.05 s to run out.
+
+    Raises:
+        AssertionError: the first check that fails, naming the check and what went wrong.
+
+    Example:
+        ``bus = MemoryBus(); await check_presence_store(lambda: bus.presence)``
+    """
+    prefix = f"{room_prefix}{uuid.uuid4().hex[:12]}:"
+    for name, check in _PRESENCE_CHECKS:
+        run = _PresenceRun(factory, prefix, name, timeout)
         try:
             await check(run)
         except BaseException:
