@@ -657,3 +657,12 @@ def test_pydantic_validator_text_never_reaches_the_client() -> None:
 
 def test_contract_repr_names_type_and_engine() -> None:
     assert repr(compile_data_type(Message)) == "DataContract(Message, engine='msgspec')"
+
+
+def test_dumper_gives_what_dump_gives_for_each_engine() -> None:
+    contract = compile_data_type(Message)
+    value = Message("x", tags=["a"])
+    assert contract.dumper()(value) == contract.dump(value) == {"text": "x", "tags": ["a"]}
+    model = compile_data_type(PMessage)
+    pvalue = PMessage(text="y")
+    assert model.dumper()(pvalue) == model.dump(pvalue)

@@ -140,7 +140,7 @@ class Endpoint:
         if not checks and data is None and reply is None and params is None:
             return cls(fn, fn_async, route)
         prepare = _preparer(data, params)
-        dump = reply.dump if reply is not None else None
+        dump = reply.dumper() if reply is not None else None
         if not fn_async and not any(guard_async for _, guard_async in checks):
             sync_guards = tuple(guard for guard, _ in checks)
 
