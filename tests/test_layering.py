@@ -159,6 +159,7 @@ LAYER_ORDER = [
     "cluster",
     "rooms",
     "presence",
+    "history",
     "dispatch",
     "composables",
     "app",
