@@ -152,6 +152,7 @@ LAYER_ORDER = [
     "transports.redis._pubsub",
     "transports.redis._directory",
     "transports.redis._presence",
+    "transports.redis._history",
     "transports.redis",
     "transports",
     "connection",
