@@ -7,11 +7,14 @@ import asyncio
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 
 from examples.reference_app import add_history, app
 from wsevents import MemoryTransport, WsApp, WsClientError, use_ws_rooms
+from wsevents.cluster import Envelope
 from wsevents.testing import ClusterFactory, WsCluster, WsTestClient
+from wsevents.transports.memory import MemoryHistoryStore
 
 
 def room_name() -> str:
@@ -236,3 +239,91 @@ async def test_concurrent_publishers_give_every_member_one_offset_order(
     for k in range(3):
         mine = [p["data"] for p in received[0] if p["data"].startswith(f"{k}:")]
         assert mine == [f"{k}:{i}" for i in range(rounds)]
+
+
+async def remote_push(cluster: WsCluster, room: str, data: Any, *, publish: bool = True) -> int:
+    """Keep a push in the store as instance 1 would, and (unless told not to) publish its
+    envelope; returns its offset. Lets a test choose the order envelopes arrive in."""
+    payload = orjson.dumps({"event": "message", "path": room, "data": data}).decode()
+    pos = await cluster.bus.history.append(room, payload, 1000, 600.0)
+    if publish:
+        await send_envelope(cluster, room, data, pos.offset, pos.epoch)
+    return pos.offset
+
+
+async def send_envelope(cluster: WsCluster, room: str, data: Any, offset: int, epoch: str) -> None:
+    sender = cluster.apps[1].rooms.cluster
+    env = Envelope(
+        sender.instance_id, "room", room, "message", room, data, None, None, offset, epoch
+    )
+    assert await sender.publish(env) is None
+
+
+def plain(room: str, data: Any, offset: int) -> dict[str, Any]:
+    return {"event": "message", "path": room, "data": data, "offset": offset}
+
+
+async def test_envelopes_out_of_offset_order_are_delivered_in_order(cluster: WsCluster) -> None:
+    room = room_name()
+    member = await cluster.connect(0)
+    await subscribe(member, room)
+    epoch = (await cluster.bus.history.position(room)).epoch
+    first = await remote_push(cluster, room, "a", publish=False)
+    second = await remote_push(cluster, room, "b", publish=False)
+    await send_envelope(cluster, room, "b", second, epoch)
+    await send_envelope(cluster, room, "a", first, epoch)
+    await send_envelope(cluster, room, "a", first, epoch)  # a duplicate is dropped
+    await remote_push(cluster, room, "c")
+    assert await pushes(member, 3) == [
+        plain(room, "a", 1),
+        plain(room, "b", 2),
+        plain(room, "c", 3),
+    ]
+
+
+async def test_a_push_whose_envelope_never_comes_is_read_from_the_store(
+    cluster: WsCluster,
+) -> None:
+    room = room_name()
+    member = await cluster.connect(0)
+    await subscribe(member, room)
+    await remote_push(cluster, room, "lost", publish=False)
+    await remote_push(cluster, room, "next")
+    assert await pushes(member, 2) == [plain(room, "lost", 1), plain(room, "next", 2)]
+
+
+class HeldStore(MemoryHistoryStore):
+    """A store whose ``since`` waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def since(self, *args: Any, **kwargs: Any) -> Any:
+        self.reading.set()
+        await self.release.wait()
+        return await super().since(*args, **kwargs)
+
+
+async def test_pushes_during_a_replay_come_once_after_it(ws_client) -> None:
+    ws = WsApp(heartbeat=0)
+    add_history(ws)
+    store = ws.history._store = HeldStore()
+    room = room_name()
+    alice = await ws_client(ws)
+    start = await subscribe(alice, room)
+    await publish(alice, room, "missed")
+    bob = await ws_client(ws)
+    reply = asyncio.ensure_future(
+        subscribe(bob, room, {"offset": start["offset"], "epoch": start["epoch"]})
+    )
+    await store.reading.wait()
+    # Published while bob's replay is being read: it is in the store (so in the replay)
+    # and live (so held back for bob): bob must get it once.
+    await publish(alice, room, "during")
+    store.release.set()
+    assert (await reply)["recovered"] is True
+    assert bob.pending_messages() == [push(room, "missed", 1), push(room, "during", 2)]
+    await publish(alice, room, "after")
+    assert await bob.next_push() == push(room, "after", 3)
