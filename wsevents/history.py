@@ -277,6 +277,9 @@ class History:
             stream.epoch, stream.next = epoch, offset
             stream.pending.clear()
             stream.floors.clear()
+        if offset == stream.next and not stream.pending:
+            stream.next = offset + 1  # in order: no buffering
+            return self._send(room, stream, offset, frame, exclude_id)
         if offset < stream.next:
             return 0  # already delivered
         stream.pending[offset] = (frame, exclude_id)
