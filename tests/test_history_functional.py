@@ -327,3 +327,21 @@ async def test_pushes_during_a_replay_come_once_after_it(ws_client) -> None:
     assert bob.pending_messages() == [push(room, "missed", 1), push(room, "during", 2)]
     await publish(alice, room, "after")
     assert await bob.next_push() == push(room, "after", 3)
+
+
+async def test_a_member_ahead_of_its_instance_does_not_get_what_it_had_again(
+    cluster: WsCluster,
+) -> None:
+    room = room_name()
+    member = await cluster.connect(0)
+    start = await subscribe(member, room)
+    # Offset 1 is kept, but its envelope has not reached instance 0 yet.
+    first = await remote_push(cluster, room, "a", publish=False)
+    # A client that had offset 1 (from another instance) comes back on instance 0.
+    ahead = await cluster.connect(0)
+    reply = await subscribe(ahead, room, {"offset": first, "epoch": start["epoch"]})
+    assert reply["recovered"] is True and reply["offset"] == first
+    await send_envelope(cluster, room, "a", first, start["epoch"])
+    await remote_push(cluster, room, "b")
+    assert await pushes(member, 2) == [plain(room, "a", 1), plain(room, "b", 2)]
+    assert await ahead.next_push() == plain(room, "b", 2)
