@@ -296,3 +296,42 @@ def _presence_query() -> tuple[str, dict[str, Any]]:
 
 
 add_presence(app)
+
+
+# -- recovery: history rooms with offsets and epochs ---------------------------------------
+
+
+def add_history(ws: WsApp) -> None:
+    """The history routes (a function, so that tests can build several instances)."""
+    ws.history.track("/feed/rooms/:room", size=1000, ttl=600.0)
+
+    @ws.on_message("subscribe", "/feed/rooms/:room")
+    async def feed_subscribe() -> dict[str, Any]:
+        data = use_ws_message().data
+        since = data.get("since") if isinstance(data, dict) else None
+        if since is not None and not _is_position(since):
+            raise WsError(400, 'data.since must be {"offset": <int >= 0>, "epoch": <string>}')
+        joined = await use_ws_rooms().join_stream(since=since)
+        return joined.as_reply()
+
+    @ws.on_message("unsubscribe", "/feed/rooms/:room")
+    async def feed_unsubscribe() -> dict[str, bool]:
+        await use_ws_rooms().leave()
+        return {"unsubscribed": True}
+
+    @ws.on_message("publish", "/feed/rooms/:room")
+    async def feed_publish() -> dict[str, Any]:
+        report = await use_ws_rooms().broadcast(
+            "message", use_ws_message().data, exclude_self=False
+        )
+        return {"sent": True, "offset": report.offset}
+
+
+def _is_position(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    offset, epoch = value.get("offset"), value.get("epoch")
+    return type(offset) is int and offset >= 0 and isinstance(epoch, str) and len(epoch) <= 64
+
+
+add_history(app)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         WsError,
         WsEventsError,
     )
+    from .history import History, HistoryOptions, StreamJoin
     from .presence import Presence, PresenceChange, PresenceUser, PresenceUsers
     from .protocol import ClientMessage, Codec, JsonCodec
     from .rooms import DeliveryReport, RoomManager
@@ -49,10 +50,13 @@ if TYPE_CHECKING:
         BroadcastTransport,
         Capabilities,
         ConnectionDirectory,
+        HistoryEntry,
+        HistoryStore,
         MemoryBus,
         MemoryTransport,
         PresenceCount,
         PresenceStore,
+        StreamPosition,
     )
 
 __version__ = "0.1.0"
@@ -68,6 +72,10 @@ __all__ = [
     "ConnectionDirectory",
     "DeliveryReport",
     "Guard",
+    "History",
+    "HistoryEntry",
+    "HistoryOptions",
+    "HistoryStore",
     "Interceptor",
     "JsonCodec",
     "MemoryBus",
@@ -85,6 +93,8 @@ __all__ = [
     "RouteGroup",
     "RouteParams",
     "RoutingError",
+    "StreamJoin",
+    "StreamPosition",
     "TransportError",
     "WsApp",
     "WsClient",
@@ -115,6 +125,10 @@ _EXPORTS: dict[str, str] = {
     "ConnectionDirectory": ".transports",
     "DeliveryReport": ".rooms",
     "Guard": ".routing",
+    "History": ".history",
+    "HistoryEntry": ".transports",
+    "HistoryOptions": ".history",
+    "HistoryStore": ".transports",
     "Interceptor": ".dispatch",
     "JsonCodec": ".protocol",
     "MemoryBus": ".transports",
@@ -132,6 +146,8 @@ _EXPORTS: dict[str, str] = {
     "RouteGroup": ".app",
     "RouteParams": ".composables",
     "RoutingError": ".exceptions",
+    "StreamJoin": ".history",
+    "StreamPosition": ".transports",
     "TransportError": ".exceptions",
     "WsApp": ".app",
     "WsClient": ".client",

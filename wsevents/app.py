@@ -28,6 +28,7 @@ from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
 from .contracts import PushChecker, PushSpec, compile_data_type
 from .dispatch import FALLBACK_PATTERN, Dispatcher, Endpoint, Handler, Interceptor
 from .exceptions import WsError
+from .history import History
 from .presence import Presence, PresenceListener
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
 from .rooms import RoomManager
@@ -196,8 +197,9 @@ class WsApp(_MessageDecorators, WsServer):
         instance_id = uuid.uuid4().hex
         rooms = RoomManager(transport, instance_id=instance_id, codec=self.codec)
         presence = Presence(rooms)
-        super().__init__(self._connections, rooms, self.codec, presence)
-        self._server = WsServer(self._connections, rooms, self.codec, presence)
+        history = History(rooms)
+        super().__init__(self._connections, rooms, self.codec, presence, history)
+        self._server = WsServer(self._connections, rooms, self.codec, presence, history)
         self._pushes = PushChecker()
         self.check_pushes = check_pushes
         """Whether pushes are checked against their declarations (see the option)."""
@@ -513,6 +515,7 @@ class WsApp(_MessageDecorators, WsServer):
         await self.shutdown()
         if self._started:
             await self.presence.close()
+            await self.history.close()
             await self.rooms.cluster.close()
         self._started = False
 

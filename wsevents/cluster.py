@@ -94,6 +94,8 @@ class Envelope:
         data: the push's data (None: no ``data`` key).
         params: the push's params (empty or None: no ``params`` key).
         exclude_id: a connection left out of a room broadcast.
+        offset: the push's offset in a history room (None elsewhere).
+        epoch: the history stream's epoch, with ``offset``.
     """
 
     origin: str
@@ -104,10 +106,14 @@ class Envelope:
     data: Any = None
     params: Mapping[str, str] | None = None
     exclude_id: str | None = None
+    # -- history rooms (see history.py) --
+    offset: int | None = None
+    epoch: str | None = None
 
     def encode(self) -> str:
         """The JSON payload: ``to``? ``event``, ``path``, ``data``?, ``params``?,
-        ``excludeId``?, ``origin`` (the keys and their order are the wire format)."""
+        ``excludeId``?, ``offset``? and ``epoch``? (history rooms), ``origin`` (the keys and
+        their order are the wire format)."""
         fields: dict[str, Any] = (
             {"to": self.target, "event": self.event, "path": self.path}
             if self.kind == "direct"
@@ -119,6 +125,9 @@ class Envelope:
             fields["params"] = dict(self.params)
         if self.exclude_id is not None:
             fields["excludeId"] = self.exclude_id
+        if self.offset is not None:
+            fields["offset"] = self.offset
+            fields["epoch"] = self.epoch
         fields["origin"] = self.origin
         return _dumps(fields).decode()
 
@@ -161,7 +170,16 @@ def _from_fields(fields: dict[str, Any], kind: EnvelopeKind, target: str | None)
         fields.get("data"),
         params if isinstance(params, dict) else None,
         exclude if isinstance(exclude, str) else None,
+        *_stream_fields(fields),
     )
+
+
+def _stream_fields(fields: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The ``offset`` and ``epoch`` of a history push ((None, None) unless both are valid)."""
+    offset, epoch = fields.get("offset"), fields.get("epoch")
+    if type(offset) is int and type(epoch) is str:
+        return offset, epoch
+    return None, None
 
 
 def decode_envelope(
@@ -210,6 +228,7 @@ class Cluster:
         self._local: Mapping[str, Connection] = {}
         self._has_members: Callable[[str], bool] = lambda room: False
         self._deliver_room: Callable[[str, bytes, str | None], object] = lambda *args: None
+        self._deliver_stream: Callable[[Envelope], object] | None = None  # history rooms
         self._subscribed: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
@@ -248,6 +267,11 @@ class Cluster:
         ``deliver(room, frame, exclude_id)`` serves inbound room pushes locally."""
         self._has_members = has_members
         self._deliver_room = deliver
+
+    def bind_history(self, deliver: Callable[[Envelope], object]) -> None:
+        """Hand inbound room envelopes that carry an offset to ``deliver`` (history rooms:
+        it orders them by offset before delivering)."""
+        self._deliver_stream = deliver
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -417,6 +441,9 @@ class Cluster:
         env = decode_envelope(payload, self.instance_id, "broadcast")
         if env is None:
             return
+        if env.offset is not None and self._deliver_stream is not None:
+            self._deliver_stream(env)
+            return
         frame = env.push_frame(self._encode)
         if frame is not None:
             for conn in self._local.values():
@@ -499,6 +526,9 @@ class Cluster:
     def _on_room_payload(self, room: str, payload: str) -> None:
         env = decode_envelope(payload, self.instance_id, "room", room)
         if env is None:
+            return
+        if env.offset is not None and self._deliver_stream is not None:
+            self._deliver_stream(env)
             return
         frame = env.push_frame(self._encode)
         if frame is not None:

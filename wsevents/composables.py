@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._context import MessageScope, app_var, connection_var, message_var
 from .cluster import Envelope
 from .connection import Connection
+from .history import History, StreamJoin
 from .presence import Presence
 from .protocol import ClientMessage, Codec, encode_push
 from .rooms import DeliveryReport, RoomManager
+from .transports.base import StreamPosition
 
 if TYPE_CHECKING:
     pass
@@ -44,10 +46,20 @@ class WsServer:
         rooms: the instance's [`RoomManager`][wsevents.RoomManager].
         presence: the instance's [`Presence`][wsevents.Presence]: counts and user lists of
             presence rooms.
+        history: the instance's [`History`][wsevents.History]: history rooms, their
+            offsets and recovery.
         instance_id: this instance's id (the origin of its envelopes).
     """
 
-    __slots__ = ("_cluster", "_connections", "_encode", "instance_id", "presence", "rooms")
+    __slots__ = (
+        "_cluster",
+        "_connections",
+        "_encode",
+        "history",
+        "instance_id",
+        "presence",
+        "rooms",
+    )
     # The push check lives on the RoomManager shared with the app: one switch for every
     # kind of push.
 
@@ -57,12 +69,14 @@ class WsServer:
         rooms: RoomManager,
         codec: Codec,
         presence: Presence | None = None,
+        history: History | None = None,
     ) -> None:
         self._connections = connections
         self._encode = codec.encode
         self._cluster = rooms.cluster
         self.rooms = rooms
         self.presence = presence if presence is not None else Presence(rooms)
+        self.history = history if history is not None else History(rooms)
         self.instance_id = rooms.instance_id
 
     def connections(self) -> tuple[Connection, ...]:
@@ -248,6 +262,26 @@ class WsRooms:
         name = scope.message.path if room is None else room
         await scope.app.rooms.join(scope.connection, name, data=data)
         return name
+
+    async def join_stream(
+        self,
+        room: str | None = None,
+        *,
+        since: StreamPosition | Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> StreamJoin:
+        """Join history room ``room`` (default: the message path) and return its position.
+
+        With ``since`` (``{"offset", "epoch"}`` from an earlier join or push), every kept
+        push after it is sent to the connection first, in order;
+        [`StreamJoin.recovered`][wsevents.StreamJoin] tells whether they all could be.
+
+        Raises:
+            ValueError: ``room`` is not a history room, or ``since`` is malformed.
+        """
+        scope = self._scope
+        name = scope.message.path if room is None else room
+        return await scope.app.history.join(scope.connection, name, since=since, data=data)
 
     async def update_presence(
         self, data: Mapping[str, Any] | None, *, room: str | None = None

@@ -32,6 +32,7 @@ __all__ = [
     "encode_error",
     "encode_push",
     "encode_reply",
+    "encode_stream_push",
     "parse_client_message",
     "select_subprotocol",
 ]
@@ -294,6 +295,25 @@ def encode_push(
         push["params"] = params if type(params) is dict else dict(params)
     if data is not None:
         push["data"] = data
+    return encode(push)
+
+
+def encode_stream_push(
+    event: str,
+    path: str,
+    data: Any,
+    params: Mapping[str, str] | None,
+    offset: int,
+    encode: Callable[[dict[str, Any]], bytes] = JsonCodec.encode,
+) -> bytes:
+    """Encode a push of a history room: ``{"event", "path", "params"?, "data"?, "offset"}``
+    (the same keys in the same order on every instance and in a replay)."""
+    push: dict[str, Any] = {"event": event, "path": path}
+    if params:
+        push["params"] = params if type(params) is dict else dict(params)
+    if data is not None:
+        push["data"] = data
+    push["offset"] = offset
     return encode(push)
 
 

@@ -24,6 +24,7 @@ from .transports.base import BroadcastTransport
 __all__ = [
     "ROOM_CHANNEL_PREFIX",
     "DeliveryReport",
+    "HistoryHooks",
     "JoinPolicy",
     "PresenceHooks",
     "RoomHook",
@@ -31,12 +32,32 @@ __all__ = [
 ]
 
 log = logging.getLogger("wsevents.rooms")
+_NO_MEMBERS: Mapping[str, Connection] = {}
 
 RoomHook = Callable[[Connection, str], "Awaitable[None] | None"]
 """Called with ``(connection, room)`` after a connection joined or left a room."""
 
 JoinPolicy = Callable[[Connection, str], "Awaitable[None] | None"]
 """Called with ``(connection, room)`` before a join; raising ``WsError`` refuses it."""
+
+
+class HistoryHooks(Protocol):
+    """What the room registry asks of history (``wsevents.history.History`` implements it)."""
+
+    def tracks(self, room: str) -> bool:
+        """Whether ``room`` is a history room."""
+        ...
+
+    async def broadcast(
+        self,
+        room: str,
+        event: str,
+        data: Any,
+        params: Mapping[str, str] | None,
+        exclude_id: str | None,
+    ) -> DeliveryReport:
+        """Broadcast in a history room: assign an offset, keep, deliver in order."""
+        ...
 
 
 class PresenceHooks(Protocol):
@@ -62,6 +83,7 @@ class DeliveryReport:
         published: the envelope was handed to the transport for other instances.
         publish_error: why publishing failed, when it did (the push still reached local
             members).
+        offset: the push's offset in a history room (None elsewhere).
     """
 
     sent: int = 0
@@ -69,6 +91,7 @@ class DeliveryReport:
     dropped: int = 0
     published: bool = False
     publish_error: Exception | None = None
+    offset: int | None = None
 
     def merged(self, other: DeliveryReport) -> DeliveryReport:
         """Add up two reports (e.g. of several rooms)."""
@@ -113,6 +136,8 @@ class RoomManager:
         self._leave_hooks: list[RoomHook] = []
         self.presence_hooks: PresenceHooks | None = None
         """Set once a presence pattern is tracked (None: joins and leaves cost nothing more)."""
+        self.history_hooks: HistoryHooks | None = None
+        """Set once a history pattern is tracked (None: broadcasts cost nothing more)."""
 
     @property
     def transport(self) -> BroadcastTransport | None:
@@ -234,6 +259,15 @@ class RoomManager:
     def _members_contains(self, room: str) -> bool:
         return room in self._members
 
+    @property
+    def codec_encode(self) -> Callable[[dict[str, Any]], bytes]:
+        """How pushes are encoded for local members."""
+        return self._encode
+
+    def members_of(self, room: str) -> Mapping[str, Connection]:
+        """The local members of ``room`` by connection id (a live view: do not change it)."""
+        return self._members.get(room) or _NO_MEMBERS
+
     def connections(self, room: str) -> tuple[Connection, ...]:
         """The local members of ``room``."""
         members = self._members.get(room)
@@ -272,6 +306,9 @@ class RoomManager:
         """
         if self.check_push is not None:
             self.check_push(event, room, data)
+        history = self.history_hooks
+        if history is not None and history.tracks(room):
+            return await history.broadcast(room, event, data, params, exclude_id)
         frame = encode_push(event, room, data, params, self._encode)
         sent, skipped, dropped = self.deliver_local(room, frame, exclude_id)
         cluster = self.cluster

@@ -14,15 +14,18 @@ from .base import (
     BroadcastTransport,
     Capabilities,
     ConnectionDirectory,
+    HistoryEntry,
+    HistoryStore,
     PayloadHandler,
     PresenceCount,
     PresenceMember,
     PresencePage,
     PresenceStore,
     StateListener,
+    StreamPosition,
     TransportStateEvents,
 )
-from .memory import MemoryBus, MemoryPresenceStore, MemoryTransport
+from .memory import MemoryBus, MemoryHistoryStore, MemoryPresenceStore, MemoryTransport
 
 if TYPE_CHECKING:
     from .redis import RedisTransport
@@ -32,7 +35,10 @@ __all__ = [
     "BroadcastTransport",
     "Capabilities",
     "ConnectionDirectory",
+    "HistoryEntry",
+    "HistoryStore",
     "MemoryBus",
+    "MemoryHistoryStore",
     "MemoryPresenceStore",
     "MemoryTransport",
     "PayloadHandler",
@@ -42,6 +48,7 @@ __all__ = [
     "PresenceStore",
     "RedisTransport",
     "StateListener",
+    "StreamPosition",
     "TransportStateEvents",
 ]
 

@@ -19,12 +19,15 @@ __all__ = [
     "BroadcastTransport",
     "Capabilities",
     "ConnectionDirectory",
+    "HistoryEntry",
+    "HistoryStore",
     "PayloadHandler",
     "PresenceCount",
     "PresenceMember",
     "PresencePage",
     "PresenceStore",
     "StateListener",
+    "StreamPosition",
     "TransportStateEvents",
 ]
 
@@ -169,6 +172,62 @@ class PresenceStore(Protocol):
         ...
 
 
+# -- history: a room's recent pushes with offsets and an epoch ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a history room's stream is.
+
+    Attributes:
+        offset: the offset of the room's last push (0 before the first one).
+        epoch: the identity of the stream: it changes when the history is lost (a flush,
+            a failover), so an offset of another epoch means nothing.
+    """
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One kept push of a history room.
+
+    Attributes:
+        offset: its offset (1 for the room's first push, then +1 per push).
+        payload: the push as the store got it (text, never decoded by the store).
+    """
+
+    offset: int
+    payload: str
+
+
+class HistoryStore(Protocol):
+    """The recent pushes of history rooms, for every instance at once.
+
+    ``append`` assigns offsets atomically: of concurrent appends to one room on any
+    instance, each gets its own offset, +1 per push, and the store keeps the entries in
+    offset order. The epoch changes whenever the stream is lost.
+    """
+
+    async def append(self, room: str, payload: str, size: int, ttl: float) -> StreamPosition:
+        """Keep ``payload`` as the room's next push; keep at most ``size`` entries, none
+        older than ``ttl`` seconds. Returns the new push's offset and the epoch."""
+        ...
+
+    async def position(self, room: str) -> StreamPosition:
+        """The room's current position (offset 0 and a new epoch for a new room)."""
+        ...
+
+    async def since(
+        self, room: str, offset: int, epoch: str, ttl: float
+    ) -> tuple[StreamPosition, list[HistoryEntry] | None]:
+        """The room's position and every kept push after ``offset``, in offset order;
+        None instead of the list when they cannot all be given (another epoch, an offset
+        ahead of the stream, or pushes trimmed by size or by age ``ttl``)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a transport offers beyond pub/sub; each field is the implementing object or None.
@@ -177,11 +236,13 @@ class Capabilities:
         directory: where connection ids are registered, for ``send_to`` across instances.
         state_events: backend loss and recovery notifications.
         presence: who is in which presence room on every instance.
+        history: the recent pushes of history rooms, with offsets and epochs.
     """
 
     directory: ConnectionDirectory | None = None
     state_events: TransportStateEvents | None = None
     presence: PresenceStore | None = None
+    history: HistoryStore | None = None
 
 
 @runtime_checkable

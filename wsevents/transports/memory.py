@@ -7,18 +7,22 @@ import contextlib
 import inspect
 import logging
 import time
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from .base import (
     BaseTransport,
     Capabilities,
+    HistoryEntry,
     PayloadHandler,
     PresenceCount,
     PresenceMember,
     PresencePage,
+    StreamPosition,
 )
 
-__all__ = ["MemoryBus", "MemoryPresenceStore", "MemoryTransport"]
+__all__ = ["MemoryBus", "MemoryHistoryStore", "MemoryPresenceStore", "MemoryTransport"]
 
 log = logging.getLogger("wsevents.transports.memory")
 
@@ -137,16 +141,84 @@ class MemoryPresenceStore:
         return left
 
 
+# -- history ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str
+    offset: int = 0
+    entries: deque[tuple[int, float, str]] = field(default_factory=deque)  # offset, time, payload
+
+
+class MemoryHistoryStore:
+    """A [`HistoryStore`][wsevents.transports.base.HistoryStore] in this process: a ring
+    buffer per room. It never awaits, so offsets are atomic. [`clear`][] loses every
+    stream (the next use starts a new epoch)."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+
+    def _stream(self, room: str) -> _Stream:
+        stream = self._streams.get(room)
+        if stream is None:
+            stream = self._streams[room] = _Stream(uuid.uuid4().hex)
+        return stream
+
+    @staticmethod
+    def _trim(stream: _Stream, size: int | None, ttl: float) -> None:
+        entries = stream.entries
+        if size is not None:
+            while len(entries) > size:
+                entries.popleft()
+        cutoff = time.monotonic() - ttl
+        while entries and entries[0][1] < cutoff:
+            entries.popleft()
+
+    async def append(self, room: str, payload: str, size: int, ttl: float) -> StreamPosition:
+        """Keep ``payload`` as the room's next push."""
+        stream = self._stream(room)
+        stream.offset += 1
+        stream.entries.append((stream.offset, time.monotonic(), payload))
+        self._trim(stream, size, ttl)
+        return StreamPosition(stream.offset, stream.epoch)
+
+    async def position(self, room: str) -> StreamPosition:
+        """The room's current position."""
+        stream = self._stream(room)
+        return StreamPosition(stream.offset, stream.epoch)
+
+    async def since(
+        self, room: str, offset: int, epoch: str, ttl: float
+    ) -> tuple[StreamPosition, list[HistoryEntry] | None]:
+        """The kept pushes after ``offset`` (None when they cannot all be given)."""
+        stream = self._stream(room)
+        position = StreamPosition(stream.offset, stream.epoch)
+        if epoch != stream.epoch or offset > stream.offset or offset < 0:
+            return position, None
+        self._trim(stream, None, ttl)
+        entries = stream.entries
+        first = entries[0][0] if entries else stream.offset + 1
+        if offset + 1 < first:
+            return position, None
+        return position, [HistoryEntry(o, p) for o, _, p in entries if o > offset]
+
+    def clear(self) -> None:
+        """Lose every stream (as a flushed backend would)."""
+        self._streams.clear()
+
+
 class MemoryBus:
     """The shared medium of [`MemoryTransport`][] instances (one per simulated cluster).
 
-    It also keeps the cluster's connection directory and presence store.
+    It also keeps the cluster's connection directory, presence store and history store.
     """
 
     def __init__(self) -> None:
         self.channels: dict[str, list[_Subscription]] = {}
         self.directory: dict[str, str] = {}
         self.presence = MemoryPresenceStore()
+        self.history = MemoryHistoryStore()
         self.published = 0
 
     def subscriber_count(self, channel: str) -> int:
@@ -211,8 +283,8 @@ class MemoryTransport(BaseTransport):
             await self.unsubscribe(channel)
 
     def capabilities(self) -> Capabilities:
-        """A connection directory and a presence store, kept on the bus."""
-        return Capabilities(directory=self, presence=self.bus.presence)
+        """A connection directory, a presence store and a history store, kept on the bus."""
+        return Capabilities(directory=self, presence=self.bus.presence, history=self.bus.history)
 
     async def register_connection(self, connection_id: str, instance_id: str) -> None:
         """Directory: ``connection_id`` lives on ``instance_id``."""

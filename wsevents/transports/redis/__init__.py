@@ -23,7 +23,9 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
 * ``<prefix>conn:<connection id>``: a key per open connection whose value is the instance
   holding it, with a TTL that the live instance refreshes (the directory);
 * ``<prefix>ws:presence:...``: the presence store (see ``_presence``), keys of a room
-  hash-tagged ``{<room>}``.
+  hash-tagged ``{<room>}``;
+* ``<prefix>ws:history:...``: the history store (see ``_history``), a stream, an offset
+  and an epoch per history room, hash-tagged ``{<room>}``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ...exceptions import TransportError
 from ..base import BaseTransport, Capabilities, PayloadHandler, StateListener
 from ._commands import cause
 from ._directory import RedisDirectory
+from ._history import RedisHistory
 from ._presence import RedisPresence
 from ._pubsub import PubSub
 from ._url import describe_client, redact_url
@@ -53,7 +56,7 @@ log = logging.getLogger("wsevents.transports.redis")
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events and a
-    [`PresenceStore`][wsevents.PresenceStore].
+    [`PresenceStore`][wsevents.PresenceStore] and a [`HistoryStore`][wsevents.HistoryStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -152,6 +155,7 @@ class RedisTransport(BaseTransport):
             ensure_running=self._ensure_tasks,
         )
         self._presence = RedisPresence(client, prefix=prefix, command_timeout=self.command_timeout)
+        self._history = RedisHistory(client, prefix=prefix, command_timeout=self.command_timeout)
         # Rewrite the directory whenever the connection comes up: Redis may have
         # restarted empty.
         self._pubsub.on_up = self._directory.wake
@@ -318,10 +322,13 @@ class RedisTransport(BaseTransport):
             await self.client.aclose()
 
     def capabilities(self) -> Capabilities:
-        """The connection directory, the backend state events and the presence store, each
-        its own object."""
+        """The connection directory, the backend state events, the presence store and the
+        history store, each its own object."""
         return Capabilities(
-            directory=self._directory, state_events=self._pubsub, presence=self._presence
+            directory=self._directory,
+            state_events=self._pubsub,
+            presence=self._presence,
+            history=self._history,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------
