@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import msgspec
 
 from wsevents import (
+    RateLimit,
     WsError,
     create_ws_app,
     use_route_params,
@@ -232,3 +233,12 @@ def typed_message() -> Ack:
 def typed_item() -> Item:
     """An item by its integer id."""
     return Item(id=use_route_params().typed["id"])
+
+
+# -- access and flow control: rate limits -----------------------------------------------------
+
+
+@app.on_message("rpc", "/limited/echo", rate_limit=RateLimit(5, per=1.0, burst=5))
+def limited_echo() -> Any:
+    """Echo ``data``, at most 5 calls a second per connection (429 with retry_after)."""
+    return use_ws_message().data

@@ -21,6 +21,7 @@ MODULES = [
     "wsevents.dispatch",
     "wsevents.exceptions",
     "wsevents.protocol",
+    "wsevents.ratelimit",
     "wsevents.rooms",
     "wsevents.routing",
     "wsevents.server",

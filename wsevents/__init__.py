@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         WsEventsError,
     )
     from .protocol import ClientMessage, Codec, JsonCodec
+    from .ratelimit import RateLimit
     from .rooms import DeliveryReport, RoomManager
     from .routing import Guard, Route
     from .transports import (
@@ -71,6 +72,7 @@ __all__ = [
     "MemoryTransport",
     "MessageScope",
     "ProtocolError",
+    "RateLimit",
     "RoomManager",
     "Route",
     "RouteGroup",
@@ -112,6 +114,7 @@ _EXPORTS: dict[str, str] = {
     "MemoryTransport": ".transports",
     "MessageScope": "._context",
     "ProtocolError": ".exceptions",
+    "RateLimit": ".ratelimit",
     "RoomManager": ".rooms",
     "Route": ".routing",
     "RouteGroup": ".app",

@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import copy_context
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +30,7 @@ from .contracts import PushChecker, PushSpec, compile_data_type
 from .dispatch import FALLBACK_PATTERN, Dispatcher, Endpoint, Handler, Interceptor
 from .exceptions import WsError
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
+from .ratelimit import Limiter, RateLimit
 from .rooms import RoomManager
 from .routing import Guard, Route, Router, join_pattern
 from .transports.base import BroadcastTransport
@@ -55,6 +57,7 @@ G = TypeVar("G", bound=Guard)
 
 SHUTDOWN_CLOSE_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
+TOO_MANY_CONNECTIONS = "Too many connections"
 
 
 class WsApp(WsServer):
@@ -95,6 +98,15 @@ class WsApp(WsServer):
             it is sent, and raise [`InvalidPush`][wsevents.contracts.InvalidPush] from the
             sending call when it does not match (a debug aid; off, pushes cost nothing
             more).
+        rate_limit: a [`RateLimit`][wsevents.RateLimit] every routed message counts
+            against (one set of buckets for the whole app), before the limits of its
+            groups and route; over it, error 429 with ``retry_after``.
+        handshake_rate: a [`RateLimit`][wsevents.RateLimit] on WebSocket handshakes per
+            peer IP address (its ``key`` is ignored): an extra upgrade request gets HTTP
+            429 with a ``Retry-After`` header, before any WebSocket exists.
+        max_connections_per_user: open connections one user (``Connection.user`` once
+            ``on_connect`` ran) may have on this instance; one more is closed with 1008
+            ``"Too many connections"`` (None: no limit).
     """
 
     def __init__(
@@ -116,6 +128,9 @@ class WsApp(WsServer):
         ignore_trailing_slash: bool = False,
         route_cache_size: int = 1024,
         check_pushes: bool = False,
+        rate_limit: RateLimit | None = None,
+        handshake_rate: RateLimit | None = None,
+        max_connections_per_user: int | None = None,
     ) -> None:
         if heartbeat < 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat must be >= 0 and heartbeat_timeout > 0")
@@ -176,6 +191,17 @@ class WsApp(WsServer):
         self._started = False
         self._closing = False
         self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        # -- access and flow control --
+        if max_connections_per_user is not None and max_connections_per_user <= 0:
+            raise ValueError("max_connections_per_user must be > 0")
+        self._limiter = Limiter(rate_limit) if rate_limit is not None else None
+        self.handshake_limiter = Limiter(handshake_rate) if handshake_rate is not None else None
+        """The buckets of ``handshake_rate`` (None: no handshake limit); the adapter
+        takes a token per upgrade request."""
+        self.max_connections_per_user = max_connections_per_user
+        # user -> open connections, and what each connection was counted as.
+        self._user_counts: dict[str, int] = {}
+        self._counted_as: dict[str, str] = {}
 
     @property
     def server(self) -> WsServer:
@@ -194,6 +220,7 @@ class WsApp(WsServer):
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         """Route messages with ``event`` whose path matches ``pattern`` to ``handler``.
 
@@ -212,6 +239,9 @@ class WsApp(WsServer):
         * ``reply=Ack`` dumps the handler's return value to JSON values through the type
           and describes the reply in the AsyncAPI export.
 
+        ``rate_limit`` (a [`RateLimit`][wsevents.RateLimit]) limits this route alone; a
+        call over it gets error 429 with ``retry_after`` (see [rate limits](../rate-limits.md)).
+
         Raises:
             RoutingError: bad pattern, duplicate route, or ``params`` names a param the
                 pattern does not have.
@@ -227,6 +257,7 @@ class WsApp(WsServer):
                 reply,
                 _params(params),
                 summary=_summary(handler),
+                rate_limits=_limiters(rate_limit),
             )
         )
 
@@ -239,12 +270,20 @@ class WsApp(WsServer):
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]:
         """Decorator form of [`add_message_handler`][]."""
 
         def register(fn: F) -> F:
             self.add_message_handler(
-                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
+                event,
+                pattern,
+                fn,
+                guards=guards,
+                data=data,
+                reply=reply,
+                params=params,
+                rate_limit=rate_limit,
             )
             return fn
 
@@ -279,6 +318,8 @@ class WsApp(WsServer):
 
     def _add_route(self, route: Route) -> None:
         """Register ``route`` (every registration, by the app or a group, ends here)."""
+        if self._limiter is not None:
+            route = replace(route, rate_limits=(self._limiter, *route.rate_limits))
         self.router.add(route.event, route.pattern, Endpoint.of(route))
 
     def routes(self) -> tuple[Route, ...]:
@@ -334,9 +375,12 @@ class WsApp(WsServer):
             server=server,
         )
 
-    def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
+    def group(
+        self, prefix: str, *, guards: Iterable[Guard] = (), rate_limit: RateLimit | None = None
+    ) -> RouteGroup:
         """A [`RouteGroup`][]: routes registered through it get ``prefix`` before their
-        pattern and ``guards`` before their own.
+        pattern and ``guards`` before their own. ``rate_limit`` is counted by every route
+        of the group together (one set of buckets), before the routes' own limits.
 
         Example:
             ``admin = ws.group("/admin", guards=[is_admin])``, then
@@ -346,7 +390,7 @@ class WsApp(WsServer):
             RoutingError: ``prefix`` does not start with ``/``.
             TypeError: a guard is not callable.
         """
-        return RouteGroup(self, prefix, guards)
+        return RouteGroup(self, prefix, guards, _limiters(rate_limit))
 
     def add_guard(self, guard: Guard) -> None:
         """Run ``guard`` before the handler of every routed message and of the
@@ -377,7 +421,13 @@ class WsApp(WsServer):
         Raises:
             RoutingError: a fallback is already registered (one per app).
         """
-        route = Route(FALLBACK_PATTERN, FALLBACK_PATTERN, fn, summary=_summary(fn))
+        route = Route(
+            FALLBACK_PATTERN,
+            FALLBACK_PATTERN,
+            fn,
+            summary=_summary(fn),
+            rate_limits=(self._limiter,) if self._limiter is not None else (),
+        )
         self._dispatcher.set_fallback(Endpoint.of(route))
         return fn
 
@@ -532,6 +582,8 @@ class WsApp(WsServer):
             return False
         if self.check_pushes:
             conn._check_push = self._pushes.check
+        if self.max_connections_per_user is not None and not self._count_user(conn):
+            return False
         self._connections[conn.id] = conn
         cluster = self.rooms.cluster
         if cluster.directory is not None:
@@ -549,10 +601,33 @@ class WsApp(WsServer):
                 await await_hook(hook.fn, logger=log, message="on_disconnect failed")
         finally:
             self._connections.pop(conn.id, None)
+            self._uncount_user(conn)
             try:
                 await self.rooms.leave_all(conn)
             finally:
                 await self.rooms.cluster.unregister(conn.id)
+
+    def _count_user(self, conn: Connection) -> bool:
+        """Count ``conn`` for its user; False (and ``conn`` closed) over the maximum."""
+        user = conn.user
+        count = self._user_counts.get(user, 0)
+        if self.max_connections_per_user is not None and count >= self.max_connections_per_user:
+            log.debug("refused %s: user %r has %d connections", conn.id, user, count)
+            conn.close(1008, TOO_MANY_CONNECTIONS)
+            return False
+        self._user_counts[user] = count + 1
+        self._counted_as[conn.id] = user
+        return True
+
+    def _uncount_user(self, conn: Connection) -> None:
+        user = self._counted_as.pop(conn.id, None)
+        if user is None:
+            return
+        left = self._user_counts[user] - 1
+        if left:
+            self._user_counts[user] = left
+        else:
+            del self._user_counts[user]
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` in a task that [`shutdown`][] waits for."""
@@ -583,12 +658,21 @@ class RouteGroup:
     Attributes:
         prefix: the pattern prefix of the group's routes (``"/"`` for none).
         guards: the guards every route of the group runs first (the outer groups' first).
+        rate_limits: the group's rate limits (the outer groups' first), counted by its
+            routes together.
     """
 
-    __slots__ = ("_app", "guards", "prefix")
+    __slots__ = ("_app", "guards", "prefix", "rate_limits")
 
-    def __init__(self, app: WsApp, prefix: str, guards: Iterable[Guard] = ()) -> None:
+    def __init__(
+        self,
+        app: WsApp,
+        prefix: str,
+        guards: Iterable[Guard] = (),
+        rate_limits: tuple[Limiter, ...] = (),
+    ) -> None:
         self._app = app
+        self.rate_limits = rate_limits
         self.prefix = join_pattern(prefix, "/")
         self.guards: tuple[Guard, ...] = tuple(guards)
         for guard in self.guards:
@@ -605,12 +689,14 @@ class RouteGroup:
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         """Register ``handler`` on the group's prefix joined with ``pattern``
         ([`join_pattern`][wsevents.routing.join_pattern]), behind the group's guards,
         then ``guards``; ``data``, ``reply`` and ``params`` as for
         [`WsApp.add_message_handler`][wsevents.WsApp.add_message_handler] (``params`` may
-        name the prefix's params too).
+        name the prefix's params too). ``rate_limit`` limits this route alone, after the
+        group's limits.
 
         Raises:
             RoutingError: bad pattern, duplicate route, or an unknown param in ``params``.
@@ -626,6 +712,7 @@ class RouteGroup:
                 reply,
                 _params(params),
                 summary=_summary(handler),
+                rate_limits=(*self.rate_limits, *_limiters(rate_limit)),
             )
         )
 
@@ -638,12 +725,20 @@ class RouteGroup:
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]:
         """Decorator form of [`add_message_handler`][]."""
 
         def register(fn: F) -> F:
             self.add_message_handler(
-                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
+                event,
+                pattern,
+                fn,
+                guards=guards,
+                data=data,
+                reply=reply,
+                params=params,
+                rate_limit=rate_limit,
             )
             return fn
 
@@ -673,12 +768,25 @@ class RouteGroup:
             description=description,
         )
 
-    def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
-        """A group inside this one: prefixes joined, this group's guards first."""
-        return RouteGroup(self._app, join_pattern(self.prefix, prefix), (*self.guards, *guards))
+    def group(
+        self, prefix: str, *, guards: Iterable[Guard] = (), rate_limit: RateLimit | None = None
+    ) -> RouteGroup:
+        """A group inside this one: prefixes joined, this group's guards and rate limits
+        first."""
+        return RouteGroup(
+            self._app,
+            join_pattern(self.prefix, prefix),
+            (*self.guards, *guards),
+            (*self.rate_limits, *_limiters(rate_limit)),
+        )
 
     def __repr__(self) -> str:
         return f"RouteGroup({self.prefix!r}, guards={len(self.guards)})"
+
+
+def _limiters(limit: RateLimit | None) -> tuple[Limiter, ...]:
+    """The buckets of one declaration site (None: no limit)."""
+    return (Limiter(limit),) if limit is not None else ()
 
 
 def _params(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -711,6 +819,9 @@ def create_ws_app(
     ignore_trailing_slash: bool = False,
     route_cache_size: int = 1024,
     check_pushes: bool = False,
+    rate_limit: RateLimit | None = None,
+    handshake_rate: RateLimit | None = None,
+    max_connections_per_user: int | None = None,
 ) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
     # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
@@ -732,4 +843,7 @@ def create_ws_app(
         ignore_trailing_slash=ignore_trailing_slash,
         route_cache_size=route_cache_size,
         check_pushes=check_pushes,
+        rate_limit=rate_limit,
+        handshake_rate=handshake_rate,
+        max_connections_per_user=max_connections_per_user,
     )

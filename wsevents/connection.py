@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,6 +69,8 @@ class Connection:
         request: the aiohttp upgrade request (headers, query, cookies, peer), or None.
         subprotocol: the WebSocket subprotocol selected at the handshake, or None.
         state: a dict for the application's own per-connection data.
+        user: the user the connection belongs to; the connection id unless ``on_connect``
+            (or a login handler) sets it, e.g. ``use_ws_connection().user = "alice"``.
     """
 
     __slots__ = (
@@ -76,6 +79,7 @@ class Connection:
         "_check_push",
         "_encode",
         "_inflight",
+        "_limit_strikes",
         "_max_send_buffer",
         "_overflowed",
         "_rooms",
@@ -86,6 +90,7 @@ class Connection:
         "request",
         "state",
         "subprotocol",
+        "user",
     )
 
     def __init__(
@@ -103,6 +108,9 @@ class Connection:
         self.request = request
         self.subprotocol = subprotocol
         self.state: dict[str, Any] = {}
+        self.user: str = self.id
+        # Rate-limit rejections, newest last (None: never rejected); see wsevents.dispatch.
+        self._limit_strikes: deque[float] | None = None
         self._socket = socket
         self._encode = codec.encode
         self._binary = codec.binary
@@ -245,13 +253,16 @@ class Connection:
         message: str,
         *,
         details: Sequence[Mapping[str, Any]] | None = None,
+        retry_after: float | None = None,
     ) -> bool:
-        """Send an RPC error reply ``{"id", "error": {"code", "message", "details"?}}``
-        (``details`` left out when ``None``)."""
+        """Send an RPC error reply ``{"id", "error": {"code", "message", "details"?,
+        "retry_after"?}}`` (``details`` and ``retry_after`` left out when ``None``)."""
         if self._socket.closed:
             return False
         return self.send_frame(
-            encode_error(message_id, code, message, self._encode, details=details)
+            encode_error(
+                message_id, code, message, self._encode, details=details, retry_after=retry_after
+            )
         )
 
     def close(self, code: int = 1000, reason: str = "") -> None:
