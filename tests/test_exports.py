@@ -25,6 +25,7 @@ MODULES = [
     "wsevents.rooms",
     "wsevents.routing",
     "wsevents.server",
+    "wsevents.sessions",
     "wsevents.testing",
     "wsevents.testing.client",
     "wsevents.testing.cluster",

@@ -157,6 +157,7 @@ LAYER_ORDER = [
     "transports",
     "connection",
     "_context",
+    "sessions",
     "cluster",
     "rooms",
     "dispatch",

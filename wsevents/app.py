@@ -33,6 +33,7 @@ from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec
 from .ratelimit import Limiter, RateLimit
 from .rooms import RoomManager
 from .routing import Guard, Route, Router, join_pattern
+from .sessions import SessionClock
 from .transports.base import BroadcastTransport
 
 if TYPE_CHECKING:
@@ -107,6 +108,12 @@ class WsApp(WsServer):
         max_connections_per_user: open connections one user (``Connection.user`` once
             ``on_connect`` ran) may have on this instance; one more is closed with 1008
             ``"Too many connections"`` (None: no limit).
+        auth_required: authentication after connect: a connection is served only the
+            routes registered with ``public=True`` (the login) until a handler calls
+            ``use_ws_connection().authenticate(...)``; other routes answer 401
+            ``"Unauthorized"``.
+        auth_timeout: with ``auth_required``, seconds a connection has to authenticate
+            before it is closed with 4408 ``"Authentication timeout"``.
     """
 
     def __init__(
@@ -131,6 +138,8 @@ class WsApp(WsServer):
         rate_limit: RateLimit | None = None,
         handshake_rate: RateLimit | None = None,
         max_connections_per_user: int | None = None,
+        auth_required: bool = False,
+        auth_timeout: float = 10.0,
     ) -> None:
         if heartbeat < 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat must be >= 0 and heartbeat_timeout > 0")
@@ -202,6 +211,11 @@ class WsApp(WsServer):
         # user -> open connections, and what each connection was counted as.
         self._user_counts: dict[str, int] = {}
         self._counted_as: dict[str, str] = {}
+        if auth_timeout <= 0:
+            raise ValueError("auth_timeout must be > 0")
+        self.auth_required = auth_required
+        self.auth_timeout = float(auth_timeout)
+        self._sessions = SessionClock(self._connections)
 
     @property
     def server(self) -> WsServer:
@@ -221,6 +235,7 @@ class WsApp(WsServer):
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
         rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> None:
         """Route messages with ``event`` whose path matches ``pattern`` to ``handler``.
 
@@ -241,6 +256,8 @@ class WsApp(WsServer):
 
         ``rate_limit`` (a [`RateLimit`][wsevents.RateLimit]) limits this route alone; a
         call over it gets error 429 with ``retry_after`` (see [rate limits](../rate-limits.md)).
+        ``public=True`` serves the route to connections not yet authenticated on an app
+        with ``auth_required=True`` (see [authentication](../authentication.md)).
 
         Raises:
             RoutingError: bad pattern, duplicate route, or ``params`` names a param the
@@ -258,6 +275,7 @@ class WsApp(WsServer):
                 _params(params),
                 summary=_summary(handler),
                 rate_limits=_limiters(rate_limit),
+                public=public,
             )
         )
 
@@ -271,6 +289,7 @@ class WsApp(WsServer):
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
         rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> Callable[[F], F]:
         """Decorator form of [`add_message_handler`][]."""
 
@@ -284,6 +303,7 @@ class WsApp(WsServer):
                 reply=reply,
                 params=params,
                 rate_limit=rate_limit,
+                public=public,
             )
             return fn
 
@@ -320,7 +340,8 @@ class WsApp(WsServer):
         """Register ``route`` (every registration, by the app or a group, ends here)."""
         if self._limiter is not None:
             route = replace(route, rate_limits=(self._limiter, *route.rate_limits))
-        self.router.add(route.event, route.pattern, Endpoint.of(route))
+        require_auth = self.auth_required and not route.public
+        self.router.add(route.event, route.pattern, Endpoint.of(route, require_auth=require_auth))
 
     def routes(self) -> tuple[Route, ...]:
         """Every registered route with its metadata, in registration order (the
@@ -428,7 +449,7 @@ class WsApp(WsServer):
             summary=_summary(fn),
             rate_limits=(self._limiter,) if self._limiter is not None else (),
         )
-        self._dispatcher.set_fallback(Endpoint.of(route))
+        self._dispatcher.set_fallback(Endpoint.of(route, require_auth=self.auth_required))
         return fn
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
@@ -528,6 +549,7 @@ class WsApp(WsServer):
     async def _release(self) -> None:
         """Shut down and close the transport; the adapter's cleanup calls it."""
         await self.shutdown()
+        self._sessions.close()
         if self._started:
             await self.rooms.cluster.close()
         self._started = False
@@ -563,6 +585,7 @@ class WsApp(WsServer):
         The caller runs it in the connection's context (the adapter sets the app and
         connection context variables around the whole connection).
         """
+        conn._on_expiry = self._sessions.expiry
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -585,6 +608,8 @@ class WsApp(WsServer):
         if self.max_connections_per_user is not None and not self._count_user(conn):
             return False
         self._connections[conn.id] = conn
+        if self.auth_required and not conn.authenticated:
+            self._sessions.auth_deadline(conn, self.auth_timeout)
         cluster = self.rooms.cluster
         if cluster.directory is not None:
             try:
@@ -690,13 +715,14 @@ class RouteGroup:
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
         rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> None:
         """Register ``handler`` on the group's prefix joined with ``pattern``
         ([`join_pattern`][wsevents.routing.join_pattern]), behind the group's guards,
         then ``guards``; ``data``, ``reply`` and ``params`` as for
         [`WsApp.add_message_handler`][wsevents.WsApp.add_message_handler] (``params`` may
         name the prefix's params too). ``rate_limit`` limits this route alone, after the
-        group's limits.
+        group's limits; ``public`` as for the app's.
 
         Raises:
             RoutingError: bad pattern, duplicate route, or an unknown param in ``params``.
@@ -713,6 +739,7 @@ class RouteGroup:
                 _params(params),
                 summary=_summary(handler),
                 rate_limits=(*self.rate_limits, *_limiters(rate_limit)),
+                public=public,
             )
         )
 
@@ -726,6 +753,7 @@ class RouteGroup:
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
         rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> Callable[[F], F]:
         """Decorator form of [`add_message_handler`][]."""
 
@@ -739,6 +767,7 @@ class RouteGroup:
                 reply=reply,
                 params=params,
                 rate_limit=rate_limit,
+                public=public,
             )
             return fn
 
@@ -822,6 +851,8 @@ def create_ws_app(
     rate_limit: RateLimit | None = None,
     handshake_rate: RateLimit | None = None,
     max_connections_per_user: int | None = None,
+    auth_required: bool = False,
+    auth_timeout: float = 10.0,
 ) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
     # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
@@ -846,4 +877,6 @@ def create_ws_app(
         rate_limit=rate_limit,
         handshake_rate=handshake_rate,
         max_connections_per_user=max_connections_per_user,
+        auth_required=auth_required,
+        auth_timeout=auth_timeout,
     )

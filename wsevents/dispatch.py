@@ -124,8 +124,9 @@ class Endpoint:
     params: ParamsContract | None = None
 
     @classmethod
-    def of(cls, route: Route) -> Endpoint:
-        """Compile ``route``.
+    def of(cls, route: Route, *, require_auth: bool = False) -> Endpoint:
+        """Compile ``route``; with ``require_auth``, a connection that is not
+        authenticated gets 401 ``"Unauthorized"`` before anything else runs.
 
         Raises:
             TypeError: a guard is not callable, or a declared type is not supported.
@@ -141,6 +142,8 @@ class Endpoint:
         fn_async = is_async(fn)
         limit = _limit_check(route.rate_limits) if route.rate_limits else None
         checks = tuple((guard, is_async(guard)) for guard in route.guards)
+        if require_auth:
+            checks = ((_require_auth, False), *checks)
         if not checks and data is None and reply is None and params is None:
             if limit is None:
                 return cls(fn, fn_async, route)
@@ -176,6 +179,14 @@ class Endpoint:
             return result if dump is None else dump(result)
 
         return cls(checked_async, True, route, data, reply, params)
+
+
+UNAUTHORIZED = "Unauthorized"
+
+
+def _require_auth() -> None:
+    if not message_var.get().connection.authenticated:
+        raise WsError(401, UNAUTHORIZED)
 
 
 # -- rate limits ---------------------------------------------------------------------------

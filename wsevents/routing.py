@@ -72,6 +72,8 @@ class Route:
         rate_limits: the rate limits the route counts against, in the order they are
             taken: the app's, its groups' (the outermost first), then its own; each
             [`Limiter`][wsevents.ratelimit.Limiter] counts its rejections.
+        public: served to connections not yet authenticated, on an app with
+            ``auth_required=True`` (a login route); other routes answer them 401.
     """
 
     event: str
@@ -83,6 +85,7 @@ class Route:
     params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     summary: str | None = None
     rate_limits: tuple[Limiter, ...] = ()
+    public: bool = False
 
 
 def join_pattern(prefix: str, pattern: str) -> str:
