@@ -242,3 +242,26 @@ def typed_item() -> Item:
 def limited_echo() -> Any:
     """Echo ``data``, at most 5 calls a second per connection (429 with retry_after)."""
     return use_ws_message().data
+
+
+# -- access and flow control: identity and revocation --------------------------------------
+
+
+@app.on_connect
+def identify() -> None:
+    """``?user=<id>`` names the connection's user (by default the connection id)."""
+    request = use_ws_connection().request
+    user = request.query.get("user") if request is not None else None
+    if user:
+        use_ws_connection().user = user
+
+
+@app.on_message("rpc", "/revoke")
+async def revoke() -> dict[str, bool]:
+    """Close every connection of ``data.user``, on every instance, with 4403 "Revoked"."""
+    data = use_ws_message().data
+    user = data.get("user") if isinstance(data, dict) else None
+    if not isinstance(user, str):
+        raise WsError(400, "data.user must be a string")
+    await use_ws_server().disconnect_user(user, 4403, "Revoked")
+    return {"ok": True}
