@@ -265,3 +265,33 @@ async def revoke() -> dict[str, bool]:
         raise WsError(400, "data.user must be a string")
     await use_ws_server().disconnect_user(user, 4403, "Revoked")
     return {"ok": True}
+
+
+# -- access and flow control: join admission ------------------------------------------------
+
+
+def knows_the_key(conn: object, room: str) -> bool:
+    """Admit a join of a private room only with ``data.key == "sesame"``."""
+    data = use_ws_message().data
+    return isinstance(data, dict) and data.get("key") == "sesame"
+
+
+app.room_policy("/private/rooms/:room", admit=knows_the_key)
+
+
+@app.on_message("subscribe", "/private/rooms/:room")
+async def private_subscribe() -> dict[str, bool]:
+    await use_ws_rooms().join()  # the policy refuses with 403 "Forbidden"
+    return {"subscribed": True}
+
+
+@app.on_message("unsubscribe", "/private/rooms/:room")
+async def private_unsubscribe() -> dict[str, bool]:
+    await use_ws_rooms().leave()
+    return {"unsubscribed": True}
+
+
+@app.on_message("message", "/private/rooms/:room")
+async def private_message() -> dict[str, bool]:
+    await use_ws_rooms().broadcast("message", use_ws_message().data)
+    return {"sent": True}

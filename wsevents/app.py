@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._adapters import ADAPTERS, Adapter, register_adapter
-from ._aio import TaskSet, await_hook, call_hook
+from ._aio import TaskSet, await_hook, call_hook, is_async
 from ._context import app_var
 from .asyncapi import RouteSpec, build_asyncapi, docstring_summary
 from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
@@ -216,6 +216,8 @@ class WsApp(WsServer):
         self.auth_required = auth_required
         self.auth_timeout = float(auth_timeout)
         self._sessions = SessionClock(self._connections)
+        # Join admission: room patterns -> admit functions (see room_policy()).
+        self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
 
     @property
     def server(self) -> WsServer:
@@ -412,6 +414,39 @@ class WsApp(WsServer):
             TypeError: a guard is not callable.
         """
         return RouteGroup(self, prefix, guards, _limiters(rate_limit))
+
+    def room_policy(self, pattern: str, *, admit: Callable[[Connection, str], Any]) -> None:
+        """Admit joins of the rooms whose name matches ``pattern`` (``:param`` syntax,
+        e.g. ``/private/rooms/:room``) through ``admit(connection, room)``.
+
+        ``admit`` runs before a connection joins such a room (sync or ``async``; in a
+        handler, composables such as [`use_ws_message`][wsevents.use_ws_message] work):
+        returning ``False`` refuses the join with 403 ``"Forbidden"``, raising
+        [`WsError`][wsevents.WsError] refuses it with that error; anything else admits.
+        A refused connection is not a member. Rooms that match no policy are open.
+
+        Raises:
+            RoutingError: bad pattern, or a policy for the same pattern exists.
+            TypeError: ``admit`` is not callable.
+        """
+        if not callable(admit):
+            raise TypeError(f"admit must be a callable, got {admit!r}")
+        if self._room_policies is None:
+            self._room_policies = Router(cache_size=256)
+            self.rooms.add_join_policy(self._admit)
+        self._room_policies.add("join", pattern, (admit, is_async(admit)))
+
+    async def _admit(self, conn: Connection, room: str) -> None:
+        policies = self._room_policies
+        found = policies.match("join", room) if policies is not None else None
+        if found is None:
+            return
+        admit, admit_async = found.handler
+        verdict = admit(conn, room)
+        if admit_async:
+            verdict = await verdict
+        if verdict is False:
+            raise WsError(403, "Forbidden")
 
     def add_guard(self, guard: Guard) -> None:
         """Run ``guard`` before the handler of every routed message and of the
