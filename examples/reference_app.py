@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import msgspec
 
 from wsevents import (
+    RateLimit,
     WsApp,
     WsError,
     create_ws_app,
@@ -335,3 +336,56 @@ def _is_position(value: Any) -> bool:
 
 
 add_history(app)
+
+
+# -- access and flow control: rate limits -----------------------------------------------------
+
+
+@app.on_message("rpc", "/limited/echo", rate_limit=RateLimit(5, per=1.0, burst=5))
+def limited_echo() -> Any:
+    """Echo ``data``, at most 5 calls a second per connection (429 with retry_after)."""
+    return use_ws_message().data
+
+
+# -- access and flow control: revocation (``?user=`` is read by identify(), above) ----------
+
+
+@app.on_message("rpc", "/revoke")
+async def revoke() -> dict[str, bool]:
+    """Close every connection of ``data.user``, on every instance, with 4403 "Revoked"."""
+    data = use_ws_message().data
+    user = data.get("user") if isinstance(data, dict) else None
+    if not isinstance(user, str):
+        raise WsError(400, "data.user must be a string")
+    await use_ws_server().disconnect_user(user, 4403, "Revoked")
+    return {"ok": True}
+
+
+# -- access and flow control: join admission ------------------------------------------------
+
+
+def knows_the_key(conn: object, room: str) -> bool:
+    """Admit a join of a private room only with ``data.key == "sesame"``."""
+    data = use_ws_message().data
+    return isinstance(data, dict) and data.get("key") == "sesame"
+
+
+app.room_policy("/private/rooms/:room", admit=knows_the_key)
+
+
+@app.on_message("subscribe", "/private/rooms/:room")
+async def private_subscribe() -> dict[str, bool]:
+    await use_ws_rooms().join()  # the policy refuses with 403 "Forbidden"
+    return {"subscribed": True}
+
+
+@app.on_message("unsubscribe", "/private/rooms/:room")
+async def private_unsubscribe() -> dict[str, bool]:
+    await use_ws_rooms().leave()
+    return {"unsubscribed": True}
+
+
+@app.on_message("message", "/private/rooms/:room")
+async def private_message() -> dict[str, bool]:
+    await use_ws_rooms().broadcast("message", use_ws_message().data)
+    return {"sent": True}

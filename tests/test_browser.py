@@ -911,3 +911,105 @@ return { line: [line.scrollWidth, line.clientWidth], log: [log.scrollWidth, log.
         assert line_scroll <= line_client, sizes
         assert log_scroll <= log_client, sizes
         assert sizes["height"] > 40, sizes  # wrapped over several lines
+
+
+# -- access and flow control ----------------------------------------------------------------
+
+
+def auth_web_app() -> web.Application:
+    """The page, the client module and a fresh copy of the reference auth app."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "examples" / "reference_auth_app.py"
+    spec = importlib.util.spec_from_file_location("reference_auth_app_browser", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=TEST_PAGE, content_type="text/html")
+
+    app.router.add_get("/", page)
+    add_client_route(app)
+    module.app.attach(app, "/ws")
+    return app
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[ServerThread]:
+    with ServerThread(auth_web_app) as server:
+        yield server
+
+
+def test_rate_limit_errors_carry_retry_after(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    driver.get(reference_server.url())
+    result = run_js(
+        driver,
+        """
+const client = new WsClient("/ws");
+const outcomes = await Promise.allSettled(
+  Array.from({ length: 8 }, (_, i) => client.call("rpc", "/limited/echo", i)));
+client.close();
+const errors = outcomes.filter((o) => o.status === "rejected").map((o) => o.reason);
+return {
+  first: outcomes.slice(0, 5).map((o) => o.value),
+  errors: errors.map((e) => [e instanceof WsClientError, e.code, e.message,
+                             typeof e.retryAfter, e.retryAfter > 0 && e.retryAfter <= 0.201]),
+};
+""",
+    )
+    assert result["first"] == [0, 1, 2, 3, 4]
+    assert len(result["errors"]) >= 1
+    assert all(e == [True, 429, "Too Many Requests", "number", True] for e in result["errors"])
+
+
+def test_token_login_refresh_and_no_reconnect_after_final_closes(
+    driver: WebDriver, auth_server: ServerThread
+) -> None:
+    driver.get(auth_server.url())
+    result = run_js(
+        driver,
+        """
+const out = {};
+// A 2 s token refreshed halfway (refreshBefore 1500 ms): it outlives the witness below.
+const alice = new WsClient("/ws", { token: async () => "short:alice", refreshBefore: 1500,
+                                    reconnect: true });
+await alice.ready(5000);
+out.alice = await alice.call("rpc", "/whoami");
+// The witness logs in by hand with the same 2 s lifetime and never refreshes.
+const witnessClosed = new Promise((resolve) => {
+  const witness = new WsClient("/ws", { reconnect: true,
+    onClose: (code, reason) => resolve([code, reason, witness.state, witness.lastClose]) });
+  witness.ready(5000).then(() => witness.call("rpc", "/auth/login", { token: "short:bob" }));
+});
+out.witness = await witnessClosed;
+out.aliceAfter = (await alice.call("rpc", "/whoami")).user;
+out.aliceState = alice.state;
+alice.close();
+// Never logs in: 4408, and no reconnect although reconnect is on.
+out.idle = await new Promise((resolve) => {
+  const idle = new WsClient("/ws", { reconnect: true, baseDelay: 0,
+    onClose: (code, reason) => setTimeout(() => resolve([code, reason, idle.state]), 0) });
+});
+// A refused login: ready() rejects with the server's error, no retry.
+const mallory = new WsClient("/ws", { token: () => "mallory", reconnect: true });
+try { await mallory.ready(5000); out.mallory = "resolved"; }
+catch (err) { out.mallory = [err instanceof WsClientError, err.code, err.message, mallory.state]; }
+mallory.close();
+return out;
+""",
+    )
+    assert result["alice"]["user"] == "alice"
+    assert result["witness"] == [
+        4401,
+        "Token expired",
+        "disconnected",
+        {"code": 4401, "reason": "Token expired"},
+    ]
+    assert result["aliceAfter"] == "alice"
+    assert result["aliceState"] == "open"
+    assert result["idle"] == [4408, "Authentication timeout", "disconnected"]
+    assert result["mallory"] == [True, 401, "Unauthorized", "disconnected"]

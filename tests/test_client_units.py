@@ -373,3 +373,18 @@ def test_client_imports_only_the_core_and_aiohttp() -> None:
 
 def _is_stdlib(name: str) -> bool:
     return name in sys.stdlib_module_names or name == "__future__"
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(0.25, 0.25), (3, 3.0), (None, None), ("soon", None), (True, None)],
+)
+def test_error_reply_retry_after_reaches_the_error(retry_after: Any, expected: Any) -> None:
+    error: dict[str, Any] = {"code": 429, "message": "Too Many Requests"}
+    if retry_after is not None:
+        error["retry_after"] = retry_after
+    reply = parse_server_message({"id": 1, "error": error})
+    assert isinstance(reply, Reply)
+    assert reply.error is not None
+    assert reply.error.retry_after == expected
+    assert reply.error.code == 429

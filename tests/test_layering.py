@@ -29,6 +29,7 @@ pkg = types.ModuleType("wsevents")  # skip __init__, which loads the runtime
 pkg.__path__ = [{str(PACKAGE)!r}]
 sys.modules["wsevents"] = pkg
 import wsevents.exceptions, wsevents.protocol, wsevents.routing, wsevents._frames
+import wsevents.ratelimit
 import wsevents.contracts, wsevents.asyncapi
 assert wsevents.protocol.parse_client_message('{{"event": "e", "path": "/"}}').path == "/"
 assert wsevents._frames.encode_frame(wsevents._frames.OP_PING, b"") == b"\\x89\\x00"
@@ -138,6 +139,7 @@ import {module}
 LAYER_ORDER = [
     "exceptions",
     "protocol",
+    "ratelimit",
     "routing",
     "_frames",
     "contracts",
@@ -157,6 +159,7 @@ LAYER_ORDER = [
     "transports",
     "connection",
     "_context",
+    "sessions",
     "cluster",
     "rooms",
     "presence",

@@ -540,3 +540,12 @@ def test_error_with_details_encodes_them_inside_error() -> None:
 
 def test_error_without_details_has_no_details_key() -> None:
     assert "details" not in orjson.loads(encode_error(1, 400, "Bad Request"))["error"]
+
+
+def test_error_with_retry_after_encodes_it_beside_code_and_message() -> None:
+    raw = encode_error(3, 429, "Too Many Requests", retry_after=0.2)
+    assert orjson.loads(raw) == {
+        "id": 3,
+        "error": {"code": 429, "message": "Too Many Requests", "retry_after": 0.2},
+    }
+    assert "retry_after" not in orjson.loads(encode_error(1, 400, "Bad Request"))["error"]

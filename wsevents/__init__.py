@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .history import History, HistoryOptions, StreamJoin
     from .presence import Presence, PresenceChange, PresenceUser, PresenceUsers
     from .protocol import ClientMessage, Codec, JsonCodec
+    from .ratelimit import RateLimit
     from .rooms import DeliveryReport, RoomManager
     from .routing import Guard, Route
     from .transports import (
@@ -88,6 +89,7 @@ __all__ = [
     "PresenceUser",
     "PresenceUsers",
     "ProtocolError",
+    "RateLimit",
     "RoomManager",
     "Route",
     "RouteGroup",
@@ -141,6 +143,7 @@ _EXPORTS: dict[str, str] = {
     "PresenceUser": ".presence",
     "PresenceUsers": ".presence",
     "ProtocolError": ".exceptions",
+    "RateLimit": ".ratelimit",
     "RoomManager": ".rooms",
     "Route": ".routing",
     "RouteGroup": ".app",

@@ -15,11 +15,12 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import copy_context
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._adapters import ADAPTERS, Adapter, register_adapter
-from ._aio import TaskSet, await_hook, call_hook
+from ._aio import TaskSet, await_hook, call_hook, is_async
 from ._context import app_var
 from .asyncapi import RouteSpec, build_asyncapi, docstring_summary
 from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
@@ -31,8 +32,10 @@ from .exceptions import WsError
 from .history import History
 from .presence import Presence, PresenceListener
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
+from .ratelimit import Limiter, RateLimit
 from .rooms import RoomManager
 from .routing import Guard, Route, Router, join_pattern
+from .sessions import SessionClock
 from .transports.base import BroadcastTransport
 
 if TYPE_CHECKING:
@@ -58,6 +61,7 @@ G = TypeVar("G", bound=Guard)
 
 SHUTDOWN_CLOSE_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
+TOO_MANY_CONNECTIONS = "Too many connections"
 
 
 class _MessageDecorators:
@@ -76,6 +80,8 @@ class _MessageDecorators:
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> None:
         raise NotImplementedError
 
@@ -88,12 +94,22 @@ class _MessageDecorators:
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> Callable[[F], F]:
         """Decorator form of ``add_message_handler`` (same arguments, the handler decorated)."""
 
         def register(fn: F) -> F:
             self.add_message_handler(
-                event, pattern, fn, guards=guards, data=data, reply=reply, params=params
+                event,
+                pattern,
+                fn,
+                guards=guards,
+                data=data,
+                reply=reply,
+                params=params,
+                rate_limit=rate_limit,
+                public=public,
             )
             return fn
 
@@ -139,6 +155,21 @@ class WsApp(_MessageDecorators, WsServer):
             it is sent, and raise [`InvalidPush`][wsevents.contracts.InvalidPush] from the
             sending call when it does not match (a debug aid; off, pushes cost nothing
             more).
+        rate_limit: a [`RateLimit`][wsevents.RateLimit] every routed message counts
+            against (one set of buckets for the whole app), before the limits of its
+            groups and route; over it, error 429 with ``retry_after``.
+        handshake_rate: a [`RateLimit`][wsevents.RateLimit] on WebSocket handshakes per
+            peer IP address (its ``key`` is ignored): an extra upgrade request gets HTTP
+            429 with a ``Retry-After`` header, before any WebSocket exists.
+        max_connections_per_user: open connections one user (``Connection.user`` once
+            ``on_connect`` ran) may have on this instance; one more is closed with 1008
+            ``"Too many connections"`` (None: no limit).
+        auth_required: authentication after connect: a connection is served only the
+            routes registered with ``public=True`` (the login) until a handler calls
+            ``use_ws_connection().authenticate(...)``; other routes answer 401
+            ``"Unauthorized"``.
+        auth_timeout: with ``auth_required``, seconds a connection has to authenticate
+            before it is closed with 4408 ``"Authentication timeout"``.
     """
 
     def __init__(
@@ -160,6 +191,11 @@ class WsApp(_MessageDecorators, WsServer):
         ignore_trailing_slash: bool = False,
         route_cache_size: int = 1024,
         check_pushes: bool = False,
+        rate_limit: RateLimit | None = None,
+        handshake_rate: RateLimit | None = None,
+        max_connections_per_user: int | None = None,
+        auth_required: bool = False,
+        auth_timeout: float = 10.0,
     ) -> None:
         if heartbeat < 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat must be >= 0 and heartbeat_timeout > 0")
@@ -222,6 +258,24 @@ class WsApp(_MessageDecorators, WsServer):
         self._started = False
         self._closing = False
         self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        # -- access and flow control --
+        if max_connections_per_user is not None and max_connections_per_user <= 0:
+            raise ValueError("max_connections_per_user must be > 0")
+        self._limiter = Limiter(rate_limit) if rate_limit is not None else None
+        self.handshake_limiter = Limiter(handshake_rate) if handshake_rate is not None else None
+        """The buckets of ``handshake_rate`` (None: no handshake limit); the adapter
+        takes a token per upgrade request."""
+        self.max_connections_per_user = max_connections_per_user
+        # user -> open connections, and what each connection was counted as.
+        self._user_counts: dict[str, int] = {}
+        self._counted_as: dict[str, str] = {}
+        if auth_timeout <= 0:
+            raise ValueError("auth_timeout must be > 0")
+        self.auth_required = auth_required
+        self.auth_timeout = float(auth_timeout)
+        self._sessions = SessionClock(self._connections)
+        # Join admission: room patterns -> admit functions (see room_policy()).
+        self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
 
     @property
     def server(self) -> WsServer:
@@ -240,6 +294,8 @@ class WsApp(_MessageDecorators, WsServer):
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> None:
         """Route messages with ``event`` whose path matches ``pattern`` to ``handler``.
 
@@ -258,6 +314,11 @@ class WsApp(_MessageDecorators, WsServer):
         * ``reply=Ack`` dumps the handler's return value to JSON values through the type
           and describes the reply in the AsyncAPI export.
 
+        ``rate_limit`` (a [`RateLimit`][wsevents.RateLimit]) limits this route alone; a
+        call over it gets error 429 with ``retry_after`` (see [rate limits](../rate-limits.md)).
+        ``public=True`` serves the route to connections not yet authenticated on an app
+        with ``auth_required=True`` (see [authentication](../authentication.md)).
+
         Raises:
             RoutingError: bad pattern, duplicate route, or ``params`` names a param the
                 pattern does not have.
@@ -273,6 +334,8 @@ class WsApp(_MessageDecorators, WsServer):
                 reply,
                 _params(params),
                 summary=_summary(handler),
+                rate_limits=_limiters(rate_limit),
+                public=public,
             )
         )
 
@@ -305,7 +368,10 @@ class WsApp(_MessageDecorators, WsServer):
 
     def _add_route(self, route: Route) -> None:
         """Register ``route`` (every registration, by the app or a group, ends here)."""
-        self.router.add(route.event, route.pattern, Endpoint.of(route))
+        if self._limiter is not None:
+            route = replace(route, rate_limits=(self._limiter, *route.rate_limits))
+        require_auth = self.auth_required and not route.public
+        self.router.add(route.event, route.pattern, Endpoint.of(route, require_auth=require_auth))
 
     def routes(self) -> tuple[Route, ...]:
         """Every registered route with its metadata, in registration order (the
@@ -360,9 +426,12 @@ class WsApp(_MessageDecorators, WsServer):
             server=server,
         )
 
-    def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
+    def group(
+        self, prefix: str, *, guards: Iterable[Guard] = (), rate_limit: RateLimit | None = None
+    ) -> RouteGroup:
         """A [`RouteGroup`][]: routes registered through it get ``prefix`` before their
-        pattern and ``guards`` before their own.
+        pattern and ``guards`` before their own. ``rate_limit`` is counted by every route
+        of the group together (one set of buckets), before the routes' own limits.
 
         Example:
             ``admin = ws.group("/admin", guards=[is_admin])``, then
@@ -372,7 +441,40 @@ class WsApp(_MessageDecorators, WsServer):
             RoutingError: ``prefix`` does not start with ``/``.
             TypeError: a guard is not callable.
         """
-        return RouteGroup(self, prefix, guards)
+        return RouteGroup(self, prefix, guards, _limiters(rate_limit))
+
+    def room_policy(self, pattern: str, *, admit: Callable[[Connection, str], Any]) -> None:
+        """Admit joins of the rooms whose name matches ``pattern`` (``:param`` syntax,
+        e.g. ``/private/rooms/:room``) through ``admit(connection, room)``.
+
+        ``admit`` runs before a connection joins such a room (sync or ``async``; in a
+        handler, composables such as [`use_ws_message`][wsevents.use_ws_message] work):
+        returning ``False`` refuses the join with 403 ``"Forbidden"``, raising
+        [`WsError`][wsevents.WsError] refuses it with that error; anything else admits.
+        A refused connection is not a member. Rooms that match no policy are open.
+
+        Raises:
+            RoutingError: bad pattern, or a policy for the same pattern exists.
+            TypeError: ``admit`` is not callable.
+        """
+        if not callable(admit):
+            raise TypeError(f"admit must be a callable, got {admit!r}")
+        if self._room_policies is None:
+            self._room_policies = Router(cache_size=256)
+            self.rooms.add_join_policy(self._admit)
+        self._room_policies.add("join", pattern, (admit, is_async(admit)))
+
+    async def _admit(self, conn: Connection, room: str) -> None:
+        policies = self._room_policies
+        found = policies.match("join", room) if policies is not None else None
+        if found is None:
+            return
+        admit, admit_async = found.handler
+        verdict = admit(conn, room)
+        if admit_async:
+            verdict = await verdict
+        if verdict is False:
+            raise WsError(403, "Forbidden")
 
     def add_guard(self, guard: Guard) -> None:
         """Run ``guard`` before the handler of every routed message and of the
@@ -403,8 +505,14 @@ class WsApp(_MessageDecorators, WsServer):
         Raises:
             RoutingError: a fallback is already registered (one per app).
         """
-        route = Route(FALLBACK_PATTERN, FALLBACK_PATTERN, fn, summary=_summary(fn))
-        self._dispatcher.set_fallback(Endpoint.of(route))
+        route = Route(
+            FALLBACK_PATTERN,
+            FALLBACK_PATTERN,
+            fn,
+            summary=_summary(fn),
+            rate_limits=(self._limiter,) if self._limiter is not None else (),
+        )
+        self._dispatcher.set_fallback(Endpoint.of(route, require_auth=self.auth_required))
         return fn
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
@@ -513,6 +621,7 @@ class WsApp(_MessageDecorators, WsServer):
     async def _release(self) -> None:
         """Shut down and close the transport; the adapter's cleanup calls it."""
         await self.shutdown()
+        self._sessions.close()
         if self._started:
             await self.presence.close()
             await self.history.close()
@@ -550,6 +659,7 @@ class WsApp(_MessageDecorators, WsServer):
         The caller runs it in the connection's context (the adapter sets the app and
         connection context variables around the whole connection).
         """
+        conn._on_expiry = self._sessions.expiry
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -569,7 +679,11 @@ class WsApp(_MessageDecorators, WsServer):
             return False
         if self.check_pushes:
             conn._check_push = self._pushes.check
+        if self.max_connections_per_user is not None and not self._count_user(conn):
+            return False
         self._connections[conn.id] = conn
+        if self.auth_required and not conn.authenticated:
+            self._sessions.auth_deadline(conn, self.auth_timeout)
         cluster = self.rooms.cluster
         if cluster.directory is not None:
             try:
@@ -586,10 +700,33 @@ class WsApp(_MessageDecorators, WsServer):
                 await await_hook(hook.fn, logger=log, message="on_disconnect failed")
         finally:
             self._connections.pop(conn.id, None)
+            self._uncount_user(conn)
             try:
                 await self.rooms.leave_all(conn)
             finally:
                 await self.rooms.cluster.unregister(conn.id)
+
+    def _count_user(self, conn: Connection) -> bool:
+        """Count ``conn`` for its user; False (and ``conn`` closed) over the maximum."""
+        user = conn.user
+        count = self._user_counts.get(user, 0)
+        if self.max_connections_per_user is not None and count >= self.max_connections_per_user:
+            log.debug("refused %s: user %r has %d connections", conn.id, user, count)
+            conn.close(1008, TOO_MANY_CONNECTIONS)
+            return False
+        self._user_counts[user] = count + 1
+        self._counted_as[conn.id] = user
+        return True
+
+    def _uncount_user(self, conn: Connection) -> None:
+        user = self._counted_as.pop(conn.id, None)
+        if user is None:
+            return
+        left = self._user_counts[user] - 1
+        if left:
+            self._user_counts[user] = left
+        else:
+            del self._user_counts[user]
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         """Run ``coro`` in a task that [`shutdown`][] waits for."""
@@ -620,12 +757,21 @@ class RouteGroup(_MessageDecorators):
     Attributes:
         prefix: the pattern prefix of the group's routes (``"/"`` for none).
         guards: the guards every route of the group runs first (the outer groups' first).
+        rate_limits: the group's rate limits (the outer groups' first), counted by its
+            routes together.
     """
 
-    __slots__ = ("_app", "guards", "prefix")
+    __slots__ = ("_app", "guards", "prefix", "rate_limits")
 
-    def __init__(self, app: WsApp, prefix: str, guards: Iterable[Guard] = ()) -> None:
+    def __init__(
+        self,
+        app: WsApp,
+        prefix: str,
+        guards: Iterable[Guard] = (),
+        rate_limits: tuple[Limiter, ...] = (),
+    ) -> None:
         self._app = app
+        self.rate_limits = rate_limits
         self.prefix = join_pattern(prefix, "/")
         self.guards: tuple[Guard, ...] = tuple(guards)
         for guard in self.guards:
@@ -642,12 +788,15 @@ class RouteGroup(_MessageDecorators):
         data: Any = None,
         reply: Any = None,
         params: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
+        public: bool = False,
     ) -> None:
         """Register ``handler`` on the group's prefix joined with ``pattern``
         ([`join_pattern`][wsevents.routing.join_pattern]), behind the group's guards,
         then ``guards``; ``data``, ``reply`` and ``params`` as for
         [`WsApp.add_message_handler`][wsevents.WsApp.add_message_handler] (``params`` may
-        name the prefix's params too).
+        name the prefix's params too). ``rate_limit`` limits this route alone, after the
+        group's limits; ``public`` as for the app's.
 
         Raises:
             RoutingError: bad pattern, duplicate route, or an unknown param in ``params``.
@@ -663,6 +812,8 @@ class RouteGroup(_MessageDecorators):
                 reply,
                 _params(params),
                 summary=_summary(handler),
+                rate_limits=(*self.rate_limits, *_limiters(rate_limit)),
+                public=public,
             )
         )
 
@@ -690,12 +841,25 @@ class RouteGroup(_MessageDecorators):
             description=description,
         )
 
-    def group(self, prefix: str, *, guards: Iterable[Guard] = ()) -> RouteGroup:
-        """A group inside this one: prefixes joined, this group's guards first."""
-        return RouteGroup(self._app, join_pattern(self.prefix, prefix), (*self.guards, *guards))
+    def group(
+        self, prefix: str, *, guards: Iterable[Guard] = (), rate_limit: RateLimit | None = None
+    ) -> RouteGroup:
+        """A group inside this one: prefixes joined, this group's guards and rate limits
+        first."""
+        return RouteGroup(
+            self._app,
+            join_pattern(self.prefix, prefix),
+            (*self.guards, *guards),
+            (*self.rate_limits, *_limiters(rate_limit)),
+        )
 
     def __repr__(self) -> str:
         return f"RouteGroup({self.prefix!r}, guards={len(self.guards)})"
+
+
+def _limiters(limit: RateLimit | None) -> tuple[Limiter, ...]:
+    """The buckets of one declaration site (None: no limit)."""
+    return (Limiter(limit),) if limit is not None else ()
 
 
 def _params(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -728,6 +892,11 @@ def create_ws_app(
     ignore_trailing_slash: bool = False,
     route_cache_size: int = 1024,
     check_pushes: bool = False,
+    rate_limit: RateLimit | None = None,
+    handshake_rate: RateLimit | None = None,
+    max_connections_per_user: int | None = None,
+    auth_required: bool = False,
+    auth_timeout: float = 10.0,
 ) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
     # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
@@ -749,4 +918,9 @@ def create_ws_app(
         ignore_trailing_slash=ignore_trailing_slash,
         route_cache_size=route_cache_size,
         check_pushes=check_pushes,
+        rate_limit=rate_limit,
+        handshake_rate=handshake_rate,
+        max_connections_per_user=max_connections_per_user,
+        auth_required=auth_required,
+        auth_timeout=auth_timeout,
     )

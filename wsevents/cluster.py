@@ -10,7 +10,9 @@ Channels (byte for byte, old and new instances interoperate):
 
 * ``ws:room:<room>``: a room broadcast, subscribed while the room has local members;
 * ``ws:broadcast``: a server-wide broadcast;
-* ``ws:instance:<instance id>``: one instance's inbox, for ``send_to`` across instances.
+* ``ws:instance:<instance id>``: one instance's inbox, for ``send_to`` across instances;
+* ``ws:control``: instructions to every instance, e.g. close the connections of a user
+  (``{"op": "disconnect_user", "user", "code", "reason", "origin"}``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BROADCAST_CHANNEL",
+    "CONTROL_CHANNEL",
     "INSTANCE_CHANNEL_PREFIX",
     "PUBLISH_WARNING_INTERVAL",
     "ROOM_CHANNEL_PREFIX",
@@ -57,6 +60,8 @@ ROOM_CHANNEL_PREFIX = "ws:room:"
 """Transport channel prefix of room broadcasts (``ws:room:<room>``)."""
 BROADCAST_CHANNEL = "ws:broadcast"
 """Transport channel of server-wide broadcasts."""
+CONTROL_CHANNEL = "ws:control"
+"""Transport channel of instructions to every instance (``disconnect_user``)."""
 INSTANCE_CHANNEL_PREFIX = "ws:instance:"
 """Transport channel prefix of each instance's inbox (``send_to`` across instances)."""
 
@@ -369,6 +374,7 @@ class Cluster:
         await transport.start()
         await transport.subscribe(BROADCAST_CHANNEL, self._on_broadcast_payload)
         await transport.subscribe(instance_channel(self.instance_id), self._on_inbox_payload)
+        await transport.subscribe(CONTROL_CHANNEL, self._on_control_payload)
 
     async def close(self) -> None:
         """Unsubscribe every channel, stop hearing state changes, close the transport."""
@@ -377,7 +383,7 @@ class Cluster:
             return
         self._serving = False
         await self.close_rooms()
-        for channel in (BROADCAST_CHANNEL, instance_channel(self.instance_id)):
+        for channel in (BROADCAST_CHANNEL, instance_channel(self.instance_id), CONTROL_CHANNEL):
             with contextlib.suppress(Exception):
                 await transport.unsubscribe(channel)
         events, listener = self.capabilities.state_events, self._state_listener
@@ -461,6 +467,46 @@ class Cluster:
         frame = env.push_frame(self._encode) if env is not None else None
         if frame is not None:
             conn.send_frame(frame)
+
+    # -- control: instructions to every instance -----------------------------------------
+
+    async def disconnect_user(self, user: str, code: int, reason: str) -> int:
+        """Close every connection of ``user`` with ``code`` and ``reason``: here at once,
+        on the other instances through ``ws:control`` (a failed publish is logged).
+
+        Returns:
+            The connections closed on this instance.
+        """
+        closed = self._close_user(user, code, reason)
+        await self.publish_fields(
+            CONTROL_CHANNEL,
+            {"op": "disconnect_user", "user": user, "code": code, "reason": reason},
+        )
+        return closed
+
+    def _close_user(self, user: str, code: int, reason: str) -> int:
+        doomed = [conn for conn in self._local.values() if conn.user == user and not conn.closed]
+        for conn in doomed:
+            conn.close(code, reason)
+        return len(doomed)
+
+    def _on_control_payload(self, payload: str) -> None:
+        fields = _load(payload, self.instance_id)
+        if fields is None:
+            return
+        if fields.get("op") != "disconnect_user":
+            log.debug("dropped a control envelope with an unknown op")
+            return
+        user, code, reason = fields.get("user"), fields.get("code"), fields.get("reason")
+        if (
+            type(user) is not str
+            or type(code) is not int
+            or not (code == 1000 or 3000 <= code <= 4999)
+            or type(reason) is not str
+        ):
+            log.warning("dropped a malformed disconnect_user envelope")
+            return
+        self._close_user(user, code, reason)
 
     # -- room channels ------------------------------------------------------------------
 

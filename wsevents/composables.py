@@ -140,6 +140,25 @@ class WsServer:
             check(event, path, data)
         return await self._cluster.send_remote(connection_id, event, path, data, params)
 
+    async def disconnect_user(self, user: str, code: int = 4403, reason: str = "Revoked") -> int:
+        """Close every connection of ``user`` (``Connection.user``) on every instance with
+        ``code`` and ``reason`` (by default 4403 ``"Revoked"``, after which clients do not
+        reconnect by themselves).
+
+        Connections here are closed before it returns; other instances close theirs when
+        the instruction arrives through the transport (at once, without a transport).
+
+        Returns:
+            The connections closed on this instance.
+
+        Raises:
+            ValueError: ``code`` is not a close code an application may send (1000, or
+                3000 to 4999).
+        """
+        if code != 1000 and not 3000 <= code <= 4999:
+            raise ValueError(f"close code {code} cannot be sent by an application")
+        return await self._cluster.disconnect_user(user, code, reason)
+
 
 def _scope(name: str) -> MessageScope:
     scope = message_var.get(None)

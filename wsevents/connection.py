@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .exceptions import WsError
 from .protocol import Codec, JsonCodec, encode_error, encode_push, encode_reply
 
 if TYPE_CHECKING:
@@ -68,23 +71,28 @@ class Connection:
         request: the aiohttp upgrade request (headers, query, cookies, peer), or None.
         subprotocol: the WebSocket subprotocol selected at the handshake, or None.
         state: a dict for the application's own per-connection data.
-        user: the user the connection belongs to (presence counts users by it); the
-            connection id unless ``on_connect`` sets it, e.g.
-            ``use_ws_connection().user = "alice"``. Set it before joining rooms.
+        user: the user the connection belongs to; the connection id unless ``on_connect``
+            (or a login handler) sets it, e.g. ``use_ws_connection().user = "alice"``.
+        expires_at: when the session ends (``time.monotonic()`` seconds), set by
+            [`authenticate`][] with ``expires_in``; None: never.
     """
 
     __slots__ = (
         "__weakref__",
+        "_authenticated",
         "_binary",
         "_check_push",
         "_encode",
         "_inflight",
+        "_limit_strikes",
         "_max_send_buffer",
+        "_on_expiry",
         "_overflowed",
         "_rooms",
         "_seen",
         "_socket",
         "_wake",
+        "expires_at",
         "id",
         "request",
         "state",
@@ -108,6 +116,13 @@ class Connection:
         self.subprotocol = subprotocol
         self.state: dict[str, Any] = {}
         self.user: str = self.id
+        # Rate-limit rejections, newest last (None: never rejected); see wsevents.dispatch.
+        self._limit_strikes: deque[float] | None = None
+        # -- authentication (see authenticate()) --
+        self._authenticated = False
+        self.expires_at: float | None = None
+        # Set by the app: schedules the close at a session's expiry (wsevents.sessions).
+        self._on_expiry: Callable[[Connection, float], None] | None = None
         self._socket = socket
         self._encode = codec.encode
         self._binary = codec.binary
@@ -133,6 +148,48 @@ class Connection:
     def rooms(self) -> tuple[str, ...]:
         """The rooms this connection is in on this instance, in join order."""
         return tuple(self._rooms)
+
+    # -- authentication ----------------------------------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        """True once [`authenticate`][] succeeded (on an app with ``auth_required=True``,
+        only public routes are served before)."""
+        return self._authenticated
+
+    @property
+    def expires_in(self) -> float | None:
+        """Seconds left before the session expires (0.0 once past), or None: no expiry."""
+        if self.expires_at is None:
+            return None
+        return max(0.0, self.expires_at - time.monotonic())
+
+    def authenticate(self, user: str, *, expires_in: float | None = None) -> None:
+        """Log the connection in as ``user`` (a login handler, or ``on_connect``), or
+        extend its session (a refresh handler: the same ``user`` again).
+
+        With ``expires_in``, the connection is closed with 4401 ``"Token expired"`` that
+        many seconds from now unless a later call extends it; without, the session does
+        not expire (a previous expiry is lifted). Check the token before calling it: this
+        records what the token said.
+
+        Raises:
+            WsError: 403 ``"Forbidden"`` when the connection is authenticated as another
+                user (a refresh may not switch users).
+            ValueError: ``expires_in`` is not positive.
+        """
+        if self._authenticated and user != self.user:
+            raise WsError(403, "Forbidden")
+        if expires_in is not None and not expires_in > 0:
+            raise ValueError("expires_in must be > 0")
+        self.user = user
+        self._authenticated = True
+        if expires_in is None:
+            self.expires_at = None
+            return
+        at = self.expires_at = time.monotonic() + expires_in
+        if self._on_expiry is not None:
+            self._on_expiry(self, at)
 
     # -- in-flight handlers (the dispatcher and the adapter's reader) ------------------------
 
@@ -254,13 +311,16 @@ class Connection:
         message: str,
         *,
         details: Sequence[Mapping[str, Any]] | None = None,
+        retry_after: float | None = None,
     ) -> bool:
-        """Send an RPC error reply ``{"id", "error": {"code", "message", "details"?}}``
-        (``details`` left out when ``None``)."""
+        """Send an RPC error reply ``{"id", "error": {"code", "message", "details"?,
+        "retry_after"?}}`` (``details`` and ``retry_after`` left out when ``None``)."""
         if self._socket.closed:
             return False
         return self.send_frame(
-            encode_error(message_id, code, message, self._encode, details=details)
+            encode_error(
+                message_id, code, message, self._encode, details=details, retry_after=retry_after
+            )
         )
 
     def close(self, code: int = 1000, reason: str = "") -> None:

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from contextvars import copy_context
 from dataclasses import dataclass
+from time import monotonic
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +40,7 @@ from .contracts import DataContract, ParamsContract, compile_data_type, compile_
 from .exceptions import ProtocolError, RoutingError, WsError
 from .protocol import INTERNAL_ERROR, NOT_FOUND, ClientMessage, Codec, encode_error
 from .protocol import parse_client_message as _parse
+from .ratelimit import FLOOD_CLOSE_CODE, FLOOD_REASON, TOO_MANY_REQUESTS, Limiter
 from .routing import Guard, Route, Router, param_names
 
 if TYPE_CHECKING:
@@ -121,8 +124,9 @@ class Endpoint:
     params: ParamsContract | None = None
 
     @classmethod
-    def of(cls, route: Route) -> Endpoint:
-        """Compile ``route``.
+    def of(cls, route: Route, *, require_auth: bool = False) -> Endpoint:
+        """Compile ``route``; with ``require_auth``, a connection that is not
+        authenticated gets 401 ``"Unauthorized"`` before anything else runs.
 
         Raises:
             TypeError: a guard is not callable, or a declared type is not supported.
@@ -136,9 +140,14 @@ class Endpoint:
         _check_param_names(route, params)
         fn = route.handler
         fn_async = is_async(fn)
+        limit = _limit_check(route.rate_limits) if route.rate_limits else None
         checks = tuple((guard, is_async(guard)) for guard in route.guards)
+        if require_auth:
+            checks = ((_require_auth, False), *checks)
         if not checks and data is None and reply is None and params is None:
-            return cls(fn, fn_async, route)
+            if limit is None:
+                return cls(fn, fn_async, route)
+            return cls(_limited(fn, limit, fn_async), fn_async, route)
         prepare = _preparer(data, params)
         dump = reply.dumper() if reply is not None else None
         if not fn_async and not any(guard_async for _, guard_async in checks):
@@ -148,6 +157,8 @@ class Endpoint:
                 for guard in sync_guards:
                     if guard() is False:
                         raise WsError(403, FORBIDDEN)
+                if limit is not None:
+                    limit()
                 if prepare is not None:
                     prepare()
                 result = fn()
@@ -158,6 +169,8 @@ class Endpoint:
         async def checked_async() -> Any:
             if checks:
                 await _run_guards(checks)
+            if limit is not None:
+                limit()
             if prepare is not None:
                 prepare()
             result = fn()
@@ -166,6 +179,98 @@ class Endpoint:
             return result if dump is None else dump(result)
 
         return cls(checked_async, True, route, data, reply, params)
+
+
+UNAUTHORIZED = "Unauthorized"
+
+
+def _require_auth() -> None:
+    if not message_var.get().connection.authenticated:
+        raise WsError(401, UNAUTHORIZED)
+
+
+# -- rate limits ---------------------------------------------------------------------------
+
+FLOOD_STRIKES = 50
+"""Rejections a connection may collect within [`FLOOD_WINDOW`][] seconds; one more
+closes it with 4429 ``"Rate limit exceeded"``."""
+
+FLOOD_WINDOW = 10.0
+
+
+def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
+    """What takes a token from each of ``limiters`` (after the guards, before validation
+    and the handler); the first empty bucket raises 429 with ``retry_after``."""
+    takes = tuple((limiter.take, _key_of(limiter)) for limiter in limiters)
+
+    def check() -> None:
+        conn = message_var.get().connection
+        now = monotonic()
+        for take, key in takes:
+            wait = take(key(conn), now)
+            if wait:
+                _strike(conn, now)
+                # Rounded up to the millisecond: a client that waits this long finds a token.
+                raise WsError(429, TOO_MANY_REQUESTS, retry_after=_ceil_ms(wait))
+
+    return check
+
+
+def _ceil_ms(seconds: float) -> float:
+    return -(-seconds * 1000 // 1) / 1000
+
+
+def _limited(fn: Callable[[], Any], check: Callable[[], None], fn_async: bool) -> Callable[[], Any]:
+    """``fn`` behind ``check``; sync stays sync."""
+    if fn_async:
+
+        async def limited_async() -> Any:
+            check()
+            return await fn()
+
+        return limited_async
+
+    def limited() -> Any:
+        check()
+        return fn()
+
+    return limited
+
+
+def _key_of(limiter: Limiter) -> Callable[[Connection], Hashable]:
+    key = limiter.limit.key
+    if callable(key):
+        return key
+    if key == "user":
+        return _user_key
+    if key == "ip":
+        return _ip_key
+    return _connection_key
+
+
+def _connection_key(conn: Connection) -> Hashable:
+    return conn.id
+
+
+def _user_key(conn: Connection) -> Hashable:
+    return conn.user
+
+
+def _ip_key(conn: Connection) -> Hashable:
+    request = conn.request
+    return request.remote if request is not None else None
+
+
+def _strike(conn: Connection, now: float) -> None:
+    """Record a rejection; the one over [`FLOOD_STRIKES`][] within [`FLOOD_WINDOW`][]
+    closes the connection with 4429."""
+    strikes = conn._limit_strikes
+    if strikes is None:
+        strikes = conn._limit_strikes = deque(maxlen=FLOOD_STRIKES + 1)
+    strikes.append(now)
+    if len(strikes) > FLOOD_STRIKES and now - strikes[0] <= FLOOD_WINDOW:
+        log.info("closing %s: it keeps flooding rate-limited routes", conn.id)
+        conn.close(FLOOD_CLOSE_CODE, FLOOD_REASON)
 
 
 def _check_param_names(route: Route, params: ParamsContract | None) -> None:
@@ -391,14 +496,16 @@ class Dispatcher:
     def _fail(scope: MessageScope, exc: Exception) -> None:
         """The one error mapping: WsError → its reply; anything else → logged, 500."""
         msg = scope.message
-        details = None
+        details = retry_after = None
         if isinstance(exc, WsError):
-            code, text, details = exc.code, exc.message, exc.details
+            code, text, details, retry_after = exc.code, exc.message, exc.details, exc.retry_after
         else:
             log.error("handler failed: %s %s", msg.event, msg.path, exc_info=exc)
             code, text = 500, INTERNAL_ERROR
         if msg.has_id:
-            scope.connection.reply_error(msg.id, code, text, details=details)
+            scope.connection.reply_error(
+                msg.id, code, text, details=details, retry_after=retry_after
+            )
 
     def _reply(self, conn: Connection, msg: ClientMessage, result: Any) -> None:
         """Send ``result`` as the reply to ``msg``; 500 when it cannot be encoded."""

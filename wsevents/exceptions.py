@@ -32,6 +32,8 @@ class WsError(WsEventsError):
 
     ``details``, when given, is sent as ``error.details``: a list of JSON objects, e.g. the
     failing fields of a validation error ``[{"path": ["text"], "message": "..."}]``.
+    ``retry_after``, when given, is sent as ``error.retry_after``: the seconds after which
+    the call may succeed (a rate limit's 429 carries it).
 
     Example:
         ``raise WsError(403, "private room")``
@@ -43,12 +45,14 @@ class WsError(WsEventsError):
         message: str | None = None,
         *,
         details: Sequence[Mapping[str, Any]] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.code = int(code)
         self.message = message if message is not None else _default_message(self.code)
         self.details: list[dict[str, Any]] | None = (
             None if details is None else [dict(d) for d in details]
         )
+        self.retry_after = None if retry_after is None else float(retry_after)
         super().__init__(self.code, self.message)
 
     def __str__(self) -> str:
@@ -76,6 +80,8 @@ class WsClientError(WsEventsError):
         details: the error reply's ``details`` (e.g. the failing fields of a 400
             validation error, ``[{"path": ["text"], "message": "..."}]``), or ``None``
             when the reply has none.
+        retry_after: the error reply's ``retry_after`` in seconds (a 429 of a rate limit
+            carries it: the call may succeed after that long), or ``None``.
     """
 
     def __init__(
@@ -84,12 +90,14 @@ class WsClientError(WsEventsError):
         message: str | None = None,
         *,
         details: Sequence[Mapping[str, Any]] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.code = int(code)
         self.message = message if message is not None else _default_message(self.code)
         self.details: list[dict[str, Any]] | None = (
             None if details is None else [dict(d) for d in details]
         )
+        self.retry_after = None if retry_after is None else float(retry_after)
         super().__init__(self.code, self.message)
 
     def __str__(self) -> str:

@@ -268,14 +268,18 @@ def encode_error(
     encode: Callable[[dict[str, Any]], bytes] = JsonCodec.encode,
     *,
     details: Sequence[Mapping[str, Any]] | None = None,
+    retry_after: float | None = None,
 ) -> bytes:
-    """Encode an error reply ``{"id", "error": {"code", "message", "details"?}}``.
+    """Encode an error reply ``{"id", "error": {"code", "message", "details"?,
+    "retry_after"?}}``.
 
-    ``details`` (e.g. ``WsError.details``) is left out when ``None``.
+    ``details`` (e.g. ``WsError.details``) and ``retry_after`` are left out when ``None``.
     """
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
+    if retry_after is not None:
+        error["retry_after"] = retry_after
     return encode({"id": message_id, "error": error})
 
 

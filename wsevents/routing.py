@@ -28,6 +28,7 @@ from urllib.parse import unquote
 from routes import Mapper
 
 from .exceptions import RoutingError
+from .ratelimit import Limiter
 
 __all__ = ["Guard", "Route", "RouteMatch", "Router", "join_pattern", "param_names"]
 
@@ -68,6 +69,11 @@ class Route:
         params: the declared types of route params, by name, converted before the
             handler runs.
         summary: the first line of the handler's docstring, if any.
+        rate_limits: the rate limits the route counts against, in the order they are
+            taken: the app's, its groups' (the outermost first), then its own; each
+            [`Limiter`][wsevents.ratelimit.Limiter] counts its rejections.
+        public: served to connections not yet authenticated, on an app with
+            ``auth_required=True`` (a login route); other routes answer them 401.
     """
 
     event: str
@@ -78,6 +84,8 @@ class Route:
     reply: Any = None
     params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     summary: str | None = None
+    rate_limits: tuple[Limiter, ...] = ()
+    public: bool = False
 
 
 def join_pattern(prefix: str, pattern: str) -> str:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket as _socket
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -334,6 +336,14 @@ def make_handler(ws_app: WsApp) -> Any:
             log.debug("refused an upgrade from %s: origin %r", request.remote, origin[:200])
             origin_warnings.refused(request, origin)
             raise web.HTTPForbidden(text="Origin not allowed")
+        limiter = ws_app.handshake_limiter
+        if limiter is not None:
+            wait = limiter.take(request.remote, time.monotonic())
+            if wait:
+                log.debug("refused an upgrade from %s: handshake rate", request.remote)
+                raise web.HTTPTooManyRequests(
+                    text="Too Many Requests", headers={"Retry-After": str(math.ceil(wait))}
+                )
         protocols: tuple[str, ...] = ()
         offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
         if offered is not None:

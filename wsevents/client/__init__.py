@@ -12,6 +12,7 @@ from ..exceptions import WsClientError, WsConnectionRefused
 from ._client import (
     DEFAULT_PUSH_QUEUE_SIZE,
     DEFAULT_QUEUE_SIZE,
+    FINAL_CLOSE_CODES,
     CloseHook,
     ErrorHook,
     OpenHook,
@@ -19,6 +20,7 @@ from ._client import (
     PushStream,
     ReconnectHook,
     Subscription,
+    TokenProvider,
     WsClient,
 )
 from ._listeners import Push
@@ -27,6 +29,7 @@ from ._presence import PresenceChangeHandler, RoomPresence
 __all__ = [
     "DEFAULT_PUSH_QUEUE_SIZE",
     "DEFAULT_QUEUE_SIZE",
+    "FINAL_CLOSE_CODES",
     "CloseHook",
     "ErrorHook",
     "OpenHook",
@@ -37,6 +40,7 @@ __all__ = [
     "ReconnectHook",
     "RoomPresence",
     "Subscription",
+    "TokenProvider",
     "WsClient",
     "WsClientError",
     "WsConnectionRefused",

@@ -26,6 +26,7 @@ from ._rpc import Reply, RpcTracker, build_message, parse_server_message
 __all__ = [
     "DEFAULT_PUSH_QUEUE_SIZE",
     "DEFAULT_QUEUE_SIZE",
+    "FINAL_CLOSE_CODES",
     "CloseHook",
     "ErrorHook",
     "OpenHook",
@@ -33,6 +34,7 @@ __all__ = [
     "PushStream",
     "ReconnectHook",
     "Subscription",
+    "TokenProvider",
     "WsClient",
 ]
 
@@ -42,6 +44,12 @@ OpenHook = Callable[[], Awaitable[None] | None]
 CloseHook = Callable[[int, str], Awaitable[None] | None]
 ErrorHook = Callable[[Exception], Awaitable[None] | None]
 ReconnectHook = Callable[[int], Awaitable[None] | None]
+TokenProvider = Callable[[], Awaitable[str] | str]
+"""``token()``, sync or async: the token to log in (or refresh) with."""
+
+FINAL_CLOSE_CODES = frozenset({4401, 4403, 4408, 4429})
+"""Close codes after which the client does not reconnect by itself: token expired,
+revoked, authentication timeout, rate limit exceeded. ``on_close`` gets them."""
 PushHandler = Callable[[Push], Awaitable[None] | None]
 
 DEFAULT_QUEUE_SIZE = 1000
@@ -248,6 +256,20 @@ class WsClient:
             (``WsClientError(503)``).
         on_reconnect: ``on_reconnect(attempt)``, before each reconnect attempt (1, 2, …
             since the last success), after its delay.
+        token: ``token()`` (sync or async) for servers with authentication after connect:
+            on every connect, before anything else is sent, the client calls
+            ``rpc login_path {"token": token()}``; when the reply has a number
+            ``expires_in``, it calls ``rpc refresh_path {"token": token()}`` before then
+            (``refresh_before`` seconds ahead, at the latest halfway), without
+            reconnecting. A refused login fails the attempt with the server's error.
+        login_path: the path of the login RPC.
+        refresh_path: the path of the refresh RPC.
+        refresh_before: seconds before the expiry at which the client refreshes.
+
+    After a close with one of ``FINAL_CLOSE_CODES`` (4401 token expired, 4403 revoked,
+    4408 authentication timeout, 4429 rate limit exceeded) the client does not reconnect,
+    ``reconnect`` on or not: ``on_close(code, reason)`` tells the application, which may
+    get a new token and call [`connect`][] again. [`last_close`][] keeps it.
 
     Hooks may be sync or async. ``on_open`` and ``on_reconnect`` are awaited before the
     client goes on (so ``on_reconnect`` can refresh ``headers``); async ``on_close``
@@ -275,6 +297,10 @@ class WsClient:
         on_reconnect: ReconnectHook | None = None,
         confirm_connect: bool = True,
         protocols: Sequence[str] = (),
+        token: TokenProvider | None = None,
+        login_path: str = "/auth/login",
+        refresh_path: str = "/auth/refresh",
+        refresh_before: float = 5.0,
     ) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
@@ -311,8 +337,17 @@ class WsClient:
         self._waiters: set[asyncio.Future[None]] = set()
         self._tasks = TaskSet()
         self._confirming: asyncio.Future[None] | None = None  # the pong awaited by _setup
-        self._refusal: WsConnectionRefused | None = None  # why the last attempt was refused
+        # Why the last attempt was refused (a closed socket, or a login the server refused).
+        self._refusal: WsClientError | None = None
         self._presences: dict[str, RoomPresence] = {}
+        # -- authentication after connect --
+        self.token = token
+        self.login_path = login_path
+        self.refresh_path = refresh_path
+        self.refresh_before = float(refresh_before)
+        self._refresher: asyncio.Task[None] | None = None
+        self.last_close: tuple[int, str] | None = None
+        """``(code, reason)`` of the last connection that ended (None: none yet)."""
 
     def __repr__(self) -> str:
         return f"<WsClient {self.url} {self._state.value}>"
@@ -595,6 +630,9 @@ class WsClient:
             self._abort_connecting()
             if not isinstance(exc, Exception):
                 raise  # cancelled
+            if isinstance(exc, _LoginFailed):
+                await self._fire(self.on_error, exc.error)
+                raise exc.error from None
             await self._fire(self.on_error, exc)
             if isinstance(exc, WsConnectionRefused):
                 raise exc from None
@@ -645,10 +683,13 @@ class WsClient:
                 try:
                     ready = await self._setup(ws)
                 except Exception as exc:
+                    login_failed = isinstance(exc, _LoginFailed)
+                    if isinstance(exc, _LoginFailed):
+                        exc = self._refusal = exc.error
                     if self._ws is ws:
                         self._ws = None
                         self._start(_close_quietly(ws))
-                    refused = isinstance(exc, WsConnectionRefused)
+                    refused = login_failed or isinstance(exc, WsConnectionRefused)
                     if not refused:
                         self._refusal = None
                     log.debug("connection attempt failed: %r", exc)
@@ -692,6 +733,8 @@ class WsClient:
         if self.confirm_connect:
             await self._confirm(ws)
         self._backoff.reset()
+        if self.token is not None:
+            await self._login(ws)
         if not await self._flush(ws):
             return False
         await self._replay(ws)
@@ -701,6 +744,61 @@ class WsClient:
             return False
         self._state = _State.OPEN
         return True
+
+    # -- internals: authentication after connect ------------------------------------------
+
+    async def _login(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Log in on a fresh socket, before the queue and the subscriptions go out.
+
+        Raises:
+            _LoginFailed: the server refused the token (its error inside).
+        """
+        deadline = asyncio.get_running_loop().time() + self.rpc_timeout
+        try:
+            reply = await self._request(ws, "rpc", self.login_path, await self._token(), deadline)
+        except WsClientError as exc:
+            if exc.code == 503:
+                raise  # the socket went away: an ordinary failed attempt
+            # Closed here, to completion: the socket is open and no longer ours.
+            if self._ws is ws:
+                self._ws = None
+            await _close_quietly(ws)
+            raise _LoginFailed(exc) from None
+        self._schedule_refresh(ws, reply)
+
+    async def _token(self) -> dict[str, Any]:
+        assert self.token is not None
+        token = self.token()
+        if inspect.isawaitable(token):
+            token = await token
+        return {"token": token}
+
+    def _schedule_refresh(self, ws: aiohttp.ClientWebSocketResponse, reply: Any) -> None:
+        expires_in = reply.get("expires_in") if isinstance(reply, Mapping) else None
+        if not isinstance(expires_in, int | float) or isinstance(expires_in, bool):
+            return
+        delay = max(expires_in - self.refresh_before, expires_in / 2, 0.0)
+        self._refresher = self._spawn(self._refresh(ws, delay))
+
+    async def _refresh(self, ws: aiohttp.ClientWebSocketResponse, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._ws is not ws:
+            return
+        deadline = asyncio.get_running_loop().time() + self.rpc_timeout
+        try:
+            reply = await self._request(ws, "rpc", self.refresh_path, await self._token(), deadline)
+        except Exception as exc:
+            # The server closes with 4401 at the expiry; on_close tells the application.
+            log.debug("refresh failed: %r", exc)
+            await self._fire(self.on_error, exc)
+            return
+        if self._ws is ws:
+            self._schedule_refresh(ws, reply)
+
+    def _stop_refresh(self) -> None:
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None and refresher is not asyncio.current_task():
+            refresher.cancel()
 
     async def _confirm(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Ping and await the pong: the server reads, so its ``on_connect`` accepted us.
@@ -918,9 +1016,12 @@ class WsClient:
         if self._ws is not ws:
             return
         self._ws = None
+        self._stop_refresh()
+        self.last_close = (code, reason)
         was_open = self._state is _State.OPEN
         self._rpc.fail_all(503, "Connection lost")
-        if self.reconnect:
+        # After these the server would only close the next connection the same way.
+        if self.reconnect and code not in FINAL_CLOSE_CODES:
             self._state = _State.CONNECTING
             if not self._connecting:
                 self._start_connector(immediate=False)
@@ -961,6 +1062,14 @@ class WsClient:
         if hook is None:
             return
         call_hook(hook, *args, tasks=self._tasks, logger=log, message=_hook_failed(hook))
+
+
+class _LoginFailed(Exception):
+    """The server refused the login of a fresh socket; ``error`` is its reply."""
+
+    def __init__(self, error: WsClientError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _hook_failed(hook: Callable[..., Any]) -> str:

@@ -67,7 +67,15 @@ def parse_server_message(obj: Any) -> Reply | Push | None:
         details = err.get("details") if isinstance(err, Mapping) else None
         if not isinstance(details, list) or not all(isinstance(d, Mapping) for d in details):
             details = None  # absent or malformed: the call fails all the same
-        error = WsClientError(code, message if isinstance(message, str) else None, details=details)
+        retry_after = err.get("retry_after") if isinstance(err, Mapping) else None
+        if not isinstance(retry_after, int | float) or isinstance(retry_after, bool):
+            retry_after = None
+        error = WsClientError(
+            code,
+            message if isinstance(message, str) else None,
+            details=details,
+            retry_after=retry_after,
+        )
         return Reply(message_id, None, error)
     event, path = obj.get("event"), obj.get("path")
     if not isinstance(event, str) or not isinstance(path, str):

@@ -19,18 +19,27 @@ const DEFAULT_RPC_TIMEOUT = 10000;
 const DEFAULT_QUEUE_SIZE = 1000;
 const DEFAULT_ACCEPT_WINDOW = 100;
 const CLIENT_CLOSE_REASON = "Client closed";
+const DEFAULT_REFRESH_BEFORE = 5000;
+
+/**
+ * Close codes after which the client does not reconnect by itself: 4401 token expired,
+ * 4403 revoked, 4408 authentication timeout, 4429 rate limit exceeded.
+ */
+export const FINAL_CLOSE_CODES = new Set([4401, 4403, 4408, 4429]);
 
 /**
  * An RPC failed: the server's error reply, 408 (timeout) or 503 (not connected).
  * `details` is the error reply's `details` (e.g. the failing fields of a 400 validation
- * error, `[{path: ["text"], message: "..."}]`), or null when it has none.
+ * error, `[{path: ["text"], message: "..."}]`), or null when it has none. `retryAfter` is
+ * the error reply's `retry_after` in seconds (a rate limit's 429), or null.
  */
 export class WsClientError extends Error {
-  constructor(code, message, details = null) {
+  constructor(code, message, details = null, retryAfter = null) {
     super(message ?? `WsClientError ${code}`);
     this.name = "WsClientError";
     this.code = code;
     this.details = details;
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -160,7 +169,17 @@ function normalizeReconnect(opts) {
  * Options: reconnect (false), baseDelay (1000), maxDelay (30000), maxRetries (Infinity),
  * backoff ("exponential" | "linear"), queueSize (1000), rpcTimeout (10000), protocols,
  * acceptWindow (100), messageParser, messageSerializer, onOpen(), onClose(code, reason),
- * onError(err), onReconnect(attempt).
+ * onError(err), onReconnect(attempt), token, loginPath ("/auth/login"), refreshPath
+ * ("/auth/refresh"), refreshBefore (5000).
+ *
+ * Authentication after connect: with `token` (a function returning the token or a promise
+ * of it), every socket first calls rpc loginPath {token} before the queue and the
+ * subscriptions go out; a refused login fails the connection with the server's error
+ * (final, as a refusal). When the reply has a number `expires_in` (seconds), the client
+ * calls rpc refreshPath {token} refreshBefore ms before the expiry (at the latest
+ * halfway), without reconnecting. After a close with one of FINAL_CLOSE_CODES the client
+ * does not reconnect by itself: onClose(code, reason) tells the application, `lastClose`
+ * keeps {code, reason}, and the application makes a new client when it is ready.
  *
  * States: "connecting" (first connect, or reconnecting), "open", "disconnected" (lost,
  * and nothing reconnects by itself), "closed" (close() was called; final).
@@ -204,6 +223,14 @@ export class WsClient {
     this._everReady = false; // a connection of this client was ready once
     this._refusal = null; // the WsConnectionRefused of the last refused socket
     this._hooks = { open: [], close: [], error: [], reconnect: [] };
+    // -- authentication after connect --
+    this.token = opts.token ?? null;
+    this.loginPath = opts.loginPath ?? "/auth/login";
+    this.refreshPath = opts.refreshPath ?? "/auth/refresh";
+    this.refreshBefore = opts.refreshBefore ?? DEFAULT_REFRESH_BEFORE;
+    this._refreshTimer = null;
+    /** {code, reason} of the last socket that closed, or null. */
+    this.lastClose = null;
     if (opts.onOpen) this.onOpen(opts.onOpen);
     if (opts.onClose) this.onClose(opts.onClose);
     if (opts.onError) this.onError(opts.onError);
@@ -346,6 +373,7 @@ export class WsClient {
   close() {
     if (this._state === "closed") return;
     this._state = "closed";
+    this._stopRefresh();
     clearTimeout(this._timer);
     this._timer = null;
     if (typeof window !== "undefined") window.removeEventListener("online", this._onOnline);
@@ -405,6 +433,8 @@ export class WsClient {
       this._ws = null;
       const code = ev.code;
       const reason = ev.reason || "";
+      this._stopRefresh();
+      this.lastClose = { code, reason };
       const emitPair = () => {
         if (!life.opened) return;
         if (!life.ready) this._emit("open");
@@ -415,10 +445,13 @@ export class WsClient {
         return;
       }
       // 1006: no close frame came, the connection broke; any other code is the server's.
-      const refused = life.opened && !life.ready && code !== 1006;
-      this._refusal = refused ? new WsConnectionRefused(code, reason) : null;
+      const refused = life.loginError != null || (life.opened && !life.ready && code !== 1006);
+      this._refusal =
+        life.loginError ?? (refused ? new WsConnectionRefused(code, reason) : null);
       this._failPending(503, "Connection lost");
-      if (this.reconnect && !(refused && !this._everReady)) {
+      // After the final codes the server would close the next connection the same way.
+      const final = FINAL_CLOSE_CODES.has(code);
+      if (this.reconnect && !final && !(refused && !this._everReady)) {
         this._state = "connecting";
         emitPair();
         // After the hooks, so that giving up (onError) comes after this onClose; a hook
@@ -438,6 +471,20 @@ export class WsClient {
     // A server refusing in on_connect closes right after the handshake, before any other
     // frame: wait for that close a little before flushing into a socket about to go away.
     if (this.acceptWindow > 0) await settle(ws, this.acceptWindow);
+    if (this.token !== null && stillCurrent()) {
+      let reply;
+      try {
+        reply = await this._request("rpc", this.loginPath, { token: await this.token() },
+          Date.now() + this.rpcTimeout);
+      } catch (err) {
+        if (this._ws === ws && err instanceof WsClientError && err.code !== 503) {
+          life.loginError = err; // the close handler reports it, as a refusal
+          ws.close(1000, "Login refused");
+        }
+        return;
+      }
+      this._scheduleRefresh(ws, reply);
+    }
     if (!stillCurrent() || !this._flush(ws)) return;
     await this._replay(ws);
     if (!stillCurrent() || !this._flush(ws)) return;
@@ -450,6 +497,29 @@ export class WsClient {
     this._release();
     // Presence rooms: join again and fetch the members anew, never replay the old view.
     for (const presence of this._presences.values()) presence._reopened();
+  }
+
+  _scheduleRefresh(ws, reply) {
+    const expiresIn = reply !== null && typeof reply === "object" ? reply.expires_in : undefined;
+    if (typeof expiresIn !== "number") return;
+    const delay = Math.max(expiresIn * 1000 - this.refreshBefore, expiresIn * 500, 0);
+    this._refreshTimer = setTimeout(async () => {
+      this._refreshTimer = null;
+      if (this._ws !== ws) return;
+      try {
+        const next = await this._request("rpc", this.refreshPath,
+          { token: await this.token() }, Date.now() + this.rpcTimeout);
+        if (this._ws === ws) this._scheduleRefresh(ws, next);
+      } catch (err) {
+        // The server closes with 4401 at the expiry; onClose tells the application.
+        this._emit("error", err);
+      }
+    }, delay);
+  }
+
+  _stopRefresh() {
+    if (this._refreshTimer !== null) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
   }
 
   _flush(ws) {
@@ -601,7 +671,9 @@ export class WsClient {
         const code = Number.isInteger(msg.error.code) ? msg.error.code : 500;
         const text = typeof msg.error.message === "string" ? msg.error.message : undefined;
         const details = Array.isArray(msg.error.details) ? msg.error.details : null;
-        entry.reject(new WsClientError(code, text, details));
+        const retryAfter =
+          typeof msg.error.retry_after === "number" ? msg.error.retry_after : null;
+        entry.reject(new WsClientError(code, text, details, retryAfter));
       } else {
         entry.resolve(msg.data ?? null);
       }

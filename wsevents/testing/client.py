@@ -107,7 +107,12 @@ class WsTestClient:
             details = err.get("details")
             if not isinstance(details, list) or not all(isinstance(d, dict) for d in details):
                 details = None  # absent or malformed: the call fails all the same
-            raise WsClientError(err.get("code", 500), err.get("message"), details=details)
+            retry_after = err.get("retry_after")
+            if not isinstance(retry_after, int | float) or isinstance(retry_after, bool):
+                retry_after = None
+            raise WsClientError(
+                err.get("code", 500), err.get("message"), details=details, retry_after=retry_after
+            )
         return reply.get("data")
 
     async def request(
