@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,3 +72,29 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def run_harness(cmd: list[str]) -> tuple[Path | None, int]:
+    """Run the shared harness (``bench.py ...``) from the project root, echoing its output.
+
+    Returns the run's raw folder (None when bench.py exited before it made one) and the
+    exit status. ``--extra`` commands run in the caller's folder: the project root.
+    """
+    run_dir: Path | None = None
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            found = re.search(r"raw -> (.+)$", line.rstrip("\n"))
+            if found and run_dir is None:
+                run_dir = Path(found.group(1))
+    return run_dir, proc.returncode
+
+
+def load_records(run_dir: Path, scenario: str) -> list[dict[str, Any]]:
+    """The per-run JSON records of ``scenario`` in a harness run folder."""
+    records = []
+    for path in sorted(run_dir.glob(f"*.{scenario}.*.json")):
+        with path.open() as f:
+            records.append(json.load(f))
+    return records

@@ -22,16 +22,16 @@ The harness (``bench.py``, ``loadgen.js``) is ``../shared/bench`` unless ``--ben
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _servers import load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
+
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SERVERS = {
     "echo": "examples.reference_app:app",
@@ -121,22 +121,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--extra", f"{name}={server_cmd(target)}"]
     if not a.pin:
         cmd.append("--no-pin")
-    run_dir: Path | None = None
-    # --extra commands run in the caller's folder: the project root.
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            found = re.search(r"raw -> (.+)$", line.rstrip("\n"))
-            if found and run_dir is None:
-                run_dir = Path(found.group(1))
+    run_dir, returncode = run_harness(cmd)
     if run_dir is None:
-        print(f"contracts.py: bench.py exited with {proc.returncode}", file=sys.stderr)
+        print(f"contracts.py: bench.py exited with {returncode}", file=sys.stderr)
         return 1
-    records = []
-    for path in sorted(run_dir.glob("*.s1.*.json")):
-        with path.open() as f:
-            records.append(json.load(f))
+    records = load_records(run_dir, "s1")
     text, medians = table(records)
     print("\nServer CPU per 100k RPC replies (median over reps; lower is better)\n")
     print(text)

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from _servers import start_reference_app, stop  # noqa: E402
+from _servers import load_records, run_harness, start_reference_app, stop  # noqa: E402
 from multi_instance import cpu_seconds, redis_pid  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -300,22 +299,11 @@ def run_fanout(a: argparse.Namespace) -> list[dict[str, Any]] | None:
         cmd += ["--extra", f"{name}={server_cmd(target)}"]
     if not a.pin:
         cmd.append("--no-pin")
-    run_dir: Path | None = None
-    # --extra commands run in the caller's folder: the project root.
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            found = re.search(r"raw -> (.+)$", line.rstrip("\n"))
-            if found and run_dir is None:
-                run_dir = Path(found.group(1))
+    run_dir, returncode = run_harness(cmd)
     if run_dir is None:
-        print(f"presence.py: bench.py exited with {proc.returncode}", file=sys.stderr)
+        print(f"presence.py: bench.py exited with {returncode}", file=sys.stderr)
         return None
-    records = []
-    for path in sorted(run_dir.glob("*.s2_1000.*.json")):
-        with path.open() as f:
-            records.append(json.load(f))
+    records = load_records(run_dir, "s2_1000")
     return records
 
 

@@ -35,7 +35,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import resource
 import shlex
 import shutil
@@ -52,6 +51,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402  (sibling module; benchmarks/ is not a package)
+from _servers import run_harness  # noqa: E402
 
 DEFAULT_PEERS = "limit-aiohttp,wooks,socketio"
 DEFAULT_SCALING_PEERS = "limit-aiohttp,wooks"
@@ -250,18 +250,10 @@ def run_fixed(a: argparse.Namespace, bench_dir: Path, peers: list[str]) -> tuple
     if not a.pin:
         cmd.append("--no-pin")
     print("run.py: " + shlex.join(cmd), flush=True)
-    run_dir: Path | None = None
-    # --extra commands run in the caller's folder: the project root.
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            found = re.search(r"raw -> (.+)$", line.rstrip("\n"))
-            if found and run_dir is None:
-                run_dir = Path(found.group(1))
+    run_dir, returncode = run_harness(cmd)
     if run_dir is None:
-        raise SystemExit(f"run.py: bench.py exited with {proc.returncode} before it made a run")
-    return run_dir, proc.returncode
+        raise SystemExit(f"run.py: bench.py exited with {returncode} before it made a run")
+    return run_dir, returncode
 
 
 def run_series(
