@@ -99,16 +99,7 @@ class _TransportRun:
             raise self.fail(f"{what} raised {exc!r}") from exc
 
     async def open(self, name: str) -> _Probe:
-        deadline = asyncio.timeout(self.timeout)
-        try:
-            async with deadline:
-                transport = self.factory()
-                if inspect.isawaitable(transport):
-                    transport = await transport
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline.expired():
-                raise self.fail(f"the factory did not return within {self.timeout} s") from None
-            raise self.fail(f"the factory raised {exc!r}") from exc
+        transport = await _from_factory(self.factory, self.timeout, self.fail)
         for method in ("publish", "subscribe", "unsubscribe", "start", "close"):
             fn = getattr(transport, method, None)
             if not callable(fn):
@@ -578,16 +569,7 @@ class _PresenceRun:
 
     async def store(self) -> Any:
         """One more store from the factory (what one more instance would have)."""
-        deadline = asyncio.timeout(self.timeout)
-        try:
-            async with deadline:
-                store = self.factory()
-                if inspect.isawaitable(store):
-                    store = await store
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline.expired():
-                raise self.fail(f"the factory did not return within {self.timeout} s") from None
-            raise self.fail(f"the factory raised {exc!r}") from exc
+        store = await _from_factory(self.factory, self.timeout, self.fail)
         for method in _PRESENCE_METHODS:
             fn = getattr(store, method, None)
             if not callable(fn):
@@ -940,3 +922,21 @@ async def check_presence_store(
                 await run.close()
             raise
         await run.close()
+
+
+async def _from_factory(
+    factory: Callable[[], Any], timeout: float, fail: Callable[[str], AssertionError]
+) -> Any:
+    """What ``factory`` makes (awaited when it returns an awaitable), within ``timeout``;
+    a failure or a timeout is an ``AssertionError`` from ``fail``."""
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            made = factory()
+            if inspect.isawaitable(made):
+                made = await made
+    except Exception as exc:
+        if isinstance(exc, TimeoutError) and deadline.expired():
+            raise fail(f"the factory did not return within {timeout} s") from None
+        raise fail(f"the factory raised {exc!r}") from exc
+    return made
