@@ -11,6 +11,7 @@ import pytest
 from examples.reference_app import add_capped_rooms
 from examples.reference_app import app as reference_app
 from wsevents import (
+    BroadcastTransport,
     Capabilities,
     RoutingError,
     WsApp,
@@ -317,7 +318,7 @@ async def test_the_reference_capped_rooms(ws_client) -> None:
 # -- three instances on a MemoryBus -------------------------------------------------------------
 
 
-def build_capped(transport: MemoryTransport, lease: float | None = None) -> WsApp:
+def build_capped(transport: BroadcastTransport, lease: float | None = None) -> WsApp:
     ws = capped_app(None, transport=transport)
     add_capped_rooms(ws)  # the reference app's policy and routes (max 3)
     if lease is not None:
