@@ -421,3 +421,85 @@ async def test_an_instance_that_lost_its_lease_takes_its_places_again_or_leaves(
     # A renewal with the lease held changes nothing.
     await cluster.apps[0].capacity.renew()
     assert [app.rooms.size(room) for app in cluster.apps] == sizes
+
+
+async def test_a_maximum_registered_after_the_start_is_renewed_too(ws_cluster) -> None:
+    def build(transport: MemoryTransport) -> WsApp:
+        ws = capped_app(None, transport=transport)
+        ws.capacity.lease = 0.6
+        return ws
+
+    cluster = await ws_cluster(build, instances=2)
+    first = await cluster.connect(0)
+    assert await first.call("rpc", "/rooms") == []  # instance 0 has started
+    app = cluster.apps[0]
+    assert app.capacity._loop_task is None
+    app.room_policy("/capped/rooms/:room", max_members=1)
+    cluster.apps[1].room_policy("/capped/rooms/:room", max_members=1)
+    assert await first.call("join", ROOM) == [ROOM]
+    assert app.capacity._loop_task is not None
+    await asyncio.sleep(1.2)  # twice the lease: only a renewal keeps the place
+    second = await cluster.connect(1)
+    error = await call_error(second, "join", ROOM)
+    assert (error.code, error.message) == (409, "Room is full")
+
+
+async def test_an_instance_closed_cleanly_frees_its_places_at_once(ws_cluster) -> None:
+    cluster = await ws_cluster(build_capped)
+    room = "/capped/rooms/closing"
+    for instance in (1, 1, 0):
+        client = await cluster.connect(instance)
+        assert await client.call("join", room) == [room]
+    assert await cluster.apps[0].capacity.count(room) == 3
+    await cluster.apps[1].close()
+    assert await cluster.apps[0].capacity.count(room) == 1
+    late = await cluster.connect(2)
+    assert await late.call("join", room) == [room]
+
+
+class FlakyCapacityStore(MemoryCapacityStore):
+    """Releases and renewals fail while ``down``."""
+
+    down = False
+
+    async def release(self, room: str, member: str, instance_id: str) -> bool:
+        if self.down:
+            raise ConnectionError("backend away")
+        return await super().release(room, member, instance_id)
+
+    async def renew(self, room: str, instance_id: str, lease: float) -> bool:
+        if self.down:
+            raise ConnectionError("backend away")
+        return await super().renew(room, instance_id, lease)
+
+
+class FlakyCapacityTransport(MemoryTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = FlakyCapacityStore()
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(capacity=self.store)
+
+
+async def test_a_failed_release_is_retried_by_the_next_renewal(ws_client, caplog) -> None:
+    transport = FlakyCapacityTransport()
+    store = transport.store
+    ws = capped_app(max_members=1, transport=transport)
+    one, two = await ws_client(ws), await ws_client(ws)
+    assert await two.call("join", "/capped/rooms/other") == ["/capped/rooms/other"]
+    assert await one.call("join", ROOM) == [ROOM]
+    store.down = True
+    assert await one.call("leave", ROOM) == []  # the release fails: logged, kept for later
+    assert "release of" in caplog.text
+    assert await store.count(ROOM) == 1
+    assert (await call_error(two, "join", ROOM)).code == 409
+    caplog.clear()
+    await ws.capacity.renew()
+    await ws.capacity.renew()
+    assert caplog.text.count("lease renewal failed") == 1  # warned once until it works
+    assert await store.count(ROOM) == 1
+    store.down = False
+    await ws.capacity.renew()
+    assert await store.count(ROOM) == 0
+    assert await two.call("join", ROOM) == ["/capped/rooms/other", ROOM]

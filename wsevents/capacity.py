@@ -69,6 +69,7 @@ class Capacity:
         self._unreleased: set[tuple[str, str]] = set()
         self._locks: dict[tuple[str, str], list[Any]] = {}  # [lock, users]
         self._loop_task: asyncio.Task[None] | None = None
+        self._running = False
         self._failing = False
 
     # -- queries ------------------------------------------------------------------------
@@ -109,6 +110,8 @@ class Capacity:
         limit = self.limit(room)
         if limit is None:
             return
+        if self._loop_task is None and self._running:
+            self._renew_in_background()  # a maximum registered after the start
         async with self._lock(room, conn.id):
             try:
                 taken = await self.store.try_acquire(
@@ -155,12 +158,16 @@ class Capacity:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start renewing this instance's leases (with a store shared between instances)."""
-        if self.rooms.capacity_hooks is None:
-            return
+        """Start renewing this instance's leases (with a store shared between instances;
+        once a room has a maximum, also when it gets one after the start)."""
+        self._running = True
         if self._loop_task is None:
             self._store = None  # the transport may have been replaced since
-        _ = self.store
+        if self.rooms.capacity_hooks is not None:
+            self._renew_in_background()
+
+    def _renew_in_background(self) -> None:
+        _ = self.store  # decides whether the store is shared
         if self._shared and self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(
                 self._keep_alive(), name="wsevents-capacity"
@@ -168,6 +175,7 @@ class Capacity:
 
     async def close(self) -> None:
         """Stop renewing and free the places this instance still holds."""
+        self._running = False
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()
