@@ -2,8 +2,9 @@
 
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
-- ``wsevents.testing.conformance``: ``check_transport`` and ``check_presence_store``, the
-  suites every transport and presence store pass;
+- ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store`` and
+  ``check_capacity_store``, the suites every transport, presence store and capacity store
+  pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
     from .cluster import ClusterFactory as ClusterFactory
     from .cluster import WsCluster, assert_delivered_once, serve_memory_cluster
     from .conformance import (
+        CapacityStoreFactory,
         PresenceStoreFactory,
         TransportFactory,
+        check_capacity_store,
         check_presence_store,
         check_transport,
     )
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from .plugin import ws_client, ws_cluster
 
 __all__ = [
+    "CapacityStoreFactory",
     "PresenceStoreFactory",
     "RecordingSocket",
     "TestConnectionContext",
@@ -46,6 +50,7 @@ __all__ = [
     "WsCluster",
     "WsTestClient",
     "assert_delivered_once",
+    "check_capacity_store",
     "check_presence_store",
     "check_transport",
     "prepare_test_ws_connection_context",
@@ -59,6 +64,7 @@ __all__ = [
 # __all__, as before the split, but still importable from here.
 _HOME = {
     "ClientFactory": "client",
+    "CapacityStoreFactory": "conformance",
     "ClusterFactory": "cluster",
     "PresenceStoreFactory": "conformance",
     "RecordingSocket": "contexts",
@@ -68,6 +74,7 @@ _HOME = {
     "WsCluster": "cluster",
     "WsTestClient": "client",
     "assert_delivered_once": "cluster",
+    "check_capacity_store": "conformance",
     "check_presence_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",

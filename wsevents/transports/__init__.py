@@ -13,6 +13,7 @@ from .base import (
     BaseTransport,
     BroadcastTransport,
     Capabilities,
+    CapacityStore,
     ConnectionDirectory,
     HistoryEntry,
     HistoryStore,
@@ -25,7 +26,13 @@ from .base import (
     StreamPosition,
     TransportStateEvents,
 )
-from .memory import MemoryBus, MemoryHistoryStore, MemoryPresenceStore, MemoryTransport
+from .memory import (
+    MemoryBus,
+    MemoryCapacityStore,
+    MemoryHistoryStore,
+    MemoryPresenceStore,
+    MemoryTransport,
+)
 
 if TYPE_CHECKING:
     from .redis import RedisTransport
@@ -34,10 +41,12 @@ __all__ = [
     "BaseTransport",
     "BroadcastTransport",
     "Capabilities",
+    "CapacityStore",
     "ConnectionDirectory",
     "HistoryEntry",
     "HistoryStore",
     "MemoryBus",
+    "MemoryCapacityStore",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
     "MemoryTransport",

@@ -25,7 +25,9 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
 * ``<prefix>ws:presence:...``: the presence store (see ``_presence``), keys of a room
   hash-tagged ``{<room>}``;
 * ``<prefix>ws:history:...``: the history store (see ``_history``), a stream, an offset
-  and an epoch per history room, hash-tagged ``{<room>}``.
+  and an epoch per history room, hash-tagged ``{<room>}``;
+* ``<prefix>ws:capacity:...``: the capacity store (see ``_capacity``), the places and the
+  instances' leases per capped room, hash-tagged ``{<room>}``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from redis.backoff import ExponentialBackoff
 from ..._aio import TaskSet
 from ...exceptions import TransportError
 from ..base import BaseTransport, Capabilities, PayloadHandler, StateListener
+from ._capacity import RedisCapacity
 from ._commands import cause
 from ._directory import RedisDirectory
 from ._history import RedisHistory
@@ -56,7 +59,8 @@ log = logging.getLogger("wsevents.transports.redis")
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events and a
-    [`PresenceStore`][wsevents.PresenceStore] and a [`HistoryStore`][wsevents.HistoryStore].
+    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore] and
+    a [`CapacityStore`][wsevents.CapacityStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -156,6 +160,9 @@ class RedisTransport(BaseTransport):
         )
         self._presence = RedisPresence(client, prefix=prefix, command_timeout=self.command_timeout)
         self._history = RedisHistory(client, prefix=prefix, command_timeout=self.command_timeout)
+        self._capacity = RedisCapacity(
+            client, prefix=prefix, command_timeout=self.command_timeout, pubsub=self._pubsub
+        )
         # Rewrite the directory whenever the connection comes up: Redis may have
         # restarted empty.
         self._pubsub.on_up = self._directory.wake
@@ -322,13 +329,14 @@ class RedisTransport(BaseTransport):
             await self.client.aclose()
 
     def capabilities(self) -> Capabilities:
-        """The connection directory, the backend state events, the presence store and the
-        history store, each its own object."""
+        """The connection directory, the backend state events, the presence store, the
+        history store and the capacity store, each its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self._pubsub,
             presence=self._presence,
             history=self._history,
+            capacity=self._capacity,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------
