@@ -164,6 +164,7 @@ LAYER_ORDER = [
     "rooms",
     "presence",
     "history",
+    "metrics",
     "dispatch",
     "composables",
     "app",

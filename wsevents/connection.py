@@ -258,6 +258,16 @@ class Connection:
 
     # -- sending -------------------------------------------------------------------------
 
+    @property
+    def slow_consumer(self) -> bool:
+        """True once the connection was closed because its send buffer overflowed."""
+        return self._overflowed
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes sent to the connection and not yet handed to the network."""
+        return self._socket.buffer_size()
+
     def send_frame(self, payload: bytes) -> bool:
         """Send an already encoded message (e.g. one broadcast frame shared by many).
 
