@@ -284,6 +284,11 @@ class Connection:
                 "closing slow consumer %s: send buffer over %d bytes",
                 self.id,
                 self._max_send_buffer,
+                extra={
+                    "conn": self.id,
+                    "code": SLOW_CONSUMER_CLOSE_CODE,
+                    "reason": "slow_consumer",
+                },
             )
             socket.close(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
             return False

@@ -481,7 +481,11 @@ async def _heartbeat(ws_app: WsApp) -> None:
         for conn in pinged:
             # A reader paused by max_in_flight cannot see the pong: not a dead peer.
             if not conn.is_alive and not conn.closed and not conn.reading_paused:
-                log.info("heartbeat timeout, dropping %s", conn.id)
+                log.info(
+                    "heartbeat timeout, dropping %s",
+                    conn.id,
+                    extra={"conn": conn.id, "reason": "heartbeat_timeout"},
+                )
                 conn.abort()
 
 
