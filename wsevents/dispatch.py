@@ -526,7 +526,11 @@ class Dispatcher:
             self._fail(scope, exc, stats)
             return
         elapsed = perf_counter() - start
-        stats.buckets[bisect_left(stats.bounds, elapsed)] += 1
+        # Most handlers finish within the first bucket: a comparison instead of a bisect.
+        if elapsed <= stats.first:
+            stats.buckets[0] += 1
+        else:
+            stats.buckets[bisect_left(stats.bounds, elapsed)] += 1
         stats.seconds += elapsed
         msg = scope.message
         if not msg.has_id:

@@ -83,6 +83,7 @@ class RouteStats:
         event: the ``event`` label.
         route: the ``route`` label (the route pattern).
         bounds: the histogram's upper bounds (shared by every route of the app).
+        first: the first bound.
         buckets: handler runs per bucket (not cumulative; the last one is ``+Inf``).
         seconds: the total of the handler durations.
         unobserved: messages counted without a duration (404 replies).
@@ -96,6 +97,7 @@ class RouteStats:
         "buckets",
         "errors",
         "event",
+        "first",
         "no_reply",
         "rate_limited",
         "route",
@@ -107,6 +109,7 @@ class RouteStats:
         self.event = event
         self.route = route
         self.bounds = bounds
+        self.first = bounds[0]
         self.buckets = [0] * (len(bounds) + 1)
         self.seconds = 0.0
         self.unobserved = 0
