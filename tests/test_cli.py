@@ -607,3 +607,54 @@ def test_metrics_with_an_aiohttp_app_without_ws_app_is_one_line_error() -> None:
 def test_bad_log_format_is_a_usage_error() -> None:
     result = run_cli("run", "examples.reference_app:app", "--log-format", "xml")
     assert result.returncode == 2 and "--log-format" in result.stderr
+
+
+async def test_metrics_of_several_processes_add_up_in_multiprocess_mode(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    import os
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    first = start_server("examples.reference_app:app", "--metrics", env=env)
+    second = start_server("examples.reference_app:app", "--metrics", env=env)
+    await first.wait_ready()
+    await second.wait_ready()
+
+    async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with session.get(f"http://127.0.0.1:{first.port}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    echo = ("wsevents_messages_received_total", (("event", "rpc"), ("route", "/echo")))
+    ok = ("wsevents_replies_total", (("code", "200"), ("event", "rpc"), ("route", "/echo")))
+    count = (
+        "wsevents_handler_duration_seconds_count",
+        (("event", "rpc"), ("route", "/echo")),
+    )
+    async with (
+        session.ws_connect(first.url("/ws")) as a,
+        session.ws_connect(second.url("/ws")) as b,
+    ):
+        for n in range(3):
+            assert (await rpc(a, "/echo", n, n))["data"] == n
+        for n in range(2):
+            assert (await rpc(b, "/echo", n, n))["data"] == n
+        samples = await scrape()
+        for _ in range(100):  # the second process writes its counters every second
+            if samples.get(echo) == 5:
+                break
+            await asyncio.sleep(0.1)
+            samples = await scrape()
+        assert samples[echo] == 5
+        assert samples[ok] == 5 and samples[count] == 5
+        assert samples["wsevents_connections", ()] == 2
+        assert samples["wsevents_transport_up", ()] == 1

@@ -10,6 +10,7 @@ reach it through that registry, so this module never imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import inspect
 import logging
@@ -281,6 +282,7 @@ class WsApp(_MessageDecorators, WsServer):
         self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
         # -- operability --
         self._metrics: Metrics | None = None
+        self._metrics_sync: asyncio.Task[None] | None = None
         self._transport_up = True
 
     @property
@@ -691,6 +693,8 @@ class WsApp(_MessageDecorators, WsServer):
         self._closing = False
         await self.rooms.cluster.start(self._connections, self._transport_state_changed)
         await self.presence.start()
+        if self._metrics is not None and self._metrics.multiprocess:
+            self._metrics_sync = asyncio.get_running_loop().create_task(self._metrics.run_sync())
 
     async def shutdown(self) -> None:
         """Close every connection with 1001 and let running handlers finish (graceful)."""
@@ -715,6 +719,13 @@ class WsApp(_MessageDecorators, WsServer):
         """Shut down and close the transport; the adapter's cleanup calls it."""
         await self.shutdown()
         self._sessions.close()
+        sync, self._metrics_sync = self._metrics_sync, None
+        if sync is not None:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+        if self._metrics is not None:
+            self._metrics.sync()
         if self._started:
             await self.presence.close()
             await self.history.close()

@@ -11,11 +11,17 @@ Labels have bounded cardinality: ``route`` is the route *pattern* (``/chat/rooms
 and ``event`` the route's event; a message no route matches counts under
 [`UNMATCHED`][] for both, whatever its path. Close codes sent by clients outside the
 standard range count as ``"other"``, and so do reply codes outside 100 to 599.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set, the counters are also written to
+``prometheus-client``'s multi-process files every [`SYNC_INTERVAL`][] seconds, so that one
+scrape answers for every process of a server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import os
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BUCKETS",
     "HANDSHAKE_REFUSALS",
+    "SPECS",
+    "SYNC_INTERVAL",
     "UNMATCHED",
     "Metrics",
     "RouteStats",
@@ -173,6 +181,9 @@ class Metrics:
         self.handshakes_rate_limited = 0
         self.unmatched = RouteStats(UNMATCHED, UNMATCHED, bounds)
         self._routes: dict[tuple[str, str], RouteStats] = {}
+        self._mirror: _Mirror | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._mirror = _Mirror(require_prometheus_client(), bounds)
 
     def route(self, event: str, pattern: str) -> RouteStats:
         """The [`RouteStats`][] of the route ``event pattern`` (made on first use)."""
@@ -248,89 +259,204 @@ class Metrics:
     def collect(self) -> Iterator[Any]:
         """Yield the metric families (``prometheus_client`` calls it at every scrape)."""
         core = importlib.import_module("prometheus_client.core")
-        gauge, counter = core.GaugeMetricFamily, core.CounterMetricFamily
-        s = self.samples()
-
-        def one(family: Any, name: str, text: str) -> Any:
-            return family(name.removesuffix("_total"), text, value=s[name])
-
-        def labelled(family: Any, name: str, text: str, labels: list[str]) -> Any:
-            metric = family(name.removesuffix("_total"), text, labels=labels)
-            for key, value in s[name].items():
-                metric.add_metric(list(key) if isinstance(key, tuple) else [key], value)
-            return metric
-
-        yield one(gauge, "wsevents_connections", "Open WebSocket connections.")
-        yield one(counter, "wsevents_connections_opened_total", "Connections accepted.")
-        yield labelled(
-            counter,
-            "wsevents_connections_closed_total",
-            "Connections closed, by close code and by which side closed.",
-            ["code", "by"],
-        )
-        yield labelled(
-            counter,
-            "wsevents_connections_refused_total",
-            "Connections refused, by reason.",
-            ["reason"],
-        )
-        yield labelled(
-            counter,
-            "wsevents_messages_received_total",
-            "Messages received, by event and route pattern.",
-            ["event", "route"],
-        )
-        yield one(counter, "wsevents_messages_invalid_total", "Frames dropped as malformed.")
-        yield labelled(
-            counter,
-            "wsevents_replies_total",
-            "RPC replies sent, by event, route pattern and code (200: data).",
-            ["event", "route", "code"],
-        )
-        histogram = core.HistogramMetricFamily(
-            "wsevents_handler_duration_seconds",
-            "Time from dispatch to the handler's result, by event and route pattern.",
-            labels=["event", "route"],
-        )
-        for stats in self.routes():
-            cumulative, total = [], 0
-            for bound, count in zip((*self.bounds, float("inf")), stats.buckets, strict=True):
-                total += count
-                cumulative.append((_le(bound), total))
-            histogram.add_metric([stats.event, stats.route], cumulative, stats.seconds)
-        yield histogram
-        yield one(
-            counter, "wsevents_pushes_delivered_total", "Pushes written to local connections."
-        )
-        yield labelled(
-            counter,
-            "wsevents_pushes_dropped_total",
-            "Pushes not written, by reason (slow_consumer, closed).",
-            ["reason"],
-        )
-        yield one(
-            counter,
-            "wsevents_slow_consumers_closed_total",
-            "Connections closed because their send buffer overflowed.",
-        )
-        yield labelled(
-            counter,
-            "wsevents_rate_limit_rejections_total",
-            "Messages (429 replies) and upgrades refused by rate limits.",
-            ["kind"],
-        )
-        yield one(gauge, "wsevents_rooms", "Rooms with a member on this instance.")
-        yield one(
-            gauge, "wsevents_transport_up", "1 while the transport reaches its backend, else 0."
-        )
-        yield one(
-            counter, "wsevents_transport_publishes_total", "Envelopes published to the transport."
-        )
-        yield one(counter, "wsevents_transport_publish_errors_total", "Publishes that failed.")
+        families = {"gauge": core.GaugeMetricFamily, "counter": core.CounterMetricFamily}
+        samples = self.samples()
+        for name, kind, text, labels in SPECS:
+            if kind == "histogram":
+                histogram = core.HistogramMetricFamily(name, text, labels=list(labels))
+                for stats in self.routes():
+                    cumulative, total = [], 0
+                    bounds = (*self.bounds, float("inf"))
+                    for bound, count in zip(bounds, stats.buckets, strict=True):
+                        total += count
+                        cumulative.append((_le(bound), total))
+                    histogram.add_metric([stats.event, stats.route], cumulative, stats.seconds)
+                yield histogram
+                continue
+            value = samples[name]
+            if not labels:
+                yield families[kind](name.removesuffix("_total"), text, value=value)
+                continue
+            family = families[kind](name.removesuffix("_total"), text, labels=list(labels))
+            for key, count in value.items():
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+            yield family
 
     def describe(self) -> Iterator[Any]:
         """The metric families, for registration (values do not matter there)."""
         return self.collect()
+
+    # -- several processes ----------------------------------------------------------------
+
+    @property
+    def multiprocess(self) -> bool:
+        """True when the counters are also written to ``PROMETHEUS_MULTIPROC_DIR`` (see
+        [`sync`][])."""
+        return self._mirror is not None
+
+    def sync(self) -> None:
+        """Write what was counted since the last call to ``prometheus-client``'s
+        multi-process files (nothing without ``PROMETHEUS_MULTIPROC_DIR``).
+
+        The app calls it every [`SYNC_INTERVAL`][] seconds while it runs, when it stops, and
+        ``/metrics`` before every scrape it serves.
+        """
+        if self._mirror is not None:
+            self._mirror.sync(self)
+
+    async def run_sync(self) -> None:
+        """Call [`sync`][] every [`SYNC_INTERVAL`][] seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            self.sync()
+
+
+SYNC_INTERVAL = 1.0
+"""Seconds between two writes of the counters to the multi-process files."""
+
+# name, type, help, labels: what is exported, in this order.
+SPECS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("wsevents_connections", "gauge", "Open WebSocket connections.", ()),
+    ("wsevents_connections_opened_total", "counter", "Connections accepted.", ()),
+    (
+        "wsevents_connections_closed_total",
+        "counter",
+        "Connections closed, by close code and by which side closed.",
+        ("code", "by"),
+    ),
+    (
+        "wsevents_connections_refused_total",
+        "counter",
+        "Connections refused, by reason.",
+        ("reason",),
+    ),
+    (
+        "wsevents_messages_received_total",
+        "counter",
+        "Messages received, by event and route pattern.",
+        ("event", "route"),
+    ),
+    ("wsevents_messages_invalid_total", "counter", "Frames dropped as malformed.", ()),
+    (
+        "wsevents_replies_total",
+        "counter",
+        "RPC replies sent, by event, route pattern and code (200: data).",
+        ("event", "route", "code"),
+    ),
+    (
+        "wsevents_handler_duration_seconds",
+        "histogram",
+        "Time from dispatch to the handler's result, by event and route pattern.",
+        ("event", "route"),
+    ),
+    ("wsevents_pushes_delivered_total", "counter", "Pushes written to local connections.", ()),
+    (
+        "wsevents_pushes_dropped_total",
+        "counter",
+        "Pushes not written, by reason (slow_consumer, closed).",
+        ("reason",),
+    ),
+    (
+        "wsevents_slow_consumers_closed_total",
+        "counter",
+        "Connections closed because their send buffer overflowed.",
+        (),
+    ),
+    (
+        "wsevents_rate_limit_rejections_total",
+        "counter",
+        "Messages (429 replies) and upgrades refused by rate limits.",
+        ("kind",),
+    ),
+    ("wsevents_rooms", "gauge", "Rooms with a member on this instance.", ()),
+    (
+        "wsevents_transport_up",
+        "gauge",
+        "1 while the transport reaches its backend, else 0.",
+        (),
+    ),
+    (
+        "wsevents_transport_publishes_total",
+        "counter",
+        "Envelopes published to the transport.",
+        (),
+    ),
+    ("wsevents_transport_publish_errors_total", "counter", "Publishes that failed.", ()),
+)
+
+# How each gauge adds up over processes: connections and rooms are summed over the live
+# processes; the transport is up only when it is up in every one of them.
+_GAUGE_MODES = {
+    "wsevents_connections": "livesum",
+    "wsevents_rooms": "livesum",
+    "wsevents_transport_up": "livemin",
+}
+
+
+class _Mirror:
+    """``prometheus-client`` metrics in multi-process mode, fed with the counters' deltas.
+
+    Their values live in files under ``PROMETHEUS_MULTIPROC_DIR`` that every process of a
+    server writes and the one answering a scrape reads (``MultiProcessCollector``).
+    """
+
+    def __init__(self, prometheus: Any, bounds: tuple[float, ...]) -> None:
+        # A registry of their own: in multi-process mode, what counts is the files.
+        registry = prometheus.CollectorRegistry()
+        self._metrics: dict[str, Any] = {}
+        for name, kind, text, labels in SPECS:
+            base = name.removesuffix("_total")
+            if kind == "counter":
+                metric = prometheus.Counter(base, text, labels, registry=registry)
+            elif kind == "gauge":
+                metric = prometheus.Gauge(
+                    base, text, labels, registry=registry, multiprocess_mode=_GAUGE_MODES[name]
+                )
+            else:
+                metric = prometheus.Histogram(base, text, labels, registry=registry, buckets=bounds)
+            self._metrics[name] = metric
+        self._last: dict[tuple[str, Any], float] = {}
+
+    def sync(self, metrics: Metrics) -> None:
+        samples = metrics.samples()
+        last = self._last
+        for name, kind, _, labels in SPECS:
+            metric = self._metrics[name]
+            if kind == "histogram":
+                for stats in metrics.routes():
+                    self._sync_histogram(metric.labels(stats.event, stats.route), stats)
+                continue
+            values = samples[name] if labels else {(): samples[name]}
+            for key, value in values.items():
+                child = metric.labels(*_tuple(key)) if labels else metric
+                if kind == "gauge":
+                    child.set(value)
+                    continue
+                delta = value - last.get((name, key), 0)
+                if delta:
+                    child.inc(delta)
+                    last[name, key] = value
+
+    def _sync_histogram(self, child: Any, stats: RouteStats) -> None:
+        # prometheus-client has no public way to add bucket counts; its Histogram child
+        # keeps one value per bucket (not cumulative) and the sum, as RouteStats does.
+        last = self._last
+        key: tuple[str, Any]
+        for index, count in enumerate(stats.buckets):
+            key = ("histogram", (stats.event, stats.route, index))
+            delta = count - last.get(key, 0)
+            if delta:
+                child._buckets[index].inc(delta)
+                last[key] = count
+        key = ("histogram", (stats.event, stats.route, "sum"))
+        delta_sum = stats.seconds - last.get(key, 0.0)
+        if delta_sum:
+            child._sum.inc(delta_sum)
+            last[key] = stats.seconds
+
+
+def _tuple(key: Any) -> tuple[Any, ...]:
+    return key if isinstance(key, tuple) else (key,)
 
 
 def _le(bound: float) -> str:

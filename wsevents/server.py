@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib
 import logging
 import math
 import socket as _socket
@@ -591,8 +592,10 @@ def add_metrics_route(
 
     With ``ws_app``, its metrics are enabled first (in ``registry``) unless they already
     are. The response is what ``registry`` holds (default: ``prometheus_client.REGISTRY``,
-    which also has the process and Python collectors). Each process serves its own
-    counters (see [monitoring](../monitoring.md#several-processes)).
+    which also has the process and Python collectors). With the
+    ``PROMETHEUS_MULTIPROC_DIR`` environment variable set (``prometheus-client``'s
+    multi-process mode), it is what every process of the server wrote there instead (see
+    [monitoring](../monitoring.md#several-processes)).
 
     Raises:
         ImportError: ``prometheus-client`` is not installed.
@@ -600,12 +603,21 @@ def add_metrics_route(
     from .metrics import require_prometheus_client
 
     prometheus = require_prometheus_client()
+    multiprocess = importlib.import_module("prometheus_client.multiprocess")
     if ws_app is not None and ws_app.metrics is None:
         ws_app.enable_metrics(registry=registry)
     source = registry if registry is not None else prometheus.REGISTRY
 
     async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=prometheus.generate_latest(source))
+        exported = source
+        counted = ws_app.metrics if ws_app is not None else None
+        if counted is not None and counted.multiprocess:
+            # Every process writes its counters to PROMETHEUS_MULTIPROC_DIR; this one
+            # writes its latest first, then answers with what all of them wrote.
+            counted.sync()
+            exported = prometheus.CollectorRegistry()
+            multiprocess.MultiProcessCollector(exported)
+        response = web.Response(body=prometheus.generate_latest(exported))
         response.headers[hdrs.CONTENT_TYPE] = prometheus.CONTENT_TYPE_LATEST
         return response
 
