@@ -658,3 +658,31 @@ async def test_metrics_of_several_processes_add_up_in_multiprocess_mode(
         assert samples[ok] == 5 and samples[count] == 5
         assert samples["wsevents_connections", ()] == 2
         assert samples["wsevents_transport_up", ()] == 1
+
+
+async def test_metrics_port_serves_them_on_a_port_of_their_own(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    metrics_port = free_port()
+    server = start_server("examples.reference_app:app", "--metrics-port", str(metrics_port))
+    await server.wait_ready()
+    async with session.ws_connect(server.url("/ws")) as ws:
+        assert (await rpc(ws, "/echo", 1))["data"] == 1
+        async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    assert 'wsevents_replies_total{code="200",event="rpc",route="/echo"} 1.0' in text
+    assert "process_cpu_seconds_total" in text  # prometheus_client's default registry
+    async with session.get(f"http://127.0.0.1:{server.port}/metrics") as resp:
+        assert resp.status == 404  # not on the WebSocket's port without --metrics
+
+
+def test_metrics_port_in_use_is_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = one_line_error(
+            run_cli("run", "examples.reference_app:app", "--port", "0", "--metrics-port", port)
+        )
+    assert "--metrics-port: cannot listen on 127.0.0.1:" in line

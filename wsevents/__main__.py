@@ -122,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
         "'wsevents[metrics]')",
     )
     run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve the Prometheus metrics on this port of --host instead (its own HTTP "
+        "server, in a thread)",
+    )
+    run.add_argument(
         "--admin-token",
         metavar="TOKEN",
         default=os.environ.get("WSEVENTS_ADMIN_TOKEN") or None,
@@ -244,6 +251,28 @@ def plug_redis(
     if ws_app.transport is not None:
         log.warning("--redis-url replaces the transport the app was created with")
     ws_app.set_transport(transport)
+
+
+def serve_metrics_port(target: Any, host: str, port: int) -> None:
+    """Enable the metrics of the target's WsApp and export them on ``host:port`` with
+    ``prometheus_client.start_http_server`` (a daemon thread).
+
+    Raises:
+        TargetError: no WsApp.
+        UsageError: prometheus-client is missing, or the port cannot be bound.
+    """
+    ws_app = _ws_app_of(target, "--metrics-port")
+    prometheus = _require_prometheus()
+    metrics = ws_app.metrics if ws_app.metrics is not None else ws_app.enable_metrics()
+    registry = prometheus.REGISTRY
+    if metrics.multiprocess:
+        # The app writes its counters every SYNC_INTERVAL; this thread only reads the files.
+        registry = prometheus.CollectorRegistry()
+        importlib.import_module("prometheus_client.multiprocess").MultiProcessCollector(registry)
+    try:
+        prometheus.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise UsageError(f"--metrics-port: {_bind_error(host, port, exc)}") from None
 
 
 def plug_operability(target: Any, *, metrics: bool = False, admin_token: str | None = None) -> Any:
@@ -472,11 +501,11 @@ def _serve(
     )
 
 
-def _require_prometheus() -> None:
+def _require_prometheus() -> Any:
     from .metrics import require_prometheus_client
 
     try:
-        require_prometheus_client()
+        return require_prometheus_client()
     except ImportError as exc:
         raise UsageError(f"--metrics {exc}") from None
 
@@ -516,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = load_target(args.target, loop)
         if args.metrics:
             _require_prometheus()
+        if args.metrics_port is not None:
+            serve_metrics_port(target, args.host, args.metrics_port)
         if args.allow_origin:
             plug_origins(target, args.allow_origin)
         if args.redis_url:

@@ -220,7 +220,12 @@ class Metrics:
 
     def samples(self) -> dict[str, Any]:
         """Every count as plain values: ``{metric name: value or {labels: value}}`` (what
-        [`collect`][] exports, without ``prometheus_client``)."""
+        [`collect`][] exports, without ``prometheus_client``).
+
+        Safe to call from another thread (``prometheus_client.start_http_server``): it
+        copies the counters with single C-level calls (``dict()``, ``tuple()``, ``sum()``)
+        that the event loop cannot interleave with.
+        """
         app = self._app
         cluster = app.rooms.cluster
         deliveries = cluster.deliveries
