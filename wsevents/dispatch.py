@@ -20,6 +20,12 @@ interceptor chain. Without interceptors and app guards, a sync endpoint runs to 
 inside ``Dispatcher.handle_frame`` and an async one in a task of its own (counted against
 ``max_in_flight``); with any, every routed message runs in a task of its own, through the
 chain.
+
+Metrics ([`WsApp.enable_metrics`][wsevents.WsApp.enable_metrics]) are not an interceptor:
+a task per message would cost more than counting it. Each endpoint carries its
+[`RouteStats`][wsevents.metrics.RouteStats] (``None`` while metrics are off, a single test
+per message), and the sync path has a metered twin that adds the handler's duration and
+outcome to it.
 """
 
 from __future__ import annotations
