@@ -328,3 +328,33 @@ def test_codes_outside_the_usual_ranges_share_a_label() -> None:
     assert close_code_label(4999, by_server=True) == "4999"
     assert close_code_label(4999, by_server=False) == "other"
     assert close_code_label(1001, by_server=False) == "1001"
+
+
+def test_without_prometheus_client_enabling_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # imports of it now fail
+    ws = WsApp(heartbeat=0)
+    with pytest.raises(ImportError, match=r"pip install 'wsevents\[metrics\]'"):
+        ws.enable_metrics()
+    with pytest.raises(ImportError, match="wsevents"):
+        add_metrics_route(web.Application(), ws)
+    assert ws.metrics is None
+
+
+def test_the_cli_without_prometheus_client_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from wsevents.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    status = main(["run", "examples.reference_app:app", "--port", "0", "--metrics"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --metrics metrics need prometheus-client: pip install 'wsevents[metrics]'"
+    ]

@@ -299,10 +299,8 @@ def plug_operability(target: Any, *, metrics: bool = False, admin_token: str | N
         return app
     add_health_routes(app, ws_app)
     if metrics:
-        try:
-            add_metrics_route(app, ws_app)
-        except ImportError as exc:
-            raise UsageError(f"--metrics {exc}") from None
+        _require_prometheus()
+        add_metrics_route(app, ws_app)
     if admin_token:
         add_admin_routes(app, ws_app, admin_token)
     return app
@@ -506,8 +504,9 @@ def _require_prometheus() -> Any:
 
     try:
         return require_prometheus_client()
-    except ImportError as exc:
-        raise UsageError(f"--metrics {exc}") from None
+    except ImportError:
+        msg = "--metrics needs prometheus-client: pip install 'wsevents[metrics]'"
+        raise UsageError(msg) from None
 
 
 def _configure_logging(level: str, style: str) -> None:

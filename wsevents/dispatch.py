@@ -36,7 +36,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from contextvars import copy_context
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -130,7 +130,7 @@ class Endpoint:
     data: DataContract | None = None
     reply: DataContract | None = None
     params: ParamsContract | None = None
-    stats: RouteStats | None = None
+    stats: RouteStats | None = field(default=None, compare=False)
     """The route's counters while metrics are enabled (the dispatcher attaches them)."""
 
     @classmethod
