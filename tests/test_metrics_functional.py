@@ -355,6 +355,4 @@ def test_the_cli_without_prometheus_client_is_a_one_line_error(
     status = main(["run", "examples.reference_app:app", "--port", "0", "--metrics"])
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "error: --metrics metrics need prometheus-client: pip install 'wsevents[metrics]'"
-    ]
+    assert err == ["error: --metrics needs prometheus-client: pip install 'wsevents[metrics]'"]
