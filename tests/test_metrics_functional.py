@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsevents import (
+    MemoryBus,
+    MemoryTransport,
     Metrics,
     RateLimit,
     WsApp,
@@ -356,3 +358,44 @@ def test_the_cli_without_prometheus_client_is_a_one_line_error(
     assert status == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --metrics needs prometheus-client: pip install 'wsevents[metrics]'"]
+
+
+async def test_publishes_and_inbound_deliveries_across_instances(aiohttp_client: Any) -> None:
+    bus = MemoryBus()
+    a, _ = build(transport=MemoryTransport(bus))
+    b, _ = build(transport=MemoryTransport(bus))
+    server_a, connect_a = await serve(aiohttp_client, a, CollectorRegistry())
+    server_b, connect_b = await serve(aiohttp_client, b, CollectorRegistry())
+    sender, members = await connect_a(), [await connect_b() for _ in range(2)]
+    assert (await sender.request("join", "/rooms/x", message_id=1))["data"] is True
+    for n, member in enumerate(members):
+        assert (await member.request("join", "/rooms/x", message_id=n))["data"] is True
+    assert (await sender.request("say", "/rooms/x", "hi", message_id=2))["data"] == 0
+    for member in members:
+        assert (await member.next_push())["data"] == "hi"
+    sa, sb = await scrape(server_a), await scrape(server_b)
+    assert value(sa, "wsevents_transport_publishes_total") == 1
+    assert value(sa, "wsevents_transport_publish_errors_total") == 0
+    assert value(sa, "wsevents_pushes_delivered_total") == 0  # the sender was left out
+    assert value(sb, "wsevents_pushes_delivered_total") == 2  # one envelope, two members
+    assert value(sb, "wsevents_transport_publishes_total") == 0
+
+
+class BrokenTransport(MemoryTransport):
+    """A transport whose backend refuses every publish (subscriptions work)."""
+
+    async def publish(self, channel: str, payload: str) -> None:
+        raise ConnectionError("backend gone")
+
+
+async def test_failed_publishes_are_counted(aiohttp_client: Any) -> None:
+    ws, _ = build(transport=BrokenTransport())
+    server, connect = await serve(aiohttp_client, ws, CollectorRegistry())
+    client = await connect()
+    assert (await client.request("join", "/rooms/x", message_id=1))["data"] is True
+    for n in range(3):
+        assert (await client.request("say", "/rooms/x", n, message_id=2 + n))["data"] == 0
+    s = await scrape(server)
+    assert value(s, "wsevents_transport_publishes_total") == 3
+    assert value(s, "wsevents_transport_publish_errors_total") == 3
+    assert ws.snapshot()["transport"]["publish_errors"] == 3

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from wsevents import WsApp, WsError, use_ws_connection, use_ws_message, use_ws_rooms
 from wsevents.logs import LogFormatter
@@ -145,11 +146,13 @@ async def test_readyz_is_503_while_the_transport_is_down(aiohttp_client: Any) ->
 
     # Nothing listens on port 1: the app serves alone, its transport down.
     ws = build(transport=RedisTransport.from_url("redis://127.0.0.1:1/0", connect_timeout=0.2))
+    metrics = ws.enable_metrics(registry=CollectorRegistry())
     server = await serve(aiohttp_client, ws)
     resp = await server.get("/readyz")
     assert resp.status == 503
     assert await resp.json() == {"ready": False, "closing": False, "transport_up": False}
     assert ws.snapshot()["transport"]["up"] is False
+    assert metrics.samples()["wsevents_transport_up"] == 0
     assert (await server.get("/healthz")).status == 200
 
 
