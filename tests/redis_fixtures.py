@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from .redis_support import REDIS_SERVER, REDIS_URL, ThrowawayRedis, delete_keys, free_port, unique
+from .redis_support import (
+    REDIS_CLI,
+    REDIS_SERVER,
+    REDIS_URL,
+    ThrowawayRedis,
+    ThrowawayRedisCluster,
+    delete_cluster_keys,
+    delete_keys,
+    free_port,
+    unique,
+)
 
 
 @pytest.fixture
@@ -42,3 +53,27 @@ async def throwaway_redis() -> AsyncIterator[ThrowawayRedis]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawayRedisCluster]:
+    """A 3-master 3-replica Redis Cluster on loopback, started once per session (skips the
+    test when redis-server or redis-cli is not installed)."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server and redis-cli are needed for a Redis Cluster")
+    cluster = ThrowawayRedisCluster(str(tmp_path_factory.mktemp("redis-cluster")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def cluster_prefix(redis_cluster: ThrowawayRedisCluster) -> AsyncIterator[str]:
+    """A fresh channel/key prefix on the Redis Cluster; its keys are deleted after the
+    test (once the cluster is healthy again, if the test killed a master)."""
+    value = unique("wsevents-test") + ":"
+    yield value
+    await asyncio.to_thread(redis_cluster.wait_healthy)
+    await delete_cluster_keys(redis_cluster, value)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -131,3 +133,181 @@ class ThrowawayRedis:
         except TimeoutError:
             proc.kill()
             await asyncio.wait_for(proc.wait(), 10)
+
+
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_ports(count: int) -> list[int]:
+    """``count`` distinct free ports P with P + 10000 free too (a cluster node's bus port),
+    all at most 55535."""
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(20000, 45000)
+        if port not in ports and _bindable(port) and _bindable(port + 10000):
+            ports.append(port)
+    return ports
+
+
+class ThrowawayRedisCluster:
+    """A Redis Cluster of ``masters`` masters with one replica each, as ``redis-server``
+    subprocesses in ``directory`` on free loopback ports, created with
+    ``redis-cli --cluster create``.
+
+    Synchronous, so that a session-scoped fixture starts it once. ``stop()`` ends every
+    process it started, by PID. ``cluster-node-timeout`` is short (1 s) so that a killed
+    master is replaced within seconds, and the cluster keeps serving the other shards'
+    slots meanwhile (``cluster-require-full-coverage no``).
+    """
+
+    def __init__(self, directory: str, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.directory = directory
+        self.masters = masters
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = free_cluster_ports(masters * 2)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with every node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start_node(self, port: int) -> None:
+        assert REDIS_SERVER is not None
+        self.procs[port] = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", os.path.join(self.directory, f"nodes-{port}.conf"),
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                "--cluster-require-full-coverage", "no",
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--protected-mode", "no",
+                "--dir", self.directory,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._wait_ping(port)
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        assert REDIS_CLI is not None
+        subprocess.run(
+            [
+                REDIS_CLI, "--cluster", "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas", "1", "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )  # fmt: skip
+        self.wait_healthy()
+
+    def cli(self, port: int, *args: str) -> str:
+        assert REDIS_CLI is not None
+        done = subprocess.run(
+            [REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return done.stdout
+
+    def _wait_ping(self, port: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.cli(port, "PING").strip() != "PONG":
+            if time.monotonic() > deadline or self.procs[port].poll() is not None:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(0.05)
+
+    def roles(self) -> dict[int, str]:
+        """Port → ``master`` or ``slave``, of the live nodes."""
+        out: dict[int, str] = {}
+        for port, proc in self.procs.items():
+            if proc.poll() is None:
+                first = self.cli(port, "ROLE").split("\n", 1)[0].strip()
+                out[port] = first
+        return out
+
+    def master_ports(self) -> list[int]:
+        return sorted(port for port, role in self.roles().items() if role == "master")
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every live node reports ``cluster_state:ok``, there are ``masters`` live
+        masters owning every slot and every live replica is in sync with its master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [p for p, proc in self.procs.items() if proc.poll() is None]
+            states = [self.cli(p, "CLUSTER", "INFO") for p in live]
+            if (
+                all("cluster_state:ok" in s for s in states)
+                and len(self.master_ports()) == self.masters
+                and all("cluster_slots_ok:16384" in s for s in states)
+                and all(
+                    "master_link_status:up" in self.cli(p, "INFO", "replication")
+                    for p, role in self.roles().items()
+                    if role == "slave"
+                )
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster is not healthy after {timeout} s: {states}")
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (by its PID) and reap it."""
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again with its cluster config (it rejoins)."""
+        self.start_node(port)
+
+    def stop(self) -> None:
+        """End every process started here, by PID (SIGTERM, then SIGKILL)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+async def delete_cluster_keys(cluster: ThrowawayRedisCluster, prefix: str) -> int:
+    """Delete every key under ``prefix`` on every master of ``cluster``; returns how many."""
+    total = 0
+    for port in cluster.master_ports():
+        node = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            keys = [key async for key in node.scan_iter(match=prefix + "*", count=500)]
+            if keys:
+                async with node.pipeline(transaction=False) as pipe:
+                    for key in keys:  # one DEL per key: keys of several slots
+                        _ = pipe.delete(key)
+                    await pipe.execute()
+            total += len(keys)
+        finally:
+            await node.aclose()
+    return total

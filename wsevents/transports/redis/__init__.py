@@ -37,6 +37,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -49,9 +50,10 @@ from ._directory import RedisDirectory
 from ._history import RedisHistory
 from ._presence import RedisPresence
 from ._pubsub import PubSub
-from ._url import describe_client, redact_url
+from ._sharded import ShardedPubSub
+from ._url import describe_client, is_cluster_url, parse_cluster_url, redact_url
 
-__all__ = ["RedisTransport", "StateListener", "redact_url"]
+__all__ = ["RedisClusterTransport", "RedisTransport", "StateListener", "redact_url"]
 
 log = logging.getLogger("wsevents.transports.redis")
 
@@ -103,6 +105,8 @@ class RedisTransport(BaseTransport):
     After [`close`][], [`start`][] may run it again (on any event loop).
     """
 
+    _pubsub_class: type[PubSub] = PubSub
+
     def __init__(
         self,
         client: aioredis.Redis,
@@ -138,7 +142,7 @@ class RedisTransport(BaseTransport):
         self._tasks = TaskSet()  # every task of the reader, the subscriptions and the hooks
         self._reader_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
-        self._pubsub = PubSub(
+        self._pubsub = self._pubsub_class(
             client,
             prefix=prefix,
             url=describe_client(client),
@@ -197,12 +201,34 @@ class RedisTransport(BaseTransport):
         ``socket_timeout`` defaults to None: every command is bounded by
         ``command_timeout`` instead. (With a socket timeout, redis-py writes through
         ``asyncio.wait_for``, which on Python 3.11 can lose a task's cancellation.)
+
+        A ``redis+cluster://host:port[,host:port...]`` URL (``rediss+cluster://`` over
+        TLS, ``user:password@`` before the nodes) makes a
+        [`RedisClusterTransport`][wsevents.transports.redis.RedisClusterTransport] over a
+        ``redis.asyncio.RedisCluster`` that starts from those nodes; ``redis_kwargs`` then go
+        to ``RedisCluster``.
+
+        Raises:
+            ValueError: a malformed URL (the message names no password).
         """
         redis_kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=0.25, base=0.02), 2))
         redis_kwargs.setdefault("socket_timeout", None)
-        client = aioredis.from_url(url, **redis_kwargs)
-        transport = cls(
-            client,
+        client: aioredis.Redis | aioredis.RedisCluster
+        target: type[RedisTransport]
+        if is_cluster_url(url):
+            nodes, options = parse_cluster_url(url)
+            client = aioredis.RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                **{**options, **redis_kwargs},
+            )
+            target = cls if issubclass(cls, RedisClusterTransport) else RedisClusterTransport
+        elif issubclass(cls, RedisClusterTransport):
+            raise ValueError("a Redis Cluster URL starts with redis+cluster://")
+        else:
+            client = aioredis.from_url(url, **redis_kwargs)
+            target = cls
+        transport = target(
+            client,  # type: ignore[arg-type]
             prefix=prefix,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
@@ -429,3 +455,47 @@ class RedisTransport(BaseTransport):
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.25)
         log.warning("%d Redis transport task(s) did not stop", len(pending))
+
+
+class RedisClusterTransport(RedisTransport):
+    """A [`RedisTransport`][wsevents.transports.redis.RedisTransport] over a Redis Cluster:
+    the same capabilities, state events and health, on sharded pub/sub.
+
+    Channels go through ``SPUBLISH``/``SSUBSCRIBE``: a channel lives on the master that
+    owns its slot, so the room channels spread over the masters, and the server-wide
+    broadcast and inbox channels each live on one master that every instance subscribes
+    to. The reader keeps one pub/sub connection per master; when one breaks (a master
+    died and a replica took over), stops answering, or Redis unsubscribes a channel (its
+    slot moved), the transport reports the outage, reads the slot map again and
+    resubscribes every channel on its current master, then reports the recovery.
+    [`health`][wsevents.transports.redis.RedisTransport.health] sends a probe through each
+    master.
+
+    Every key of a room (presence, history, capacity) carries the room as hash tag, so a
+    room's keys share a slot and each Lua script runs on one shard; directory entries
+    spread over the slots.
+
+    Args:
+        client: the ``redis.asyncio.RedisCluster`` to use (it stays open at
+            [`close`][wsevents.transports.redis.RedisTransport.close]; a client made by
+            [`from_url`][wsevents.transports.redis.RedisTransport.from_url] is closed).
+        prefix: put before every channel and key name; it must not contain ``{`` or ``}``
+            (they would make it the hash tag of every key).
+        **options: the other options of
+            [`RedisTransport`][wsevents.transports.redis.RedisTransport].
+
+    Raises:
+        ValueError: a prefix with ``{`` or ``}``, or a bad option.
+
+    Example:
+        ``RedisTransport.from_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")`` makes one.
+    """
+
+    _pubsub_class = ShardedPubSub
+
+    def __init__(
+        self, client: aioredis.RedisCluster, *, prefix: str = "wsevents:", **options: Any
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the prefix of a Redis Cluster transport cannot contain { or }")
+        super().__init__(client, prefix=prefix, **options)  # type: ignore[arg-type]

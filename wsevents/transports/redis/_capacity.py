@@ -18,10 +18,8 @@ import asyncio
 import inspect
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from ...exceptions import TransportError
-from ._commands import cause
+from ._commands import RedisClient, cause, hash_tag
 from ._pubsub import PubSub
 
 __all__ = ["RedisCapacity"]
@@ -115,7 +113,7 @@ class RedisCapacity:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         command_timeout: float,
@@ -131,7 +129,7 @@ class RedisCapacity:
         self._renew = client.register_script(_RENEW)
 
     def _keys(self, room: str) -> list[str]:
-        base = f"{self.prefix}ws:capacity:{{{room}}}:"
+        base = f"{self.prefix}ws:capacity:{hash_tag(room)}:"
         return [base + "places", base + "leases"]
 
     async def try_acquire(

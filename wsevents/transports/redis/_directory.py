@@ -8,10 +8,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-
 from ...exceptions import TransportError
-from ._commands import cause, chunks, text
+from ._commands import RedisClient, cause, chunks, text
 from ._pubsub import PubSub
 
 __all__ = ["RedisDirectory"]
@@ -42,7 +40,7 @@ class RedisDirectory:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         ttl: float,

@@ -20,11 +20,9 @@ import asyncio
 import uuid
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from ...exceptions import TransportError
 from ..base import HistoryEntry, StreamPosition
-from ._commands import cause, text
+from ._commands import RedisClient, cause, hash_tag, text
 
 __all__ = ["RedisHistory"]
 
@@ -105,7 +103,7 @@ class RedisHistory:
         command_timeout: seconds a command may take.
     """
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, command_timeout: float) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str, command_timeout: float) -> None:
         self.client = client
         self.prefix = prefix
         self.command_timeout = command_timeout
@@ -115,7 +113,7 @@ class RedisHistory:
 
     def keys(self, room: str) -> list[str]:
         """The epoch, offset and stream keys of ``room``."""
-        base = f"{self.prefix}ws:history:{{{room}}}:"
+        base = f"{self.prefix}ws:history:{hash_tag(room)}:"
         return [base + "epoch", base + "seq", base + "stream"]
 
     async def append(self, room: str, payload: str, size: int, ttl: float) -> StreamPosition:

@@ -25,11 +25,9 @@ import inspect
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from ...exceptions import TransportError
 from ..base import PresenceCount, PresenceMember, PresencePage
-from ._commands import cause, text
+from ._commands import RedisClient, cause, hash_tag, text
 from ._pubsub import PubSub
 
 __all__ = ["RedisPresence"]
@@ -152,7 +150,7 @@ class RedisPresence:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         command_timeout: float,
@@ -180,7 +178,7 @@ class RedisPresence:
     # -- keys ---------------------------------------------------------------------------
 
     def _room_keys(self, room: str, instance_id: str) -> list[str]:
-        base = f"{self.prefix}ws:presence:{{{room}}}:"
+        base = f"{self.prefix}ws:presence:{hash_tag(room)}:"
         return [
             base + "conns",
             base + "users",
@@ -193,10 +191,10 @@ class RedisPresence:
         return f"{self.prefix}ws:presence:instances"
 
     def _rooms_key(self, instance_id: str) -> str:
-        return f"{self.prefix}ws:presence:rooms:{{{instance_id}}}"
+        return f"{self.prefix}ws:presence:rooms:{hash_tag(instance_id)}"
 
     def _reap_key(self, instance_id: str) -> str:
-        return f"{self.prefix}ws:presence:reap:{{{instance_id}}}"
+        return f"{self.prefix}ws:presence:reap:{hash_tag(instance_id)}"
 
     # -- PresenceStore ------------------------------------------------------------------
 

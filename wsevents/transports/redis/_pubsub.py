@@ -13,14 +13,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..._aio import TaskSet, call_hook
 from ...exceptions import TransportError
 from ..base import PayloadHandler, StateListener
-from ._commands import cause, chunks, text
+from ._commands import RedisClient, cause, chunks, text
 from ._subscription import Subscription
 
 __all__ = ["PubSub"]
@@ -53,7 +52,7 @@ class PubSub:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         prefix: str,
         url: str,
@@ -206,11 +205,11 @@ class PubSub:
                 try:
                     async with asyncio.timeout(self.command_timeout):
                         if len(batch) == 1:
-                            await self.client.publish(batch[0][0], batch[0][1])
+                            await self._publish_one(batch[0][0], batch[0][1])
                         else:
                             pipe = self.client.pipeline(transaction=False)
                             for full, payload, _sent in batch:
-                                _ = pipe.publish(full, payload)  # queued: the pipeline returns it
+                                self._queue_publish(pipe, full, payload)
                             await pipe.execute()
                 except Exception as exc:
                     failure = exc
@@ -231,6 +230,13 @@ class PubSub:
                 if not sent.done():
                     sent.set_exception(TransportError("the Redis transport is closed"))
             stripe.pending = []
+
+    async def _publish_one(self, channel: str, payload: str) -> None:
+        await self.client.publish(channel, payload)
+
+    @staticmethod
+    def _queue_publish(pipe: Any, channel: str, payload: str) -> None:
+        _ = pipe.publish(channel, payload)  # queued: the pipeline returns it
 
     def register(self, channel: str, handler: PayloadHandler) -> bool:
         """Record ``handler`` for ``channel``; False when it only replaced a handler."""
@@ -285,8 +291,8 @@ class PubSub:
     async def read_forever(self) -> None:
         attempt = 0
         while not self.closed:
-            pool = self.client.connection_pool
-            conn: Any = pool.make_connection()  # type: ignore[no-untyped-call]
+            pool: Any = getattr(self.client, "connection_pool")  # noqa: B009 (not a RedisCluster)
+            conn: Any = pool.make_connection()
             # One attempt per connect: the backoff below is ours, with state reporting.
             conn.retry = Retry(NoBackoff(), 0)
             try:
@@ -373,19 +379,21 @@ class PubSub:
             if kind == "message" and len(response) >= 3:
                 self._on_message(text(response[1]), response[2])
             elif kind == "subscribe" and len(response) >= 2:
-                channel = text(response[1])
-                queue = self._confirm.get(channel)
-                if queue:
-                    waiter = queue.popleft()
-                    if not queue:
-                        del self._confirm[channel]
-                    if not waiter.done():
-                        waiter.set_result(True)
+                self._on_subscribed(text(response[1]))
             elif kind == "pong":  # RESP2: ["pong", ""]
                 self._on_pong()
             # unsubscribe confirmations and other pushes need nothing
         elif isinstance(response, bytes | str) and text(response).lower() == "pong":
             self._on_pong()  # RESP3 answers PING with a plain PONG
+
+    def _on_subscribed(self, channel: str) -> None:
+        queue = self._confirm.get(channel)
+        if queue:
+            waiter = queue.popleft()
+            if not queue:
+                del self._confirm[channel]
+            if not waiter.done():
+                waiter.set_result(True)
 
     def _on_pong(self) -> None:
         if self._pongs:
