@@ -159,7 +159,7 @@ LAYER_ORDER = [
     "transports",
     "connection",
     "_context",
-    "sessions",
+    "deadlines",
     "cluster",
     "rooms",
     "presence",

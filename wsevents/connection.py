@@ -121,7 +121,7 @@ class Connection:
         # -- authentication (see authenticate()) --
         self._authenticated = False
         self.expires_at: float | None = None
-        # Set by the app: schedules the close at a session's expiry (wsevents.sessions).
+        # Set by the app: schedules the close at a session's expiry (wsevents.deadlines).
         self._on_expiry: Callable[[Connection, float], None] | None = None
         self._socket = socket
         self._encode = codec.encode

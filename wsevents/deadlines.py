@@ -1,7 +1,7 @@
 """Deadlines of connections: authentication timeouts and token expiries.
 
 One heap and one timer for every connection of an app (never a task per connection):
-[`SessionClock`][] keeps ``(deadline, connection id, kind)`` entries and, when the earliest
+[`DeadlineClock`][] keeps ``(deadline, connection id, kind)`` entries and, when the earliest
 is due, closes the connection if the deadline still holds: 4408 ``"Authentication
 timeout"`` for a connection not authenticated in time, 4401 ``"Token expired"`` for a
 session not refreshed before its expiry. A refresh does not remove the old entry: the
@@ -26,10 +26,10 @@ __all__ = [
     "AUTH_TIMEOUT_REASON",
     "TOKEN_EXPIRED_CLOSE_CODE",
     "TOKEN_EXPIRED_REASON",
-    "SessionClock",
+    "DeadlineClock",
 ]
 
-log = logging.getLogger("wsevents.sessions")
+log = logging.getLogger("wsevents.deadlines")
 
 AUTH_TIMEOUT_CLOSE_CODE = 4408
 AUTH_TIMEOUT_REASON = "Authentication timeout"
@@ -39,7 +39,7 @@ TOKEN_EXPIRED_REASON = "Token expired"
 _AUTH, _EXPIRY = 0, 1
 
 
-class SessionClock:
+class DeadlineClock:
     """The deadlines of one app's connections, on one timer.
 
     Args:
