@@ -36,6 +36,7 @@ from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec
 from .ratelimit import Limiter, RateLimit
 from .rooms import RoomManager
 from .routing import Guard, Route, Router, join_pattern
+from .sessions import Sessions
 from .transports.base import BroadcastTransport
 
 if TYPE_CHECKING:
@@ -276,6 +277,9 @@ class WsApp(_MessageDecorators, WsServer):
         self._deadlines = DeadlineClock(self._connections)
         # Join admission: room patterns -> admit functions (see room_policy()).
         self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
+        self.sessions = Sessions(self)
+        """Sessions (resume after a dropped connection) and idempotent calls: see
+        [`Sessions`][wsevents.Sessions]."""
 
     @property
     def server(self) -> WsServer:
@@ -660,6 +664,7 @@ class WsApp(_MessageDecorators, WsServer):
         connection context variables around the whole connection).
         """
         conn._on_expiry = self._deadlines.expiry
+        rooms = await self.sessions.claim(conn) if self.sessions.enabled else None
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -691,10 +696,14 @@ class WsApp(_MessageDecorators, WsServer):
             except BaseException:  # cancelled: the peer left during the handshake
                 self._connections.pop(conn.id, None)
                 raise
+        if rooms:
+            await self.sessions.restore_rooms(conn, rooms)
         return True
 
-    async def _close_connection(self, conn: Connection) -> None:
-        """Run ``on_disconnect`` hooks, then leave every room and forget the connection."""
+    async def _close_connection(self, conn: Connection, *, resumable: bool = False) -> None:
+        """Run ``on_disconnect`` hooks, then leave every room and forget the connection;
+        keep its session when ``resumable`` (it ended without a clean close)."""
+        snapshot = None
         try:
             for hook in self._on_disconnect:
                 await await_hook(hook.fn, logger=log, message="on_disconnect failed")
@@ -702,9 +711,12 @@ class WsApp(_MessageDecorators, WsServer):
             self._connections.pop(conn.id, None)
             self._uncount_user(conn)
             try:
+                snapshot = self.sessions.snapshot(conn)
                 await self.rooms.leave_all(conn)
             finally:
                 await self.rooms.cluster.unregister(conn.id)
+                # Last: a resume waits for this, so the id is free everywhere by then.
+                await self.sessions.ended(conn, snapshot, resumable)
 
     def _count_user(self, conn: Connection) -> bool:
         """Count ``conn`` for its user; False (and ``conn`` closed) over the maximum."""

@@ -129,6 +129,8 @@ class History:
         self._patterns: Router[HistoryOptions] = Router(cache_size=1024)
         self._store: HistoryStore | None = None
         self._streams: dict[str, _Stream] = {}
+        # (room, connection id): the offset after which every push reached the member live.
+        self._joined_at: dict[tuple[str, str], int] = {}
         self._tasks = TaskSet()
 
     # -- configuration ------------------------------------------------------------------
@@ -381,9 +383,15 @@ class History:
         *,
         since: StreamPosition | Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        admitted: bool = False,
     ) -> StreamJoin:
         """Add ``conn`` to history room ``room``; with ``since``, first replay to it every
         kept push after ``since`` (see the module docs).
+
+        A member joining again with ``since`` (e.g. after resuming its session, which
+        re-joined its rooms) gets the pushes after ``since`` that it has not had: those
+        before it (re-)joined; the ones delivered to it since are not sent twice.
+        ``admitted=True`` skips the join policies.
 
         Raises:
             ValueError: ``room`` is not a history room, or ``since`` is malformed.
@@ -395,6 +403,8 @@ class History:
             raise ValueError(f"{room} is not a history room")
         start = _position(since) if since is not None else None
         cid = conn.id
+        if start is not None and conn.in_room(room) and not conn.closed:
+            return await self._catch_up(conn, room, start, options)
         if start is not None:
             # Before the member is registered: from now on its live pushes are held back.
             self._stream(room).recovering[cid] = []
@@ -402,7 +412,7 @@ class History:
         last = -1
         recovered: bool | None = None
         try:
-            await self.rooms.join(conn, room, data=data)
+            await self.rooms.join(conn, room, data=data, admitted=admitted)
             stream = self._stream(room)
             await stream.ready.wait()
             if stream.error is not None:
@@ -410,6 +420,7 @@ class History:
             nxt = stream.next
             assert nxt is not None
             if start is None:
+                self._joined_at[(room, cid)] = nxt - 1
                 return StreamJoin(room, nxt - 1, stream.epoch)
             try:
                 _, entries = await self.store.since(room, start.offset, start.epoch, options.ttl)
@@ -425,6 +436,44 @@ class History:
                     last = entry.offset
         finally:
             last = self._stop_holding(room, cid, stream, last)
+        if conn.in_room(room):
+            self._joined_at[(room, cid)] = last
+        return StreamJoin(room, last, stream.epoch, recovered)
+
+    async def _catch_up(
+        self, conn: Connection, room: str, start: StreamPosition, options: HistoryOptions
+    ) -> StreamJoin:
+        """``join(since=...)`` of a member: replay what it missed before it (re-)joined."""
+        cid = conn.id
+        stream = self._stream(room)
+        await stream.ready.wait()
+        if stream.error is not None:
+            raise TransportError(f"history of {room} unavailable") from stream.error
+        stream.recovering[cid] = []  # live pushes wait until the replay is sent
+        last = -1
+        recovered = False
+        try:
+            nxt = stream.next
+            assert nxt is not None
+            # Every push after joined_at has reached the member live (up to nxt - 1).
+            joined_at = self._joined_at.get((room, cid), nxt - 1)
+            try:
+                _, entries = await self.store.since(room, start.offset, start.epoch, options.ttl)
+            except Exception as exc:
+                raise TransportError(f"history read of {room} failed") from exc
+            last = nxt - 1
+            if entries is not None:
+                recovered = True
+                for entry in entries:
+                    if entry.offset > joined_at:
+                        break
+                    frame = self._replay_frame(entry.payload, entry.offset)
+                    if frame is not None:
+                        conn.send_frame(frame)
+                last = max(last, start.offset)
+        finally:
+            last = self._stop_holding(room, cid, stream, last)
+        self._joined_at[(room, cid)] = last
         return StreamJoin(room, last, stream.epoch, recovered)
 
     def _stop_holding(self, room: str, cid: str, stream: _Stream | None, last: int) -> int:
@@ -451,6 +500,7 @@ class History:
         return last
 
     def _left(self, conn: Connection, room: str) -> None:
+        self._joined_at.pop((room, conn.id), None)
         stream = self._streams.get(room)
         if stream is None:
             return
