@@ -15,7 +15,7 @@ import pytest
 from examples.reference_app import add_history, add_presence, add_sessions
 from examples.reference_app import app as reference_app
 from wsevents import (
-    MemoryTransport,
+    BroadcastTransport,
     WsApp,
     WsClientError,
     WsError,
@@ -84,7 +84,7 @@ def add_test_routes(ws: WsApp) -> None:
         raise WsError(418, "teapot", details=[{"why": "always"}])
 
 
-def build(transport: MemoryTransport | None = None, *, ttl: float = 60.0) -> WsApp:
+def build(transport: BroadcastTransport | None = None, *, ttl: float = 60.0) -> WsApp:
     ws = WsApp(heartbeat=0, transport=transport)
     add_presence(ws)
     add_history(ws)
