@@ -372,7 +372,9 @@ async def test_away_during_500_pushes_resumes_elsewhere_and_recovers_them(
     assert back.pending_messages() == []
 
 
-async def test_pushes_live_after_the_resume_are_not_replayed_again(cluster: WsCluster) -> None:
+async def test_pushes_after_the_resume_wait_for_the_resubscribe_and_follow_in_order(
+    cluster: WsCluster,
+) -> None:
     room = room_name()
     away = await cluster.connect(0)
     token = (await session_of(away))["session"]
@@ -384,20 +386,70 @@ async def test_pushes_live_after_the_resume_are_not_replayed_again(cluster: WsCl
     back = await cluster.connect(1, query={"session": token})
     for i in range(2):
         await publish(publisher, room, f"live{i}")
-    assert [await back.next_push() for _ in range(2)] == [
-        push(room, "live0", 4),
-        push(room, "live1", 5),
-    ]
+    await asyncio.sleep(0.1)
+    assert back.pending_messages() == []  # held for the resubscribe
     reply = await subscribe(back, room, {"offset": start["offset"], "epoch": start["epoch"]})
     assert reply["recovered"] is True and reply["offset"] == 5
-    assert back.pending_messages() == [push(room, f"missed{i}", i + 1) for i in range(3)]
+    expected = [push(room, f"missed{i}", i + 1) for i in range(3)]
+    expected += [push(room, f"live{i}", i + 4) for i in range(2)]
+    assert back.pending_messages() == expected
     await publish(publisher, room, "after")
     assert await back.next_push() == push(room, "after", 6)
     # A second since from a member that has everything replays nothing.
     again = await subscribe(back, room, {"offset": 6, "epoch": start["epoch"]})
-    assert again["recovered"] is True and again["offset"] == 6
+    assert again == {"subscribed": True, "offset": 6, "epoch": start["epoch"], "recovered": True}
+    await publish(publisher, room, "last")
+    assert await back.next_push() == push(room, "last", 7)
     await asyncio.sleep(0.1)
     assert back.pending_messages() == []
+
+
+async def test_without_a_resubscribe_the_held_pushes_come_after_the_hold(
+    cluster: WsCluster,
+) -> None:
+    for app in cluster.apps:
+        app.sessions.hold = 0.3
+    room = room_name()
+    away = await cluster.connect(0)
+    token = (await session_of(away))["session"]
+    await subscribe(away, room)
+    drop(away)
+    publisher = await cluster.connect(2)
+    await publish(publisher, room, "missed")
+    back = await cluster.connect(1, query={"session": token})
+    await publish(publisher, room, "held")
+    assert await back.next_push() == push(room, "held", 2)
+    await publish(publisher, room, "live")
+    assert await back.next_push() == push(room, "live", 3)
+
+
+async def test_a_resubscribe_of_another_epoch_gets_the_held_pushes(cluster: WsCluster) -> None:
+    room = room_name()
+    away = await cluster.connect(0)
+    token = (await session_of(away))["session"]
+    await subscribe(away, room)
+    drop(away)
+    publisher = await cluster.connect(2)
+    await publish(publisher, room, "missed")
+    back = await cluster.connect(1, query={"session": token})
+    await publish(publisher, room, "held")
+    await asyncio.sleep(0.1)
+    reply = await subscribe(back, room, {"offset": 0, "epoch": "lost"})
+    assert reply["recovered"] is False and reply["offset"] == 2
+    assert back.pending_messages() == [push(room, "held", 2)]
+
+
+async def test_leaving_a_held_room_drops_the_hold(cluster: WsCluster) -> None:
+    room = room_name()
+    away = await cluster.connect(0)
+    token = (await session_of(away))["session"]
+    await subscribe(away, room)
+    drop(away)
+    back = await cluster.connect(1, query={"session": token})
+    history = cluster.apps[1].history
+    assert len(history._holds) == 1
+    await back.call("unsubscribe", room)
+    assert history._holds == {} and history._streams.get(room) is None
 
 
 async def test_a_member_with_since_of_another_epoch_is_not_recovered(cluster: WsCluster) -> None:
@@ -548,3 +600,20 @@ async def test_the_reference_app_answers_session_and_counter(ws_client: Any) -> 
         with pytest.raises(WsClientError) as refused:
             await alice.call("rpc", "/counter/incr", bad)
         assert refused.value.code == 400
+
+
+async def test_a_heartbeat_timeout_keeps_the_session_resumable(aiohttp_client: Any) -> None:
+    from aiohttp import web
+
+    from wsevents.server import attach
+
+    ws = build()
+    ws.heartbeat, ws.heartbeat_timeout = 0.3, 0.2
+    server = await aiohttp_client(attach(ws, web.Application(), "/ws"))
+    silent = WsTestClient(await server.ws_connect("/ws", autoping=False))  # never pongs
+    token = (await session_of(silent))["session"]
+    cid = (await silent.call("rpc", "/whoami"))["id"]
+    await silent.wait_closed()  # dropped by the heartbeat, without a close frame
+    back = WsTestClient(await server.ws_connect("/ws", params={"session": token}))
+    assert (await back.call("rpc", "/whoami"))["id"] == cid
+    await back.close()

@@ -131,6 +131,7 @@ class History:
         self._streams: dict[str, _Stream] = {}
         # (room, connection id): the offset after which every push reached the member live.
         self._joined_at: dict[tuple[str, str], int] = {}
+        self._holds: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks = TaskSet()
 
     # -- configuration ------------------------------------------------------------------
@@ -449,19 +450,25 @@ class History:
         await stream.ready.wait()
         if stream.error is not None:
             raise TransportError(f"history of {room} unavailable") from stream.error
-        stream.recovering[cid] = []  # live pushes wait until the replay is sent
+        timer = self._holds.pop((room, cid), None)
+        held = timer is not None and cid in stream.recovering
+        if timer is not None:
+            timer.cancel()
+        if not held:
+            stream.recovering[cid] = []  # live pushes wait until the replay is sent
         last = -1
         recovered = False
         try:
             nxt = stream.next
             assert nxt is not None
-            # Every push after joined_at has reached the member live (up to nxt - 1).
+            # Every push after joined_at has reached the member live (up to nxt - 1), or
+            # waits in its held list when its session was just resumed (see hold()).
             joined_at = self._joined_at.get((room, cid), nxt - 1)
             try:
                 _, entries = await self.store.since(room, start.offset, start.epoch, options.ttl)
             except Exception as exc:
                 raise TransportError(f"history read of {room} failed") from exc
-            last = nxt - 1
+            last = joined_at if held else nxt - 1
             if entries is not None:
                 recovered = True
                 for entry in entries:
@@ -471,6 +478,8 @@ class History:
                     if frame is not None:
                         conn.send_frame(frame)
                 last = max(last, start.offset)
+            elif held:
+                last = -1  # not recovered: every held push follows
         finally:
             last = self._stop_holding(room, cid, stream, last)
         self._joined_at[(room, cid)] = last
@@ -499,9 +508,36 @@ class History:
             stream.floors[cid] = last  # it has had pushes this instance has not delivered yet
         return last
 
+    def hold(self, conn: Connection, room: str, seconds: float) -> None:
+        """Hold back the live pushes of ``room`` for member ``conn`` until it joins again
+        with ``since`` (which then replays what it missed first, and sends the held pushes
+        after, in offset order), or for at most ``seconds``. A resumed session holds its
+        history rooms so, for its client to resubscribe."""
+        stream = self._streams.get(room)
+        if stream is None or not conn.in_room(room) or conn.id in stream.recovering:
+            return
+        cid = conn.id
+        stream.recovering[cid] = []
+        loop = asyncio.get_running_loop()
+        self._holds[(room, cid)] = loop.call_later(seconds, self._release, room, cid)
+
+    def _release(self, room: str, cid: str) -> None:
+        """The hold of ``cid`` ran out: send what was held back (no resubscribe came)."""
+        self._holds.pop((room, cid), None)
+        stream = self._streams.get(room)
+        if stream is not None and cid in stream.recovering:
+            last = self._stop_holding(room, cid, stream, -1)
+            if (room, cid) in self._joined_at:
+                self._joined_at[(room, cid)] = last
+
     def _left(self, conn: Connection, room: str) -> None:
         self._joined_at.pop((room, conn.id), None)
+        timer = self._holds.pop((room, conn.id), None)
         stream = self._streams.get(room)
+        if timer is not None:
+            timer.cancel()
+            if stream is not None:
+                stream.recovering.pop(conn.id, None)
         if stream is None:
             return
         stream.floors.pop(conn.id, None)
@@ -512,6 +548,9 @@ class History:
 
     async def close(self) -> None:
         """Stop the gap timers and wait for the reads in progress."""
+        for timer in self._holds.values():
+            timer.cancel()
+        self._holds.clear()
         for stream in self._streams.values():
             if stream.gap_timer is not None:
                 stream.gap_timer.cancel()

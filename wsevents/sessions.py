@@ -56,6 +56,8 @@ IDEM_WAIT = 10.0
 """Seconds a repeated call waits for the first one, still running, before 409."""
 RESUME_WAIT = 3.0
 """Seconds a resume waits for the snapshot of a connection that is still closing."""
+HOLD = 5.0
+"""Seconds a resumed member's live pushes in a history room wait for its resubscribe."""
 LIVE_TTL = 86400.0
 """Seconds the live marker of an open session is kept (a crashed instance never deletes it)."""
 CALL_IN_PROGRESS = "Call in progress"
@@ -87,6 +89,9 @@ class Sessions:
             409 ``"Call in progress"``.
         resume_wait: seconds a resume waits for the old connection's snapshot when it is
             still open or closing.
+        hold: seconds a resumed connection's live pushes in a history room wait for its
+            client to subscribe again with ``since`` (the missed pushes then come first,
+            in offset order); after that they are sent as they are.
     """
 
     def __init__(self, app: WsApp) -> None:
@@ -98,6 +103,7 @@ class Sessions:
         self.idem_ttl = IDEM_TTL
         self.idem_wait = IDEM_WAIT
         self.resume_wait = RESUME_WAIT
+        self.hold = HOLD
         self._calls: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     def enable(
@@ -266,6 +272,7 @@ class Sessions:
             try:
                 if history.tracks(room):
                     await history.join(conn, room, admitted=True)
+                    history.hold(conn, room, self.hold)
                 else:
                     await self._app.rooms.join(conn, room, admitted=True)
             except Exception as exc:
