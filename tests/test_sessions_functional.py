@@ -150,9 +150,11 @@ async def test_a_dropped_connection_resumes_on_another_instance(cluster: WsClust
     await carol.call("subscribe", room)
     await carol.call("message", room, "hi")
     assert (await back.next_push())["data"] == "hi"
-    # It is one connection again: presence counts it once.
+    # It is one connection again: presence counts it once, with its member data.
     count = await carol.call("rpc", "/presence/count", {"room": "/presence/rooms/lobby"})
     assert count == {"connections": 1, "users": 1}
+    listed = await carol.call("rpc", "/presence/list", {"room": "/presence/rooms/lobby"})
+    assert listed["members"] == [{"user": "alice", "name": "Alice", "connections": 1}]
 
 
 async def test_a_resumed_session_resumes_again_with_the_same_token(cluster: WsCluster) -> None:

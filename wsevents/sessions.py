@@ -174,7 +174,8 @@ class Sessions:
             "id": conn.id,
             "user": conn.user,
             "auth": conn.authenticated,
-            "rooms": list(conn.rooms),
+            # Each room with the presence member data it was joined with (or null).
+            "rooms": [[room, self._app.presence.data_of(conn, room)] for room in conn.rooms],
         }
         if conn.expires_at is not None:
             fields["expires"] = time.time() + (conn.expires_in or 0.0)
@@ -199,11 +200,11 @@ class Sessions:
         except Exception as exc:
             log.warning("session of %s not kept: %r", conn.id, exc)
 
-    async def claim(self, conn: Connection) -> list[str] | None:
+    async def claim(self, conn: Connection) -> list[tuple[str, Any]] | None:
         """Resume the session named by ``?session=`` of ``conn``'s request: take the
         snapshot and give ``conn`` its id, user, authentication and state. Returns the
-        rooms to re-join, or None (a new session: no token, an unknown, used, clean or
-        expired one, or a store failure)."""
+        rooms to re-join with their presence member data, or None (a new session: no
+        token, an unknown, used, clean or expired one, or a store failure)."""
         request = conn.request
         token = request.query.get("session") if request is not None else None
         if token is None or not _TOKEN.fullmatch(token):
@@ -230,8 +231,7 @@ class Sessions:
         conn.state = fields["state"]
         conn.session = token
         conn.resumed = True
-        rooms: list[str] = fields["rooms"]
-        return rooms
+        return [(room, data) for room, data in fields["rooms"]]
 
     async def _take_snapshot(self, token: str) -> str | None:
         store = self.store
@@ -264,17 +264,17 @@ class Sessions:
             return
         await self._app.rooms.cluster.take_over(connection_id)
 
-    async def restore_rooms(self, conn: Connection, rooms: list[str]) -> None:
-        """Re-join ``rooms`` (join policies were passed already), and mark the session
-        live again."""
+    async def restore_rooms(self, conn: Connection, rooms: list[tuple[str, Any]]) -> None:
+        """Re-join ``rooms`` with their presence member data (join policies were passed
+        already), and mark the session live again."""
         history = self._app.history
-        for room in rooms:
+        for room, data in rooms:
             try:
                 if history.tracks(room):
-                    await history.join(conn, room, admitted=True)
+                    await history.join(conn, room, data=data, admitted=True)
                     history.hold(conn, room, self.hold)
                 else:
-                    await self._app.rooms.join(conn, room, admitted=True)
+                    await self._app.rooms.join(conn, room, data=data, admitted=True)
             except Exception as exc:
                 log.warning("resumed %s: re-joining %s failed: %r", conn.id, room, exc)
         token = conn.session
@@ -360,13 +360,22 @@ def _load_snapshot(raw: str) -> dict[str, Any] | None:
         or type(fields.get("user")) is not str
         or type(fields.get("auth")) is not bool
         or type(fields.get("rooms")) is not list
-        or not all(type(room) is str for room in fields["rooms"])
+        or not all(_is_room_entry(entry) for entry in fields["rooms"])
         or type(fields.get("state")) is not dict
         or not (fields.get("expires") is None or type(fields["expires"]) in (int, float))
     ):
         log.warning("dropped an unreadable session snapshot")
         return None
     return fields
+
+
+def _is_room_entry(entry: Any) -> bool:
+    return (
+        type(entry) is list
+        and len(entry) == 2
+        and type(entry[0]) is str
+        and (entry[1] is None or type(entry[1]) is dict)
+    )
 
 
 def _load_body(raw: str) -> dict[str, Any] | None:
