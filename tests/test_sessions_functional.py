@@ -79,6 +79,11 @@ def add_test_routes(ws: WsApp) -> None:
         await asyncio.sleep(use_ws_message().data["ms"] / 1000)
         return {"value": await ws.sessions.store.incr("counter:" + use_ws_message().data["key"])}
 
+    @ws.on_message("publish-others", "/feed/rooms/:room")
+    async def publish_others() -> dict[str, Any]:
+        report = await use_ws_rooms().broadcast("message", use_ws_message().data)
+        return {"offset": report.offset}
+
     @ws.on_message("rpc", "/fail")
     def fail() -> None:
         raise WsError(418, "teapot", details=[{"why": "always"}])
@@ -619,3 +624,84 @@ async def test_a_heartbeat_timeout_keeps_the_session_resumable(aiohttp_client: A
     back = WsTestClient(await server.ws_connect("/ws", params={"session": token}))
     assert (await back.call("rpc", "/whoami"))["id"] == cid
     await back.close()
+
+
+async def test_the_reference_app_resumes_a_dropped_connection(ws_client: Any) -> None:
+    alice = await ws_client(reference_app, query={"user": "alice"})
+    token = (await session_of(alice))["session"]
+    await alice.call("subscribe", "/chat/rooms/tea")
+    room = room_name()
+    start = await subscribe(alice, room)
+    me = await alice.call("rpc", "/whoami")
+    drop(alice)
+    bob = await ws_client(reference_app)
+    await publish(bob, room, "while away")
+    back = await ws_client(reference_app, query={"user": "alice", "session": token})
+    assert await back.call("rpc", "/whoami") == me
+    assert sorted(await back.call("rpc", "/rooms")) == sorted(["/chat/rooms/tea", room])
+    reply = await subscribe(back, room, {"offset": start["offset"], "epoch": start["epoch"]})
+    assert reply["recovered"] is True
+    # Offset 1 is the reference app's "left" notice, which left the leaver out: so does
+    # its replay.
+    assert back.pending_messages() == [push(room, "while away", start["offset"] + 2)]
+
+
+async def test_an_unreadable_snapshot_starts_a_new_session(cluster: WsCluster) -> None:
+    for i, garbage in enumerate(("not json", "[]", '{"id": 1}', '{"id": "a", "user": "b"}')):
+        token = f"garbage-token-{i}-" + "x" * 16
+        await cluster.bus.sessions.put("session:" + token, garbage, 60.0)
+        client = await cluster.connect(0, query={"session": token})
+        assert (await session_of(client))["resumed"] is False
+        assert await cluster.bus.sessions.get("session:" + token) is None
+
+
+async def test_a_session_whose_expiry_passed_does_not_resume(ws_client: Any) -> None:
+    ws = WsApp(heartbeat=0)
+    ws.sessions.enable()
+
+    @ws.on_message("rpc", "/login")
+    def login() -> None:
+        use_ws_connection().authenticate("alice", expires_in=0.2)
+
+    @ws.on_message("rpc", "/whoami")
+    def whoami() -> str:
+        return use_ws_connection().user
+
+    alice = await ws_client(ws)
+    await alice.call("rpc", "/login")
+    token = (await session_of(alice))["session"]
+    drop(alice)
+    await asyncio.sleep(0.3)
+    back = await ws_client(ws, query={"session": token})
+    assert await back.call("rpc", "/whoami") != "alice"
+
+
+async def test_malformed_take_over_envelopes_are_ignored(cluster: WsCluster) -> None:
+    alice = await cluster.connect(0)
+    cid = (await alice.call("rpc", "/whoami"))["id"]
+    cluster_1 = cluster.apps[1].rooms.cluster
+    for fields in ({"op": "take_over"}, {"op": "take_over", "connection": 5}, {"op": "x"}):
+        await cluster_1.publish_fields("ws:control", fields)
+    await cluster_1.publish_fields("ws:control", {"op": "take_over", "connection": "nobody"})
+    await asyncio.sleep(0.1)
+    assert (await alice.call("rpc", "/whoami"))["id"] == cid
+
+
+async def test_a_replay_leaves_out_who_a_push_left_out(cluster: WsCluster) -> None:
+    room = room_name()
+    alice, bob = await cluster.connect(0), await cluster.connect(1)
+    start = await subscribe(alice, room)
+    await subscribe(bob, room)
+    await alice.call("publish-others", room, "from alice")
+    await bob.call("publish-others", room, "from bob")
+    assert (await bob.next_push())["data"] == "from alice"
+    since = {"offset": start["offset"], "epoch": start["epoch"]}
+    for client, expected in (
+        (alice, push(room, "from bob", 2)),
+        (bob, push(room, "from alice", 1)),
+    ):
+        await client.call("unsubscribe", room)
+        client.pending_messages()
+        reply = await subscribe(client, room, since)
+        assert reply["recovered"] is True and reply["offset"] == 2
+        assert client.pending_messages() == [expected]

@@ -196,6 +196,8 @@ class History:
             push["params"] = dict(params)
         if data is not None:
             push["data"] = data
+        if exclude_id is not None:
+            push["exclude"] = exclude_id  # a replay leaves it out too
         payload = bytes(_dumps(push)).decode()
         try:
             pos = await self.store.append(room, payload, options.size, options.ttl)
@@ -350,20 +352,21 @@ class History:
             return
         for entry in entries:
             if entry.offset >= nxt and entry.offset not in stream.pending:
-                frame = self._replay_frame(entry.payload, entry.offset)
+                frame, exclude_id = self._replay_frame(entry.payload, entry.offset)
                 if frame is not None:
-                    stream.pending[entry.offset] = (frame, None)
+                    stream.pending[entry.offset] = (frame, exclude_id)
         if nxt not in stream.pending:
             skipped_to = min(stream.pending)
             log.warning("history of %s: offsets %d to %d lost", room, nxt, skipped_to - 1)
             stream.next = skipped_to
         self._drain(room, stream)
 
-    def _replay_frame(self, payload: str, offset: int) -> bytes | None:
-        """The frame of a kept push, as it was sent the first time."""
+    def _replay_frame(self, payload: str, offset: int) -> tuple[bytes | None, str | None]:
+        """The frame of a kept push, as it was sent the first time, and the connection it
+        left out (None: nobody)."""
         try:
             push = _loads(payload)
-            return encode_stream_push(
+            frame = encode_stream_push(
                 push["event"],
                 push["path"],
                 push.get("data"),
@@ -373,7 +376,9 @@ class History:
             )
         except Exception:
             log.warning("dropped a kept history entry that cannot be decoded")
-            return None
+            return None, None
+        exclude_id = push.get("exclude")
+        return frame, exclude_id if isinstance(exclude_id, str) else None
 
     # -- joining ------------------------------------------------------------------------
 
@@ -431,8 +436,8 @@ class History:
             if entries is not None:
                 last = start.offset
                 for entry in entries:
-                    frame = self._replay_frame(entry.payload, entry.offset)
-                    if frame is not None:
+                    frame, exclude_id = self._replay_frame(entry.payload, entry.offset)
+                    if frame is not None and exclude_id != cid:
                         conn.send_frame(frame)
                     last = entry.offset
         finally:
@@ -474,8 +479,8 @@ class History:
                 for entry in entries:
                     if entry.offset > joined_at:
                         break
-                    frame = self._replay_frame(entry.payload, entry.offset)
-                    if frame is not None:
+                    frame, exclude_id = self._replay_frame(entry.payload, entry.offset)
+                    if frame is not None and exclude_id != cid:
                         conn.send_frame(frame)
                 last = max(last, start.offset)
             elif held:
