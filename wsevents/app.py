@@ -658,13 +658,28 @@ class WsApp(_MessageDecorators, WsServer):
     # -- connection lifecycle (called by the adapter) ---------------------------------------
 
     async def _open_connection(self, conn: Connection) -> bool:
-        """Run ``on_connect`` hooks and register ``conn``; False when refused.
+        """Resume the session ``conn`` names (sessions enabled), run ``on_connect`` hooks,
+        register ``conn`` and re-join a resumed session's rooms; False when refused (a
+        claimed session is then kept again).
 
         The caller runs it in the connection's context (the adapter sets the app and
         connection context variables around the whole connection).
         """
         conn._on_expiry = self._deadlines.expiry
-        rooms = await self.sessions.claim(conn) if self.sessions.enabled else None
+        claimed = await self.sessions.claim(conn) if self.sessions.enabled else None
+        opened = False
+        try:
+            opened = await self._admit_connection(conn)
+        finally:
+            if claimed is not None and not opened:
+                # Refused (or the peer left): the session stays resumable.
+                _ = self._spawn(self.sessions.give_back(conn, claimed))
+        if opened and claimed is not None:
+            await self.sessions.restore_rooms(conn, claimed.rooms)
+        return opened
+
+    async def _admit_connection(self, conn: Connection) -> bool:
+        """Run ``on_connect`` hooks and register ``conn``; False when refused."""
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -696,8 +711,6 @@ class WsApp(_MessageDecorators, WsServer):
             except BaseException:  # cancelled: the peer left during the handshake
                 self._connections.pop(conn.id, None)
                 raise
-        if rooms:
-            await self.sessions.restore_rooms(conn, rooms)
         return True
 
     async def _close_connection(self, conn: Connection, *, resumable: bool = False) -> None:

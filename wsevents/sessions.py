@@ -26,6 +26,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._context import message_var
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_SESSION_PATH",
     "DEFAULT_SESSION_TTL",
     "IDEM_TTL",
+    "Claim",
     "Sessions",
     "is_idem",
 ]
@@ -74,6 +76,16 @@ _loads = JsonCodec.decode
 def is_idem(value: Any) -> bool:
     """Whether ``value`` is a valid ``idem``: a string of 1 to 64 characters."""
     return type(value) is str and 0 < len(value) <= 64
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed session: its token, its snapshot (JSON) and the rooms to re-join with
+    their presence member data."""
+
+    token: str
+    snapshot: str
+    rooms: list[tuple[str, Any]]
 
 
 class Sessions:
@@ -200,11 +212,12 @@ class Sessions:
         except Exception as exc:
             log.warning("session of %s not kept: %r", conn.id, exc)
 
-    async def claim(self, conn: Connection) -> list[tuple[str, Any]] | None:
+    async def claim(self, conn: Connection) -> Claim | None:
         """Resume the session named by ``?session=`` of ``conn``'s request: take the
-        snapshot and give ``conn`` its id, user, authentication and state. Returns the
-        rooms to re-join with their presence member data, or None (a new session: no
-        token, an unknown, used, clean or expired one, or a store failure)."""
+        snapshot and give ``conn`` its id, user, authentication and state. Returns what
+        was claimed (the rooms to re-join, with their presence member data), or None (a
+        new session: no token, an unknown, used, clean or expired one, or a store
+        failure)."""
         request = conn.request
         token = request.query.get("session") if request is not None else None
         if token is None or not _TOKEN.fullmatch(token):
@@ -214,7 +227,9 @@ class Sessions:
         except Exception as exc:
             log.warning("session resume failed, a new session starts: %r", exc)
             return None
-        fields = _load_snapshot(raw) if raw is not None else None
+        if raw is None:
+            return None
+        fields = _load_snapshot(raw)
         if fields is None:
             return None
         expires = fields.get("expires")
@@ -231,7 +246,16 @@ class Sessions:
         conn.state = fields["state"]
         conn.session = token
         conn.resumed = True
-        return [(room, data) for room, data in fields["rooms"]]
+        return Claim(token, raw, [(room, data) for room, data in fields["rooms"]])
+
+    async def give_back(self, conn: Connection, claim: Claim) -> None:
+        """``conn`` claimed a session but was refused (or left) before it opened: keep the
+        snapshot again, for ``ttl`` seconds."""
+        log.debug("session of %s given back: its resume did not open", conn.id)
+        try:
+            await self.store.put("session:" + claim.token, claim.snapshot, self.ttl)
+        except Exception as exc:
+            log.warning("session of %s lost: %r", conn.id, exc)
 
     async def _take_snapshot(self, token: str) -> str | None:
         store = self.store
