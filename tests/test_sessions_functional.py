@@ -132,6 +132,9 @@ async def test_a_session_token_is_random_stable_and_urlsafe(cluster: WsCluster) 
     assert len(token) >= 22 and all(c.isalnum() or c in "-_" for c in token)
     assert await session_of(a) == first
     assert (await session_of(b))["session"] != token
+    c = await cluster.connect(2)
+    both = await asyncio.gather(session_of(c), session_of(c))
+    assert both[0] == both[1]
 
 
 async def test_a_dropped_connection_resumes_on_another_instance(cluster: WsCluster) -> None:
@@ -317,7 +320,23 @@ async def test_an_authenticated_session_resumes_authenticated(ws_client: Any) ->
     drop(alice)
     back = await ws_client(ws, query={"session": token})
     assert await back.call("rpc", "/me") == {"user": "alice", "left": 60}
-    # A token stolen from a session that was refused by on_connect cannot be reused either.
+
+
+async def test_a_resumed_session_still_expires_on_time(ws_client: Any) -> None:
+    ws = WsApp(heartbeat=0, auth_required=True)
+    ws.sessions.enable()
+
+    @ws.on_message("rpc", "/login", public=True)
+    def login() -> None:
+        use_ws_connection().authenticate("alice", expires_in=0.6)
+
+    alice = await ws_client(ws)
+    await alice.call("rpc", "/login")
+    token = (await session_of(alice))["session"]
+    drop(alice)
+    back = await ws_client(ws, query={"session": token})
+    assert (await session_of(back))["resumed"] is True
+    assert await back.wait_closed() == 4401
 
 
 async def test_enable_checks_its_options() -> None:

@@ -167,13 +167,14 @@ class Sessions:
         """
         token = conn.session
         if token is None:
-            token = secrets.token_urlsafe(24)
+            # Set before the write: two calls at once get one token.
+            token = conn.session = secrets.token_urlsafe(24)
             try:
                 await self.store.put("session-live:" + token, conn.id, LIVE_TTL)
             except Exception as exc:
+                conn.session = None
                 log.warning("session store write failed: %r", exc)
                 raise WsError(503, SERVICE_UNAVAILABLE) from None
-            conn.session = token
         return token
 
     # -- ending and resuming (called by the app) -------------------------------------------
@@ -233,19 +234,19 @@ class Sessions:
         if fields is None:
             return None
         expires = fields.get("expires")
-        if expires is not None:
-            left = expires - time.time()
-            if left <= 0:
-                return None
-            conn.expires_at = time.monotonic() + left
-            if conn._on_expiry is not None:
-                conn._on_expiry(conn, conn.expires_at)
+        left = expires - time.time() if expires is not None else None
+        if left is not None and left <= 0:
+            return None  # the session expired meanwhile (its deadline would close it)
         conn.id = fields["id"]
         conn.user = fields["user"]
         conn._authenticated = fields["auth"]
         conn.state = fields["state"]
         conn.session = token
         conn.resumed = True
+        if left is not None:  # after the id: the deadline is kept by connection id
+            conn.expires_at = time.monotonic() + left
+            if conn._on_expiry is not None:
+                conn._on_expiry(conn, conn.expires_at)
         return Claim(token, raw, [(room, data) for room, data in fields["rooms"]])
 
     async def give_back(self, conn: Connection, claim: Claim) -> None:
