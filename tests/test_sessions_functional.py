@@ -748,3 +748,19 @@ async def test_a_refused_resume_leaves_the_session_resumable(ws_client: Any) -> 
     await asyncio.sleep(0.1)
     back = await ws_client(ws, query={"session": token})
     assert (await back.call("rpc", "/whoami"))["id"] == cid
+
+
+async def test_a_result_that_cannot_be_encoded_keeps_its_500(ws_client: Any) -> None:
+    ws = build()
+    runs: list[int] = []
+
+    @ws.on_message("rpc", "/huge-int")
+    def huge_int() -> dict[str, int]:
+        runs.append(1)
+        return {"value": 1 << 70}  # orjson cannot encode it: the reply is an error
+
+    alice = await ws_client(ws)
+    first = await idem_call(alice, "/huge-int", None, "h")
+    assert first["error"] == {"code": 500, "message": "Internal Error"}
+    assert (await idem_call(alice, "/huge-int", None, "h"))["error"]["code"] == 500
+    assert len(runs) == 1  # the 500 reply was kept

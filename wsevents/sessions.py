@@ -364,10 +364,15 @@ class Sessions:
         if running is not None and not running.done():
             running.set_result(body)
         error = body.get("error") if body is not None else None
-        keep = body is not None and not (isinstance(error, Mapping) and error.get("code") == 429)
+        text = None
+        if body is not None and not (isinstance(error, Mapping) and error.get("code") == 429):
+            try:
+                text = bytes(_dumps(body)).decode()
+            except Exception:
+                log.warning("idempotent call reply not kept: it is not JSON")
         try:
-            if keep and body is not None:
-                await self.store.put(key, bytes(_dumps(body)).decode(), self.idem_ttl)
+            if text is not None:
+                await self.store.put(key, text, self.idem_ttl)
             else:
                 await self.store.delete(key)
         except Exception as exc:
