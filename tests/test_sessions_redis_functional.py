@@ -160,3 +160,30 @@ async def test_away_during_500_pushes_from_other_instances_resumes_and_recovers(
     assert await back.next_push() == push(room, "live", count + 1)
     await asyncio.sleep(0.2)
     assert back.pending_messages() == []
+
+
+async def test_after_the_ttl_the_token_resumes_nothing(
+    connect: Connect, apps: list[tuple[WsApp, Any]]
+) -> None:
+    for app, _ in apps:
+        app.sessions.ttl = 0.2
+    alice = await connect(0)
+    token = (await session_of(alice))["session"]
+    cid = (await alice.call("rpc", "/whoami"))["id"]
+    drop(alice)
+    await asyncio.sleep(0.6)
+    back = await connect(1, session=token)
+    assert (await back.call("rpc", "/whoami"))["id"] != cid
+    assert (await session_of(back))["resumed"] is False
+
+
+async def test_a_shutdown_keeps_the_session_for_another_instance(
+    connect: Connect, apps: list[tuple[WsApp, Any]]
+) -> None:
+    alice = await connect(0)
+    token = (await session_of(alice))["session"]
+    cid = (await alice.call("rpc", "/whoami"))["id"]
+    await apps[0][0].shutdown()
+    assert await alice.wait_closed() == 1001
+    back = await connect(2, session=token)
+    assert (await back.call("rpc", "/whoami"))["id"] == cid
