@@ -1242,7 +1242,7 @@ t.alice.pending = c.call("rpc", "/counter/incr", { delay: 0.3 });
 const errorOf = async (p) => {
   try { await p; return null; } catch (e) { return [e.name, e.message]; }
 };
-return { session: c.session, resumed: c.resumed, me,
+return { session: c.sessionToken, resumed: c.resumed, me,
          bad: [await errorOf(c.call("rpc", "/counter/incr", null, { idem: "" })),
                await errorOf(c.call("rpc", "/counter/incr", null, { idem: "x".repeat(65) }))] };
 """,
@@ -1260,11 +1260,11 @@ return { session: c.session, resumed: c.resumed, me,
             """
 const c = t.alice.client;
 const value = await t.alice.pending;
-const out = { value, session: c.session, resumed: c.resumed, me: await c.call("rpc", "/whoami"),
+const out = { value, session: c.sessionToken, resumed: c.resumed, me: await c.call("rpc", "/whoami"),
               next: await c.call("rpc", "/counter/incr", null, { idem: "order-7" }),
               again: await c.call("rpc", "/counter/incr", null, { idem: "order-7" }) };
 c.close();
-out.afterClose = c.session;
+out.afterClose = c.sessionToken;
 return out;
 """,
         )

@@ -121,12 +121,12 @@ async def test_resume_keeps_the_token_and_reconnects_with_it(
     server, proxy = sessions
     alice = client(made, proxy.url("/ws?name=ada"), resume=True, **FAST)
     await alice.connect()
-    token = alice.session
+    token = alice.session_token
     assert isinstance(token, str) and alice.resumed is False
     me = await alice.call("rpc", "/whoami")
     await cut(proxy, alice)
     await restore(proxy, alice)
-    assert alice.resumed is True and alice.session == token
+    assert alice.resumed is True and alice.session_token == token
     assert await alice.call("rpc", "/whoami") == me
     assert server.handshakes[0] == {"name": "ada"}
     assert server.handshakes[-1] == {"name": "ada", "session": token}
@@ -173,7 +173,7 @@ async def test_without_resume_a_call_cut_off_in_flight_fails_503(
     server, proxy = sessions
     alice = client(made, proxy.url(), **FAST)
     await alice.connect()
-    assert alice.session is None
+    assert alice.session_token is None
     call = asyncio.ensure_future(alice.call("rpc", "/counter/incr", {"delay": 0.3}))
     await wait_until(lambda: server.runs == 1)
     await cut(proxy, alice)
@@ -211,7 +211,7 @@ async def test_a_call_cut_off_ends_with_the_client_closed(
     with pytest.raises(WsClientError) as caught:
         await call
     assert caught.value.code == 503
-    assert alice.session is None  # a clean close ends the session
+    assert alice.session_token is None  # a clean close ends the session
 
 
 async def test_a_server_without_sessions_is_reported_and_the_client_goes_on(
@@ -229,6 +229,6 @@ async def test_a_server_without_sessions_is_reported_and_the_client_goes_on(
     errors: list[Exception] = []
     alice = client(made, f"ws://127.0.0.1:{served.port}/ws", resume=True, on_error=errors.append)
     await alice.connect()
-    assert alice.session is None and alice.resumed is False
+    assert alice.session_token is None and alice.resumed is False
     assert [getattr(e, "code", None) for e in errors] == [404]
     assert await alice.call("rpc", "/echo", "still here") == "still here"

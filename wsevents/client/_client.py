@@ -427,8 +427,9 @@ class WsClient:
         return self._recovery.positions()
 
     @property
-    def session(self) -> str | None:
-        """The session token (``resume=True``) of the current or last connection."""
+    def session_token(self) -> str | None:
+        """The session token (``resume=True``) of the current or last connection; None
+        without one (``resume`` off, a server without sessions, or after [`close`][])."""
         return self._session_token
 
     @property

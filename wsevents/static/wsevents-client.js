@@ -439,7 +439,7 @@ export class WsClient {
   }
 
   /** The session token (resume: true) of the current or last connection, or null. */
-  get session() {
+  get sessionToken() {
     return this._session;
   }
 
