@@ -26,7 +26,7 @@ MODULES = [
     "wsevents.rooms",
     "wsevents.routing",
     "wsevents.server",
-    "wsevents.sessions",
+    "wsevents.deadlines",
     "wsevents.testing",
     "wsevents.testing.client",
     "wsevents.testing.cluster",

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .ratelimit import RateLimit
     from .rooms import DeliveryReport, RoomManager
     from .routing import Guard, Route
+    from .sessions import Sessions
     from .transports import (
         BaseTransport,
         BroadcastTransport,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
         MemoryTransport,
         PresenceCount,
         PresenceStore,
+        SessionStore,
         StreamPosition,
     )
 
@@ -95,6 +97,8 @@ __all__ = [
     "RouteGroup",
     "RouteParams",
     "RoutingError",
+    "SessionStore",
+    "Sessions",
     "StreamJoin",
     "StreamPosition",
     "TransportError",
@@ -149,6 +153,8 @@ _EXPORTS: dict[str, str] = {
     "RouteGroup": ".app",
     "RouteParams": ".composables",
     "RoutingError": ".exceptions",
+    "SessionStore": ".transports",
+    "Sessions": ".sessions",
     "StreamJoin": ".history",
     "StreamPosition": ".transports",
     "TransportError": ".exceptions",

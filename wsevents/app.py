@@ -27,6 +27,7 @@ from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
 from .composables import WsServer
 from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
 from .contracts import PushChecker, PushSpec, compile_data_type
+from .deadlines import DeadlineClock
 from .dispatch import FALLBACK_PATTERN, Dispatcher, Endpoint, Handler, Interceptor
 from .exceptions import WsError
 from .history import History
@@ -35,7 +36,7 @@ from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec
 from .ratelimit import Limiter, RateLimit
 from .rooms import RoomManager
 from .routing import Guard, Route, Router, join_pattern
-from .sessions import SessionClock
+from .sessions import Sessions
 from .transports.base import BroadcastTransport
 
 if TYPE_CHECKING:
@@ -273,9 +274,12 @@ class WsApp(_MessageDecorators, WsServer):
             raise ValueError("auth_timeout must be > 0")
         self.auth_required = auth_required
         self.auth_timeout = float(auth_timeout)
-        self._sessions = SessionClock(self._connections)
+        self._deadlines = DeadlineClock(self._connections)
         # Join admission: room patterns -> admit functions (see room_policy()).
         self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
+        self.sessions = Sessions(self)
+        """Sessions (resume after a dropped connection) and idempotent calls: see
+        [`Sessions`][wsevents.Sessions]."""
 
     @property
     def server(self) -> WsServer:
@@ -621,7 +625,7 @@ class WsApp(_MessageDecorators, WsServer):
     async def _release(self) -> None:
         """Shut down and close the transport; the adapter's cleanup calls it."""
         await self.shutdown()
-        self._sessions.close()
+        self._deadlines.close()
         if self._started:
             await self.presence.close()
             await self.history.close()
@@ -659,7 +663,8 @@ class WsApp(_MessageDecorators, WsServer):
         The caller runs it in the connection's context (the adapter sets the app and
         connection context variables around the whole connection).
         """
-        conn._on_expiry = self._sessions.expiry
+        conn._on_expiry = self._deadlines.expiry
+        rooms = await self.sessions.claim(conn) if self.sessions.enabled else None
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -683,7 +688,7 @@ class WsApp(_MessageDecorators, WsServer):
             return False
         self._connections[conn.id] = conn
         if self.auth_required and not conn.authenticated:
-            self._sessions.auth_deadline(conn, self.auth_timeout)
+            self._deadlines.auth_deadline(conn, self.auth_timeout)
         cluster = self.rooms.cluster
         if cluster.directory is not None:
             try:
@@ -691,10 +696,14 @@ class WsApp(_MessageDecorators, WsServer):
             except BaseException:  # cancelled: the peer left during the handshake
                 self._connections.pop(conn.id, None)
                 raise
+        if rooms:
+            await self.sessions.restore_rooms(conn, rooms)
         return True
 
-    async def _close_connection(self, conn: Connection) -> None:
-        """Run ``on_disconnect`` hooks, then leave every room and forget the connection."""
+    async def _close_connection(self, conn: Connection, *, resumable: bool = False) -> None:
+        """Run ``on_disconnect`` hooks, then leave every room and forget the connection;
+        keep its session when ``resumable`` (it ended without a clean close)."""
+        snapshot = None
         try:
             for hook in self._on_disconnect:
                 await await_hook(hook.fn, logger=log, message="on_disconnect failed")
@@ -702,9 +711,12 @@ class WsApp(_MessageDecorators, WsServer):
             self._connections.pop(conn.id, None)
             self._uncount_user(conn)
             try:
+                snapshot = self.sessions.snapshot(conn)
                 await self.rooms.leave_all(conn)
             finally:
                 await self.rooms.cluster.unregister(conn.id)
+                # Last: a resume waits for this, so the id is free everywhere by then.
+                await self.sessions.ended(conn, snapshot, resumable)
 
     def _count_user(self, conn: Connection) -> bool:
         """Count ``conn`` for its user; False (and ``conn`` closed) over the maximum."""

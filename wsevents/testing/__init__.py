@@ -2,8 +2,9 @@
 
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
-- ``wsevents.testing.conformance``: ``check_transport`` and ``check_presence_store``, the
-  suites every transport and presence store pass;
+- ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store`` and
+  ``check_session_store``, the suites every transport, presence store and session store
+  pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
     from .cluster import WsCluster, assert_delivered_once, serve_memory_cluster
     from .conformance import (
         PresenceStoreFactory,
+        SessionStoreFactory,
         TransportFactory,
         check_presence_store,
+        check_session_store,
         check_transport,
     )
     from .contexts import (
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PresenceStoreFactory",
     "RecordingSocket",
+    "SessionStoreFactory",
     "TestConnectionContext",
     "TestMessageContext",
     "TransportFactory",
@@ -47,6 +51,7 @@ __all__ = [
     "WsTestClient",
     "assert_delivered_once",
     "check_presence_store",
+    "check_session_store",
     "check_transport",
     "prepare_test_ws_connection_context",
     "prepare_test_ws_message_context",
@@ -62,6 +67,7 @@ _HOME = {
     "ClusterFactory": "cluster",
     "PresenceStoreFactory": "conformance",
     "RecordingSocket": "contexts",
+    "SessionStoreFactory": "conformance",
     "TestConnectionContext": "contexts",
     "TestMessageContext": "contexts",
     "TransportFactory": "conformance",
@@ -69,6 +75,7 @@ _HOME = {
     "WsTestClient": "client",
     "assert_delivered_once": "cluster",
     "check_presence_store": "conformance",
+    "check_session_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",
     "prepare_test_ws_message_context": "contexts",

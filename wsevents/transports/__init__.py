@@ -21,11 +21,18 @@ from .base import (
     PresenceMember,
     PresencePage,
     PresenceStore,
+    SessionStore,
     StateListener,
     StreamPosition,
     TransportStateEvents,
 )
-from .memory import MemoryBus, MemoryHistoryStore, MemoryPresenceStore, MemoryTransport
+from .memory import (
+    MemoryBus,
+    MemoryHistoryStore,
+    MemoryPresenceStore,
+    MemorySessionStore,
+    MemoryTransport,
+)
 
 if TYPE_CHECKING:
     from .redis import RedisTransport
@@ -40,6 +47,7 @@ __all__ = [
     "MemoryBus",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
+    "MemorySessionStore",
     "MemoryTransport",
     "PayloadHandler",
     "PresenceCount",
@@ -47,6 +55,7 @@ __all__ = [
     "PresencePage",
     "PresenceStore",
     "RedisTransport",
+    "SessionStore",
     "StateListener",
     "StreamPosition",
     "TransportStateEvents",

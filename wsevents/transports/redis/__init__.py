@@ -25,7 +25,9 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
 * ``<prefix>ws:presence:...``: the presence store (see ``_presence``), keys of a room
   hash-tagged ``{<room>}``;
 * ``<prefix>ws:history:...``: the history store (see ``_history``), a stream, an offset
-  and an epoch per history room, hash-tagged ``{<room>}``.
+  and an epoch per history room, hash-tagged ``{<room>}``;
+* ``<prefix>ws:kv:<key>``: the session store (see ``_sessions``): session snapshots, the
+  kept replies of idempotent calls, counters.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ._directory import RedisDirectory
 from ._history import RedisHistory
 from ._presence import RedisPresence
 from ._pubsub import PubSub
+from ._sessions import RedisSessions
 from ._url import describe_client, redact_url
 
 __all__ = ["RedisTransport", "StateListener", "redact_url"]
@@ -56,7 +59,8 @@ log = logging.getLogger("wsevents.transports.redis")
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events and a
-    [`PresenceStore`][wsevents.PresenceStore] and a [`HistoryStore`][wsevents.HistoryStore].
+    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore] and a
+    [`SessionStore`][wsevents.SessionStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -156,6 +160,7 @@ class RedisTransport(BaseTransport):
         )
         self._presence = RedisPresence(client, prefix=prefix, command_timeout=self.command_timeout)
         self._history = RedisHistory(client, prefix=prefix, command_timeout=self.command_timeout)
+        self._sessions = RedisSessions(client, prefix=prefix, command_timeout=self.command_timeout)
         # Rewrite the directory whenever the connection comes up: Redis may have
         # restarted empty.
         self._pubsub.on_up = self._directory.wake
@@ -322,13 +327,14 @@ class RedisTransport(BaseTransport):
             await self.client.aclose()
 
     def capabilities(self) -> Capabilities:
-        """The connection directory, the backend state events, the presence store and the
-        history store, each its own object."""
+        """The connection directory, the backend state events, the presence store, the
+        history store and the session store, each its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self._pubsub,
             presence=self._presence,
             history=self._history,
+            sessions=self._sessions,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------
