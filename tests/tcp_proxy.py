@@ -13,7 +13,8 @@ class TcpProxy:
     see the TCP connection reset, without a WebSocket close frame (as when a train
     enters a tunnel). While ``refuse`` is True, new connections are reset at once.
     ``upstream`` may be changed: later connections go to the new port (another
-    instance).
+    instance). [`stall`][] keeps what the server sends from reaching the client (a reply
+    lost on the way) until the next [`drop`][].
     """
 
     def __init__(self, upstream: int) -> None:
@@ -24,6 +25,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -33,8 +36,13 @@ class TcpProxy:
     def url(self, path: str = "/ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
+    def stall(self) -> None:
+        """Hold back what the servers send to the clients (the clients still send)."""
+        self._flowing.clear()
+
     def drop(self) -> int:
-        """Reset every relayed connection; returns how many there were."""
+        """Reset every relayed connection; returns how many there were. Ends a stall."""
+        self._flowing.set()
         pairs = list(self._pairs)
         self._pairs.clear()
         for client, server in pairs:
@@ -70,15 +78,19 @@ class TcpProxy:
         self.accepted += 1
         pair = (writer, up_writer)
         self._pairs.add(pair)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.get_running_loop().create_task(_pipe(src, dst))
+        for src, dst, gate in ((reader, up_writer, None), (up_reader, writer, self._flowing)):
+            task = asyncio.get_running_loop().create_task(_pipe(src, dst, gate))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+async def _pipe(
+    src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None
+) -> None:
     with contextlib.suppress(OSError, asyncio.CancelledError):
         while chunk := await src.read(65536):
+            if gate is not None and not gate.is_set():
+                continue  # stalled: lost on the way
             dst.write(chunk)
             await dst.drain()
     with contextlib.suppress(OSError, RuntimeError):
