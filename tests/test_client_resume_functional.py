@@ -160,7 +160,9 @@ async def test_a_given_idem_is_sent_as_is_and_a_bad_one_is_refused(
     assert await alice.call("rpc", "/counter/incr") == {"value": 1}
     assert await alice.call("rpc", "/counter/incr", idem="order-7") == {"value": 2}
     assert await alice.call("rpc", "/counter/incr", idem="order-7") == {"value": 2}
-    assert server.idems == [None, "order-7", "order-7"] and server.runs == 2
+    # The repeat may be answered before the handler (a server keeping replies itself).
+    assert server.idems[:2] == [None, "order-7"] and set(server.idems) == {None, "order-7"}
+    assert server.runs == 2
     for bad in ("", "x" * 65, 7):
         with pytest.raises(ValueError, match="idem"):
             await alice.call("rpc", "/counter/incr", idem=bad)
