@@ -38,6 +38,7 @@ class SessionServer:
         self.sessions: dict[str, str] = {}  # token -> the id of its first connection
         self.handshakes: list[dict[str, str]] = []  # the query of every handshake
         self.idems: list[Any] = []  # the idem of every /counter/incr frame
+        self.subscribe_idems: list[Any] = []  # the idem of every subscribe frame
         self.runs = 0  # how often /counter/incr really ran
         self.value = 0
         self.kept: dict[tuple[str, str], asyncio.Future[Any]] = {}
@@ -79,6 +80,13 @@ class SessionServer:
                 kept = self.kept[key] = asyncio.get_running_loop().create_future()
                 kept.set_result(await self._incr(delay))
             return await asyncio.shield(kept)
+
+        @app.on_message("subscribe", "/slow/:room")
+        async def subscribe() -> dict[str, bool]:
+            msg = use_ws_message()
+            self.subscribe_idems.append(orjson.loads(msg.raw).get("idem"))
+            await asyncio.sleep(0.3)
+            return {"subscribed": True}
 
     async def _incr(self, delay: float) -> dict[str, int]:
         self.runs += 1
@@ -149,6 +157,23 @@ async def test_a_call_cut_off_in_flight_is_sent_again_with_its_idem_and_runs_onc
     assert first == again and isinstance(first, str) and len(first) == 32
     assert await alice.call("rpc", "/counter/incr") == {"value": 2}  # a new call, a new idem
     assert len(set(server.idems)) == 2
+
+
+async def test_a_subscribe_gets_no_idem_and_is_sent_again_as_it_is_when_cut_off(
+    sessions: tuple[SessionServer, TcpProxy], made: list[Any]
+) -> None:
+    # A kept reply would not repeat what the first run pushed (a replay with since):
+    # subscribes carry no automatic idem, and a cut-off one is simply sent again.
+    server, proxy = sessions
+    alice = client(made, proxy.url(), resume=True, **FAST)
+    await alice.connect()
+    sub = asyncio.ensure_future(alice.subscribe("/slow/lobby"))
+    await wait_until(lambda: len(server.subscribe_idems) == 1)
+    await cut(proxy, alice)
+    await restore(proxy, alice)
+    assert (await sub).reply == {"subscribed": True}
+    assert server.subscribe_idems and set(server.subscribe_idems) == {None}
+    assert len(server.subscribe_idems) >= 2  # sent again after the reconnect
 
 
 async def test_a_given_idem_is_sent_as_is_and_a_bad_one_is_refused(
