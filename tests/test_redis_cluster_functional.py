@@ -9,10 +9,16 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 
-from wsevents.testing import check_capacity_store, check_presence_store, check_transport
+from wsevents.testing import (
+    check_capacity_store,
+    check_presence_store,
+    check_session_store,
+    check_transport,
+)
 from wsevents.transports.redis import RedisClusterTransport, RedisTransport
 from wsevents.transports.redis._capacity import RedisCapacity
 from wsevents.transports.redis._presence import RedisPresence
+from wsevents.transports.redis._sessions import RedisSessions
 
 from .redis_support import ThrowawayRedisCluster, delete_cluster_keys
 
@@ -72,3 +78,13 @@ async def test_the_capacity_store_passes_on_the_cluster_and_leaves_no_key(
         lambda: RedisCapacity(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
     )
     assert await delete_cluster_keys(redis_cluster, cluster_prefix) == 0
+
+
+async def test_the_session_store_passes_on_the_cluster(
+    redis_cluster: ThrowawayRedisCluster,
+    cluster_client: aioredis.RedisCluster,
+    cluster_prefix: str,
+) -> None:
+    await check_session_store(
+        lambda: RedisSessions(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
+    )

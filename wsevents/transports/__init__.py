@@ -22,6 +22,7 @@ from .base import (
     PresenceMember,
     PresencePage,
     PresenceStore,
+    SessionStore,
     StateListener,
     StreamPosition,
     TransportStateEvents,
@@ -31,6 +32,7 @@ from .memory import (
     MemoryCapacityStore,
     MemoryHistoryStore,
     MemoryPresenceStore,
+    MemorySessionStore,
     MemoryTransport,
 )
 
@@ -49,6 +51,7 @@ __all__ = [
     "MemoryCapacityStore",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
+    "MemorySessionStore",
     "MemoryTransport",
     "PayloadHandler",
     "PresenceCount",
@@ -56,6 +59,7 @@ __all__ = [
     "PresencePage",
     "PresenceStore",
     "RedisTransport",
+    "SessionStore",
     "StateListener",
     "StreamPosition",
     "TransportStateEvents",
