@@ -12,8 +12,10 @@ from .redis_support import (
     REDIS_CLI,
     REDIS_SERVER,
     REDIS_URL,
+    KeysOf,
     ThrowawayRedis,
     ThrowawayRedisCluster,
+    cluster_keys,
     delete_cluster_keys,
     delete_keys,
     free_port,
@@ -77,3 +79,42 @@ async def cluster_prefix(redis_cluster: ThrowawayRedisCluster) -> AsyncIterator[
     yield value
     await asyncio.to_thread(redis_cluster.wait_healthy)
     await delete_cluster_keys(redis_cluster, value)
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest) -> str:
+    """``redis`` unless the test is parametrized with ``both_engines``."""
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture
+async def engine_url(
+    engine: str, request: pytest.FixtureRequest, prefix: str
+) -> AsyncIterator[str]:
+    """The URL of the engine under test; on the Redis Cluster, the keys under ``prefix``
+    are deleted after the test."""
+    if engine == "redis":
+        yield REDIS_URL
+        return
+    cluster: ThrowawayRedisCluster = request.getfixturevalue("redis_cluster")
+    yield cluster.url
+    await asyncio.to_thread(cluster.wait_healthy)
+    await delete_cluster_keys(cluster, prefix)
+
+
+@pytest.fixture
+def keys_of(engine: str, request: pytest.FixtureRequest) -> KeysOf:
+    """``await keys_of(match)``: the keys matching ``match`` on the engine under test."""
+    if engine == "redis":
+        admin: aioredis.Redis = request.getfixturevalue("admin")
+
+        async def on_redis(match: str) -> list[bytes]:
+            return [key async for key in admin.scan_iter(match=match, count=500)]
+
+        return on_redis
+    cluster: ThrowawayRedisCluster = request.getfixturevalue("redis_cluster")
+
+    async def on_cluster(match: str) -> list[bytes]:
+        return await cluster_keys(cluster, match)
+
+    return on_cluster

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -311,3 +312,26 @@ async def delete_cluster_keys(cluster: ThrowawayRedisCluster, prefix: str) -> in
         finally:
             await node.aclose()
     return total
+
+
+ENGINES = ["redis", "redis-cluster"]
+"""The Redis engines a multi-instance test can run on (the ``engine`` fixture)."""
+
+both_engines = pytest.mark.parametrize("engine", ENGINES, indirect=True)
+"""Run a test on one Redis and on the Redis Cluster (through the ``engine_url`` fixture)."""
+
+
+async def cluster_keys(cluster: ThrowawayRedisCluster, match: str) -> list[bytes]:
+    """The keys matching ``match`` on every master of ``cluster``."""
+    found: list[bytes] = []
+    for port in cluster.master_ports():
+        node = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            found += [key async for key in node.scan_iter(match=match, count=500)]
+        finally:
+            await node.aclose()
+    return found
+
+
+KeysOf = Callable[[str], Awaitable[list[bytes]]]
+"""``await keys_of(match)``: the keys matching ``match`` on the engine under test."""

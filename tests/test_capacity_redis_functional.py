@@ -21,7 +21,7 @@ from wsevents.server import attach
 from wsevents.testing import WsTestClient
 from wsevents.transports.redis import RedisTransport
 
-from .redis_support import REDIS_URL, free_port, unique, wait_until
+from .redis_support import REDIS_URL, KeysOf, both_engines, free_port, unique, wait_until
 from .test_capacity_functional import build_capped, call_error, join_outcomes
 from .test_presence_redis_functional import wait_listening
 
@@ -48,12 +48,12 @@ Cluster = Callable[..., Awaitable[list[Instance]]]
 
 
 @pytest.fixture
-async def cluster(aiohttp_client: Any, prefix: str) -> AsyncIterator[Cluster]:
+async def cluster(aiohttp_client: Any, prefix: str, engine_url: str) -> AsyncIterator[Cluster]:
     made: list[Instance] = []
 
     async def make(count: int = 3, lease: float | None = None) -> list[Instance]:
         for _ in range(count):
-            transport = RedisTransport.from_url(REDIS_URL, prefix=prefix)
+            transport = RedisTransport.from_url(engine_url, prefix=prefix)
             app = build_capped(transport, lease=lease)
             made.append(Instance(app, await aiohttp_client(attach(app, web.Application(), "/ws"))))
         return made[-count:]
@@ -68,8 +68,9 @@ async def capacity_keys(admin: aioredis.Redis, prefix: str) -> list[bytes]:
     return [key async for key in admin.scan_iter(match=prefix + "ws:capacity:*", count=500)]
 
 
+@both_engines
 async def test_racing_joins_over_three_instances_fill_exactly_the_places(
-    cluster: Cluster, admin: aioredis.Redis, prefix: str
+    cluster: Cluster, keys_of: KeysOf, prefix: str
 ) -> None:
     instances = await cluster(3)
     for round_ in range(3):
@@ -101,11 +102,12 @@ async def test_racing_joins_over_three_instances_fill_exactly_the_places(
             await client.close()
 
     async def no_keys() -> bool:
-        return await capacity_keys(admin, prefix) == []
+        return await keys_of(prefix + "ws:capacity:*") == []
 
     await wait_until(no_keys, what="an emptied room leaves no key in Redis")
 
 
+@both_engines
 async def test_an_instance_that_stops_renewing_frees_its_places(cluster: Cluster) -> None:
     instances = await cluster(3, lease=1.0)
     room = "/capped/rooms/stalled"

@@ -22,8 +22,8 @@ from wsevents.testing import WsTestClient, assert_delivered_once
 from wsevents.transports.redis import RedisTransport
 
 from .redis_support import (
-    REDIS_URL,
     ThrowawayRedis,
+    both_engines,
     clients_named,
     pubsub_clients_named,
     unique,
@@ -109,11 +109,12 @@ Cluster = Callable[..., Awaitable[list[Instance]]]
 
 
 @pytest.fixture
-async def cluster(aiohttp_client: Any, prefix: str) -> AsyncIterator[Cluster]:
-    """``instances = await cluster(3, url=REDIS_URL, **transport_options)``."""
+async def cluster(aiohttp_client: Any, prefix: str, engine_url: str) -> AsyncIterator[Cluster]:
+    """``instances = await cluster(3, url=engine_url, **transport_options)``."""
     made: list[Instance] = []
 
-    async def make(count: int, *, url: str = REDIS_URL, **options: Any) -> list[Instance]:
+    async def make(count: int, *, url: str | None = None, **options: Any) -> list[Instance]:
+        url = url or engine_url
         options.setdefault("prefix", prefix)
         new = []
         for _ in range(count):
@@ -154,6 +155,7 @@ def push(data: Any, path: str = ROOM, event: str = "message") -> dict[str, Any]:
 # -- exactly once ---------------------------------------------------------------------------
 
 
+@both_engines
 async def test_room_broadcast_reaches_every_member_once_and_never_the_sender(
     cluster: Cluster,
 ) -> None:
@@ -168,6 +170,7 @@ async def test_room_broadcast_reaches_every_member_once_and_never_the_sender(
         await client.close()
 
 
+@both_engines
 async def test_200_broadcasts_from_one_sender_arrive_in_order_everywhere(
     cluster: Cluster,
 ) -> None:
@@ -190,6 +193,7 @@ async def test_200_broadcasts_from_one_sender_arrive_in_order_everywhere(
         await client.close()
 
 
+@both_engines
 async def test_burst_of_50_clients_times_20_broadcasts_has_no_duplicate(
     cluster: Cluster,
 ) -> None:
@@ -226,6 +230,7 @@ async def test_burst_of_50_clients_times_20_broadcasts_has_no_duplicate(
         await client.close()
 
 
+@both_engines
 async def test_server_wide_broadcast_reaches_every_connection_of_every_instance_once(
     cluster: Cluster,
 ) -> None:
@@ -239,6 +244,7 @@ async def test_server_wide_broadcast_reaches_every_connection_of_every_instance_
         await client.close()
 
 
+@both_engines
 async def test_send_to_a_connection_on_another_instance_delivers_once(cluster: Cluster) -> None:
     a, b = await cluster(2)
     sender, target, bystander = await connect(a), await connect(b), await connect(b)
@@ -252,6 +258,7 @@ async def test_send_to_a_connection_on_another_instance_delivers_once(cluster: C
         await client.close()
 
 
+@both_engines
 async def test_send_to_an_unknown_id_returns_false(cluster: Cluster) -> None:
     a, _ = await cluster(2)
     sender = await connect(a)
@@ -259,6 +266,7 @@ async def test_send_to_an_unknown_id_returns_false(cluster: Cluster) -> None:
     await sender.close()
 
 
+@both_engines
 async def test_send_to_a_closed_connection_returns_false_at_once(cluster: Cluster) -> None:
     a, b = await cluster(2)
     sender, target = await connect(a), await connect(b)
@@ -273,6 +281,7 @@ async def test_send_to_a_closed_connection_returns_false_at_once(cluster: Cluste
     await sender.close()
 
 
+@both_engines
 async def test_directory_forgets_the_connections_of_a_crashed_instance(cluster: Cluster) -> None:
     a, b = await cluster(2, directory_ttl=0.6)
     sender, victim = await connect(a), await connect(b)

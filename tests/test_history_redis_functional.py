@@ -19,7 +19,14 @@ from wsevents.transports.memory import MemoryHistoryStore
 from wsevents.transports.redis import RedisTransport
 from wsevents.transports.redis._history import RedisHistory
 
-from .redis_support import REDIS_URL, delete_keys, wait_until
+from .redis_support import (
+    REDIS_URL,
+    KeysOf,
+    ThrowawayRedisCluster,
+    both_engines,
+    delete_cluster_keys,
+    wait_until,
+)
 from .test_history_functional import publish, push, room_name, subscribe
 
 pytest_plugins = ["tests.redis_fixtures"]
@@ -30,10 +37,10 @@ Connect = Callable[[int], Awaitable[WsTestClient]]
 
 
 @pytest.fixture
-async def cluster(aiohttp_client: Any, prefix: str, admin: aioredis.Redis) -> Connect:
+async def cluster(aiohttp_client: Any, prefix: str, engine_url: str) -> Connect:
     servers = []
     for _ in range(3):
-        app = WsApp(heartbeat=0, transport=RedisTransport.from_url(REDIS_URL, prefix=prefix))
+        app = WsApp(heartbeat=0, transport=RedisTransport.from_url(engine_url, prefix=prefix))
         add_history(app)
         servers.append(await aiohttp_client(attach(app, web.Application(), "/ws")))
 
@@ -43,6 +50,7 @@ async def cluster(aiohttp_client: Any, prefix: str, admin: aioredis.Redis) -> Co
     return connect
 
 
+@both_engines
 async def test_away_during_500_pushes_from_other_instances_recovers_them_on_another(
     cluster: Connect,
 ) -> None:
@@ -67,8 +75,9 @@ async def test_away_during_500_pushes_from_other_instances_recovers_them_on_anot
     assert await back.next_push() == push(room, "live", count + 1)
 
 
+@both_engines
 async def test_after_history_loss_since_is_not_recovered_and_a_new_epoch_starts(
-    cluster: Connect, admin: aioredis.Redis, prefix: str
+    cluster: Connect, keys_of: KeysOf, prefix: str, engine_url: str
 ) -> None:
     room = room_name()
     alice, bob = await cluster(0), await cluster(2)
@@ -76,7 +85,11 @@ async def test_after_history_loss_since_is_not_recovered_and_a_new_epoch_starts(
     await publish(alice, room, "before")
     assert await bob.next_push() == push(room, "before", 1)
     await bob.close()
-    await delete_keys(admin, prefix + "ws:history:")  # what a FLUSHALL does to the room
+    # What a FLUSHALL does to the room.
+    deleter = RedisTransport.from_url(engine_url).client
+    for key in await keys_of(prefix + "ws:history:*"):
+        await deleter.delete(key)
+    await deleter.aclose()
     carol = await cluster(1)
     reply = await subscribe(carol, room, {"offset": 1, "epoch": start["epoch"]})
     assert reply["recovered"] is False and reply["offset"] == 0
@@ -86,6 +99,7 @@ async def test_after_history_loss_since_is_not_recovered_and_a_new_epoch_starts(
     assert await carol.next_push() == push(room, "after", 1)
 
 
+@both_engines
 async def test_a_publisher_race_on_three_instances_gives_every_member_one_order(
     cluster: Connect,
 ) -> None:
@@ -111,14 +125,21 @@ async def test_a_publisher_race_on_three_instances_gives_every_member_one_order(
 # -- the store, on Redis and in memory -------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: Any, admin: aioredis.Redis, prefix: str) -> AsyncIterator[HistoryStore]:
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def store(request: Any, prefix: str) -> AsyncIterator[HistoryStore]:
     if request.param == "memory":
         yield MemoryHistoryStore()
         return
-    client = aioredis.from_url(REDIS_URL)
+    if request.param == "redis":
+        client: Any = aioredis.from_url(REDIS_URL)
+    else:
+        cluster: ThrowawayRedisCluster = request.getfixturevalue("redis_cluster")
+        client = RedisTransport.from_url(cluster.url).client
+        await client.initialize()  # the slot map, before concurrent commands
     yield RedisHistory(client, prefix=prefix, command_timeout=2.0)
     await client.aclose()
+    if request.param == "redis-cluster":
+        await delete_cluster_keys(cluster, prefix)
 
 
 async def test_store_offsets_grow_by_one_and_since_gives_what_is_kept(store: HistoryStore) -> None:

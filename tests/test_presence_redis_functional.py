@@ -24,7 +24,7 @@ from wsevents.testing import WsTestClient
 from wsevents.transports.redis import RedisTransport
 from wsevents.transports.redis._presence import RedisPresence
 
-from .redis_support import REDIS_URL, free_port, unique, wait_until
+from .redis_support import REDIS_URL, KeysOf, both_engines, free_port, unique, wait_until
 from .test_presence_functional import (
     count_changes,
     join,
@@ -60,12 +60,12 @@ def changes() -> list[PresenceChange]:
 
 @pytest.fixture
 async def cluster(
-    aiohttp_client: Any, prefix: str, changes: list[PresenceChange]
+    aiohttp_client: Any, prefix: str, changes: list[PresenceChange], engine_url: str
 ) -> AsyncIterator[Cluster]:
     async def make(count: int) -> list[Instance]:
         made = []
         for _ in range(count):
-            app = WsApp(heartbeat=0, transport=RedisTransport.from_url(REDIS_URL, prefix=prefix))
+            app = WsApp(heartbeat=0, transport=RedisTransport.from_url(engine_url, prefix=prefix))
             add_presence(app)
             app.presence.instance_ttl = 0.6
             app.on_presence(changes.append)
@@ -79,8 +79,9 @@ async def presence_keys(admin: aioredis.Redis, prefix: str) -> list[bytes]:
     return [key async for key in admin.scan_iter(match=prefix + "ws:presence:*", count=500)]
 
 
+@both_engines
 async def test_counts_lists_and_changes_are_exact_across_three_instances(
-    cluster: Cluster, changes: list[PresenceChange], admin: aioredis.Redis, prefix: str
+    cluster: Cluster, changes: list[PresenceChange], keys_of: KeysOf, prefix: str
 ) -> None:
     instances = await cluster(3)
     room = room_name()
@@ -121,11 +122,12 @@ async def test_counts_lists_and_changes_are_exact_across_three_instances(
     # A clean shutdown of every instance leaves nothing behind.
     for inst in instances:
         await inst.server.close()
-    assert await presence_keys(admin, prefix) == []
+    assert await keys_of(prefix + "ws:presence:*") == []
 
 
+@both_engines
 async def test_one_survivor_reaps_a_dead_instance_and_each_member_hears_one_leave(
-    cluster: Cluster, changes: list[PresenceChange], admin: aioredis.Redis, prefix: str
+    cluster: Cluster, changes: list[PresenceChange], prefix: str
 ) -> None:
     instances = await cluster(2)
     room = room_name()
@@ -133,7 +135,8 @@ async def test_one_survivor_reaps_a_dead_instance_and_each_member_hears_one_leav
     for watcher in watchers:
         await join(watcher, room)
     # What a crashed instance leaves behind: its entries, and a heartbeat that expires.
-    dead = RedisPresence(admin, prefix=prefix, command_timeout=2.0)
+    client: Any = instances[0].app.transport.client  # type: ignore[union-attr]
+    dead = RedisPresence(client, prefix=prefix, command_timeout=2.0)
     assert await dead.heartbeat("dead-instance", 0.2)
     assert await dead.add(room, "c1", "ghost", '{"name": "G"}', "dead-instance")
     assert not await dead.add(room, "c2", "ghost", None, "dead-instance")

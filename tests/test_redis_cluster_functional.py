@@ -35,6 +35,7 @@ async def cluster_client(
     client = aioredis.RedisCluster(
         startup_nodes=[ClusterNode("127.0.0.1", port) for port in redis_cluster.ports]
     )
+    await client.initialize()  # the slot map, before concurrent commands
     yield client
     await client.aclose()
 

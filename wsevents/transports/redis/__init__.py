@@ -504,3 +504,24 @@ class RedisClusterTransport(RedisTransport):
         if "{" in prefix or "}" in prefix:
             raise ValueError("the prefix of a Redis Cluster transport cannot contain { or }")
         super().__init__(client, prefix=prefix, **options)  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        """Read the slot map, then start like
+        [`RedisTransport.start`][wsevents.transports.redis.RedisTransport.start].
+
+        The slot map is read before any command runs: redis-py sends the commands that
+        arrive while it reads it lazily to arbitrary masters, and on the redirections that
+        follow it closes connections with commands in flight, which it then runs again.
+        """
+        if not self._pubsub.up:
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    _ = await self._cluster.initialize()
+            except Exception as exc:  # start() reports it, or retries in the background
+                log.debug("reading the slot map of %s failed: %r", self.url, exc)
+        await super().start()
+
+    @property
+    def _cluster(self) -> aioredis.RedisCluster:
+        client: Any = self.client
+        return client  # type: ignore[no-any-return]
