@@ -3,6 +3,7 @@ conformance, sharded channels, hash-tagged room keys, slot moves and failover.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,10 +18,11 @@ from wsevents.testing import (
 )
 from wsevents.transports.redis import RedisClusterTransport, RedisTransport
 from wsevents.transports.redis._capacity import RedisCapacity
+from wsevents.transports.redis._history import RedisHistory
 from wsevents.transports.redis._presence import RedisPresence
 from wsevents.transports.redis._sessions import RedisSessions
 
-from .redis_support import ThrowawayRedisCluster, delete_cluster_keys
+from .redis_support import ThrowawayRedisCluster, cluster_keys, delete_cluster_keys
 
 # The fixtures redis_cluster and cluster_prefix.
 pytest_plugins = ["tests.redis_fixtures"]
@@ -89,3 +91,165 @@ async def test_the_session_store_passes_on_the_cluster(
     await check_session_store(
         lambda: RedisSessions(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
     )
+
+
+# -- sharded channels -------------------------------------------------------------------------
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, payload: str) -> None:
+        self.got.append(payload)
+        self.changed.set()
+
+    async def wait_for(self, payload: str, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while payload not in self.got:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def shard_channels(cluster: ThrowawayRedisCluster, prefix: str) -> dict[int, set[str]]:
+    """Master port → the shard channels under ``prefix`` subscribed there."""
+    out: dict[int, set[str]] = {}
+    for port in cluster.master_ports():
+        node = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            raw = await node.execute_command("PUBSUB", "SHARDCHANNELS", prefix + "*")
+        finally:
+            await node.aclose()
+        out[port] = {c.decode() for c in raw}
+    return out
+
+
+async def test_room_channels_spread_over_the_masters_and_each_is_subscribed_once(
+    redis_cluster: ThrowawayRedisCluster, cluster_prefix: str
+) -> None:
+    a = transport(redis_cluster, cluster_prefix)
+    b = transport(redis_cluster, cluster_prefix)
+    await a.start()
+    await b.start()
+    try:
+        inbox = Inbox()
+        rooms = [f"ws:room:/rooms/{i}" for i in range(12)]
+        for room in rooms:
+            await b.subscribe(room, inbox)
+        placed = await shard_channels(redis_cluster, cluster_prefix)
+        with_rooms = [port for port, chans in placed.items() if chans - {""}]
+        assert len(with_rooms) == 3, placed  # 12 names hash to every master
+        room_homes = [
+            [port for port, chans in placed.items() if cluster_prefix + room in chans]
+            for room in rooms
+        ]
+        assert all(len(homes) == 1 for homes in room_homes), room_homes
+        for i, room in enumerate(rooms):
+            await a.publish(room, f"p{i}")
+        for i in range(len(rooms)):
+            await inbox.wait_for(f"p{i}")
+        assert sorted(inbox.got) == sorted(f"p{i}" for i in range(len(rooms)))
+        assert await a.health() and await b.health()
+    finally:
+        await a.close()
+        await b.close()
+    assert not any((await shard_channels(redis_cluster, cluster_prefix)).values())
+
+
+async def test_a_room_with_any_name_keeps_its_keys_on_one_shard(
+    redis_cluster: ThrowawayRedisCluster,
+    cluster_client: aioredis.RedisCluster,
+    cluster_prefix: str,
+) -> None:
+    presence = RedisPresence(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
+    history = RedisHistory(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
+    capacity = RedisCapacity(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
+    for room in ["", "}", "a}b", "{x}", "~lead", "/rooms/é"]:
+        assert await presence.add(room, "c1", "u1", None, "i1")
+        assert (await presence.count(room)).connections == 1
+        assert (await history.append(room, "p", 10, 60.0)).offset == 1
+        assert await capacity.try_acquire(room, "c1", 1, "i1", 60.0)
+        assert not await capacity.try_acquire(room, "c2", 1, "i1", 60.0)
+    # Every room got keys of its own: "~lead" is not hashed like another name.
+    assert (await presence.count("~lead")).connections == 1
+    assert await presence.reap("i1", "i1") is not None
+    keys = await cluster_keys(redis_cluster, cluster_prefix + "ws:history:*")
+    assert len(keys) == 6 * 3
+    assert len({cluster_client.keyslot(k) for k in keys}) == 6
+
+
+async def test_the_cluster_transport_refuses_a_prefix_with_braces(
+    redis_cluster: ThrowawayRedisCluster,
+) -> None:
+    with pytest.raises(ValueError, match="cannot contain"):
+        transport(redis_cluster, "app{1}:")
+
+
+# -- failover ---------------------------------------------------------------------------------
+
+
+# On a failover, redis-py's cluster client drops pooled connections to the surviving
+# masters without closing them (their finalizers warn): not a leak of the transport's.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_killed_master_is_replaced_and_delivery_is_back_within_10_s_without_duplicates(
+    redis_cluster: ThrowawayRedisCluster, cluster_prefix: str
+) -> None:
+    options: dict[str, float] = {
+        "reconnect_delay": 0.05,
+        "reconnect_max_delay": 0.5,
+        "ping_interval": 0.5,
+        "ping_timeout": 1.0,
+        "connect_timeout": 1.0,
+        "command_timeout": 1.0,
+    }
+    a = transport(redis_cluster, cluster_prefix, **options)
+    b = transport(redis_cluster, cluster_prefix, **options)
+    states: list[bool] = []
+    b.add_state_listener(states.append)
+    await a.start()
+    await b.start()
+    inbox = Inbox()
+    # Channels on every master: one of them lives on the master killed below.
+    rooms = [f"ws:room:/f/{i}" for i in range(12)]
+    try:
+        for room in rooms:
+            await b.subscribe(room, inbox)
+        for room in rooms:
+            await a.publish(room, f"before {room}")
+        for room in rooms:
+            await inbox.wait_for(f"before {room}")
+        victim = (await shard_channels(redis_cluster, cluster_prefix)).items()
+        port = next(port for port, chans in victim if chans)
+        await asyncio.to_thread(redis_cluster.kill, port)
+        killed_at = asyncio.get_running_loop().time()
+
+        async def delivered_everywhere(tag: str) -> bool:
+            for room in rooms:
+                try:
+                    await a.publish(room, f"{tag} {room}")
+                except Exception:
+                    return False
+            try:
+                for room in rooms:
+                    await inbox.wait_for(f"{tag} {room}", timeout=0.5)
+            except TimeoutError:
+                return False
+            return True
+
+        attempt = 0
+        while not await delivered_everywhere(f"after{attempt}"):
+            attempt += 1
+            assert asyncio.get_running_loop().time() - killed_at < 10, "not back within 10 s"
+            await asyncio.sleep(0.1)
+        assert states[:1] == [False] and states[-1] is True
+        assert b.connected and await b.health()
+        # Each payload arrived at most once, the last round exactly once per room.
+        assert len(inbox.got) == len(set(inbox.got))
+        assert all(f"after{attempt} {room}" in inbox.got for room in rooms)
+    finally:
+        await a.close()
+        await b.close()
+        await asyncio.to_thread(redis_cluster.restart, port)
+        await asyncio.to_thread(redis_cluster.wait_healthy)
