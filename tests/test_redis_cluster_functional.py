@@ -23,7 +23,7 @@ from wsevents.transports.redis._history import RedisHistory
 from wsevents.transports.redis._presence import RedisPresence
 from wsevents.transports.redis._sessions import RedisSessions
 
-from .redis_support import ThrowawayRedisCluster, cluster_keys, delete_cluster_keys
+from .redis_support import ThrowawayRedisCluster, cluster_keys, delete_cluster_keys, wait_until
 
 # The fixtures redis_cluster and cluster_prefix.
 pytest_plugins = ["tests.redis_fixtures"]
@@ -255,3 +255,60 @@ async def test_a_killed_master_is_replaced_and_delivery_is_back_within_10_s_with
         await asyncio.to_thread(redis_cluster.restart, port)
         await asyncio.to_thread(redis_cluster.wait_healthy)
         gc.collect()  # finalize the dropped connections here, under this test's filters
+
+
+def move_slot(cluster: ThrowawayRedisCluster, slot: int, source: int, target: int) -> None:
+    """Hand the (keyless) ``slot`` from master ``source`` to master ``target``."""
+    ids = {port: cluster.cli(port, "CLUSTER", "MYID").strip() for port in (source, target)}
+    assert (
+        cluster.cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[source]).strip()
+        == "OK"
+    )
+    assert (
+        cluster.cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target]).strip()
+        == "OK"
+    )
+    for port in cluster.master_ports():
+        assert (
+            cluster.cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target]).strip() == "OK"
+        )
+
+
+async def test_a_moved_slot_is_resubscribed_on_its_new_master(
+    redis_cluster: ThrowawayRedisCluster,
+    cluster_client: aioredis.RedisCluster,
+    cluster_prefix: str,
+) -> None:
+    options: dict[str, float] = {"reconnect_delay": 0.05, "reconnect_max_delay": 0.5}
+    a = transport(redis_cluster, cluster_prefix, **options)
+    b = transport(redis_cluster, cluster_prefix, **options)
+    states: list[bool] = []
+    b.add_state_listener(states.append)
+    await a.start()
+    await b.start()
+    inbox = Inbox()
+    room = "ws:room:/moving"
+    slot = cluster_client.keyslot(cluster_prefix + room)
+    placed = await shard_channels(redis_cluster, cluster_prefix)
+    source = target = 0
+    try:
+        await b.subscribe(room, inbox)
+        await a.publish(room, "before")
+        await inbox.wait_for("before")
+        placed = await shard_channels(redis_cluster, cluster_prefix)
+        source = next(port for port, chans in placed.items() if cluster_prefix + room in chans)
+        target = next(port for port in placed if port != source)
+        await asyncio.to_thread(move_slot, redis_cluster, slot, source, target)
+        await wait_until(lambda: states[-1:] == [True], timeout=10, what="resubscribed")
+        assert states == [False, True]
+        placed = await shard_channels(redis_cluster, cluster_prefix)
+        assert cluster_prefix + room in placed[target]
+        assert cluster_prefix + room not in placed[source]
+        await a.publish(room, "after")  # a's client follows the MOVED redirection
+        await inbox.wait_for("after")
+        assert inbox.got == ["before", "after"]
+    finally:
+        await a.close()
+        await b.close()
+        if source:
+            await asyncio.to_thread(move_slot, redis_cluster, slot, target, source)
