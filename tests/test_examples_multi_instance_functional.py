@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from examples.multi_instance.demo import cross
 from wsevents.testing import WsTestClient, assert_delivered_once
 
-from .redis_support import REDIS_URL, free_port
+from .redis_support import both_engines, free_port
 
 # The fixtures admin, prefix and throwaway_redis.
 pytest_plugins = ["tests.redis_fixtures"]
@@ -79,10 +79,14 @@ async def start_instance(redis_url: str) -> Instance:
 
 
 @pytest.fixture
-async def two_instances(admin: aioredis.Redis) -> AsyncIterator[tuple[Instance, Instance]]:
-    a = await start_instance(REDIS_URL)
+async def two_instances(
+    admin: aioredis.Redis, engine_url: str
+) -> AsyncIterator[tuple[Instance, Instance]]:
+    """Two reference-app processes on the engine under test (one Redis unless the test
+    runs on ``both_engines``)."""
+    a = await start_instance(engine_url)
     try:
-        b = await start_instance(REDIS_URL)
+        b = await start_instance(engine_url)
     except BaseException:
         await a.stop()
         raise
@@ -93,6 +97,7 @@ async def two_instances(admin: aioredis.Redis) -> AsyncIterator[tuple[Instance, 
         await b.stop()
 
 
+@both_engines
 async def test_demo_sees_room_announcement_and_direct_push_cross_instances(
     two_instances: tuple[Instance, Instance],
 ) -> None:
@@ -125,6 +130,7 @@ async def _connect(session: aiohttp.ClientSession, url: str) -> WsTestClient:
     return WsTestClient(await session.ws_connect(url))
 
 
+@both_engines
 async def test_two_processes_deliver_every_push_exactly_once_from_the_outside(
     two_instances: tuple[Instance, Instance],
 ) -> None:

@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--redis-url",
         metavar="URL",
-        help="broadcast through Redis to the other instances (redis://, rediss://, unix://)",
+        help="broadcast through Redis to the other instances (redis://, rediss://, unix://, "
+        "redis+cluster://host:port[,host:port...] for a Redis Cluster)",
     )
     run.add_argument(
         "--redis-connect-timeout",
