@@ -153,6 +153,7 @@ LAYER_ORDER = [
     "transports.redis._commands",
     "transports.redis._subscription",
     "transports.redis._pubsub",
+    "transports.redis._sharded",
     "transports.redis._directory",
     "transports.redis._presence",
     "transports.redis._history",

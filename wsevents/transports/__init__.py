@@ -2,9 +2,9 @@
 
 ``base`` holds the contract (async protocols, ``BaseTransport``, ``Capabilities``).
 
-``RedisTransport`` is loaded on first access (``wsevents.transports.RedisTransport`` or
-``from wsevents.transports.redis import RedisTransport``), so importing wsevents never
-imports redis.
+``RedisTransport`` and ``RedisClusterTransport`` are loaded on first access
+(``wsevents.transports.RedisTransport`` or ``from wsevents.transports.redis import
+RedisTransport``), so importing wsevents never imports redis.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from .memory import (
 )
 
 if TYPE_CHECKING:
-    from .redis import RedisTransport
+    from .redis import RedisClusterTransport, RedisTransport
 
 __all__ = [
     "BaseTransport",
@@ -58,6 +58,7 @@ __all__ = [
     "PresenceMember",
     "PresencePage",
     "PresenceStore",
+    "RedisClusterTransport",
     "RedisTransport",
     "SessionStore",
     "StateListener",
@@ -67,8 +68,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RedisTransport":
-        from .redis import RedisTransport
+    if name in ("RedisTransport", "RedisClusterTransport"):
+        from . import redis
 
-        return RedisTransport
+        return getattr(redis, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
