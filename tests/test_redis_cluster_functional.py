@@ -13,6 +13,7 @@ from redis.asyncio.cluster import ClusterNode
 
 from wsevents.testing import (
     check_capacity_store,
+    check_history_store,
     check_presence_store,
     check_session_store,
     check_transport,
@@ -312,3 +313,11 @@ async def test_a_moved_slot_is_resubscribed_on_its_new_master(
         await b.close()
         if source:
             await asyncio.to_thread(move_slot, redis_cluster, slot, target, source)
+
+
+async def test_the_history_store_passes_on_the_cluster(
+    cluster_client: aioredis.RedisCluster, cluster_prefix: str
+) -> None:
+    await check_history_store(
+        lambda: RedisHistory(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
+    )

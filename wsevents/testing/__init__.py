@@ -3,8 +3,9 @@
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
 - ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store``,
-  ``check_capacity_store`` and ``check_session_store``, the suites every transport,
-  presence store, capacity store and session store pass;
+  ``check_capacity_store``, ``check_session_store`` and ``check_history_store``, the
+  suites every transport, presence store, capacity store, session store and history
+  store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         SessionStoreFactory,
         TransportFactory,
         check_capacity_store,
+        check_history_store,
         check_presence_store,
         check_session_store,
         check_transport,
@@ -54,6 +56,7 @@ __all__ = [
     "WsTestClient",
     "assert_delivered_once",
     "check_capacity_store",
+    "check_history_store",
     "check_presence_store",
     "check_session_store",
     "check_transport",
@@ -80,6 +83,7 @@ _HOME = {
     "WsTestClient": "client",
     "assert_delivered_once": "cluster",
     "check_capacity_store": "conformance",
+    "check_history_store": "conformance",
     "check_presence_store": "conformance",
     "check_session_store": "conformance",
     "check_transport": "conformance",

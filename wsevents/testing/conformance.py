@@ -25,17 +25,25 @@ import itertools
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 if TYPE_CHECKING:
-    from ..transports.base import BroadcastTransport, CapacityStore, PresenceStore, SessionStore
+    from ..transports.base import (
+        BroadcastTransport,
+        CapacityStore,
+        HistoryStore,
+        PresenceStore,
+        SessionStore,
+    )
 
 __all__ = [
     "CapacityStoreFactory",
+    "HistoryStoreFactory",
     "PresenceStoreFactory",
     "SessionStoreFactory",
     "TransportFactory",
     "check_capacity_store",
+    "check_history_store",
     "check_presence_store",
     "check_session_store",
     "check_transport",
@@ -1362,3 +1370,160 @@ async def check_session_store(
                 await run.close()
             raise
         await run.close()
+
+
+# -- history stores -------------------------------------------------------------------------
+
+HistoryStoreFactory = Callable[[], "HistoryStore | Awaitable[HistoryStore]"]
+"""Makes one more history store on the shared medium, as one more instance would see it
+(see [`check_history_store`][])."""
+
+_HISTORY_METHODS = ("append", "position", "since")
+_KEEP = 60.0  # seconds: a ttl that does not run out during a check
+
+
+class _HistoryRun(_SessionRun):
+    """One check of [`check_history_store`][]: its stores, rooms and failures."""
+
+    def fail(self, text: str) -> AssertionError:
+        return AssertionError(f"check_history_store [{self.check}]: {text}")
+
+    async def store(self) -> Any:
+        store = await _from_factory(self.factory, self.timeout, self.fail)
+        for method in _HISTORY_METHODS:
+            fn = getattr(store, method, None)
+            if not callable(fn):
+                raise self.fail(f"the factory returned {store!r}, which has no {method}()")
+            if not inspect.iscoroutinefunction(fn):
+                raise self.fail(f"{method}() is not async (the HistoryStore protocol is async)")
+        return store
+
+    async def since(self, store: Any, room: str, offset: int, epoch: str, ttl: float) -> Any:
+        position, entries = await self.call(store, "since", room, offset, epoch, ttl)
+        if entries is None:
+            return position, None
+        return position, [(entry.offset, entry.payload) for entry in entries]
+
+    async def close(self) -> None:
+        """History stores have no delete: each check uses rooms of its own."""
+
+
+async def _check_offsets(run: _HistoryRun) -> None:
+    a, b = await run.store(), await run.store()
+    room = run.key("offsets")
+    start = await run.call(a, "position", room)
+    run.expect(start.offset, 0, "the offset of a new room")
+    if not isinstance(start.epoch, str) or not start.epoch:
+        raise run.fail(f"position() of a new room gave the epoch {start.epoch!r}")
+    run.expect(await run.call(b, "position", room), start, "the same room through another store")
+    text = 'é{"n": [1, "\\u0000"]}' * 20
+    got = [
+        await run.call(s, "append", room, f"{text}{i}", 100, _KEEP) for i, s in enumerate((a, b, a))
+    ]
+    run.expect([p.offset for p in got], [1, 2, 3], "offsets of three appends")
+    run.expect({p.epoch for p in got}, {start.epoch}, "the epoch of the appends")
+    run.expect(await run.call(b, "position", room), got[-1], "position after the appends")
+    other = run.key("other")
+    run.expect((await run.call(a, "append", other, "x", 100, _KEEP)).offset, 1, "another room")
+
+
+async def _check_since(run: _HistoryRun) -> None:
+    a, b = await run.store(), await run.store()
+    room = run.key("since")
+    epoch = (await run.call(a, "position", room)).epoch
+    for i in range(1, 6):
+        await run.call(a, "append", room, f"p{i}", 100, _KEEP)
+    end = await run.call(b, "position", room)
+    everything = [(i, f"p{i}") for i in range(1, 6)]
+    run.expect(await run.since(b, room, 0, epoch, _KEEP), (end, everything), "since 0")
+    run.expect(await run.since(b, room, 3, epoch, _KEEP), (end, everything[3:]), "since 3")
+    run.expect(await run.since(b, room, 5, epoch, _KEEP), (end, []), "since the last offset")
+    run.expect(await run.since(b, room, 6, epoch, _KEEP), (end, None), "since an offset ahead")
+    run.expect(await run.since(b, room, 2, "not-" + epoch, _KEEP), (end, None), "another epoch")
+
+
+async def _check_history_races(run: _HistoryRun) -> None:
+    stores = [await run.store() for _ in range(5)]
+    room = run.key("race")
+    epoch = (await run.call(stores[0], "position", room)).epoch
+    got = await asyncio.gather(
+        *(
+            run.call(s, "append", room, f"s{i}-{n}", 100, _KEEP)
+            for i, s in enumerate(stores)
+            for n in range(10)
+        )
+    )
+    run.expect(sorted(p.offset for p in got), list(range(1, 51)), "offsets of 50 racing appends")
+    position, entries = await run.since(stores[1], room, 0, epoch, _KEEP)
+    if entries is None:
+        raise run.fail("since 0 after racing appends gave None")
+    run.expect([offset for offset, _ in entries], list(range(1, 51)), "kept in offset order")
+    by_offset = {
+        p.offset: f"s{i}-{n}"
+        for (i, n), p in zip(((i, n) for i in range(5) for n in range(10)), got, strict=True)
+    }
+    run.expect(dict(entries), by_offset, "each push at the offset its append returned")
+    run.expect(position.offset, 50, "position after racing appends")
+
+
+async def _check_trim(run: _HistoryRun) -> None:
+    a = await run.store()
+    room = run.key("size")
+    epoch = (await run.call(a, "position", room)).epoch
+    for i in range(1, 6):
+        await run.call(a, "append", room, f"p{i}", 3, _KEEP)
+    run.expect((await run.since(a, room, 1, epoch, _KEEP))[1], None, "since a trimmed offset")
+    run.expect(
+        (await run.since(a, room, 2, epoch, _KEEP))[1],
+        [(3, "p3"), (4, "p4"), (5, "p5")],
+        "the last 3 of a room of size 3",
+    )
+    aged = run.key("age")
+    epoch = (await run.call(a, "position", aged)).epoch
+    await run.call(a, "append", aged, "old", 100, 0.05)
+    await asyncio.sleep(0.3)
+    run.expect((await run.since(a, aged, 0, epoch, 0.05))[1], None, "since a push older than ttl")
+    await run.call(a, "append", aged, "new", 100, 0.05)
+    run.expect((await run.since(a, aged, 1, epoch, 0.05))[1], [(2, "new")], "since a fresh push")
+
+
+_HISTORY_CHECKS: tuple[tuple[str, Callable[[_HistoryRun], Awaitable[None]]], ...] = (
+    ("offsets", _check_offsets),
+    ("since", _check_since),
+    ("races", _check_history_races),
+    ("trim", _check_trim),
+)
+
+
+async def check_history_store(
+    factory: HistoryStoreFactory,
+    *,
+    room_prefix: str = "wsevents-test:",
+    timeout: float = 5.0,
+) -> None:
+    """The conformance suite every [`HistoryStore`][wsevents.HistoryStore] must pass.
+
+    ``factory`` is called one or more times per check (sync or async); every store it
+    returns must share one medium, as the instances of a cluster do. Every method must be
+    ``async``.
+
+    On fresh rooms under ``room_prefix`` plus a random run id, it checks: that a new room
+    is at offset 0 with a non-empty epoch, the same through every store, and that appends
+    through several stores get offsets 1, 2, 3 in that epoch; that ``since`` gives every
+    kept push after an offset, in order and unchanged (long and non-ASCII text too), an
+    empty list at the last offset and None for an offset ahead or another epoch; that of
+    50 racing appends through 5 stores each gets its own offset, 1 to 50, with its push
+    kept at that offset; and that pushes trimmed by size, or older than the ttl (0.05 s),
+    make ``since`` give None while later ones are still given. History stores have no
+    delete: the rooms are left behind (a Redis store's keys expire).
+
+    Raises:
+        AssertionError: the first check that fails, naming the check and what went wrong.
+
+    Example:
+        ``bus = MemoryBus(); await check_history_store(lambda: bus.history)``
+    """
+    prefix = f"{room_prefix}{uuid.uuid4().hex[:12]}:"
+    for name, check in _HISTORY_CHECKS:
+        run = _HistoryRun(cast("SessionStoreFactory", factory), prefix, name, timeout)
+        await check(run)
