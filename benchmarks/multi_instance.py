@@ -2,6 +2,7 @@
 """Fan-out across instances: one instance alone vs the same room split over Redis.
 
     .venv/bin/python benchmarks/multi_instance.py [--subs 1000] [--reps 3] [--redis-url URL]
+        [--engine redis|redis-cluster|both] [--cluster-url redis+cluster://...]
 
 For every rep (configurations interleaved) it starts the reference app with
 ``python -m wsevents run`` on free 127.0.0.1 ports, pinned to --server-cpu, and drives it
@@ -10,22 +11,30 @@ with ``benchmarks/fanout_multi.js`` (Node + ``ws`` from the harness' node_module
 
 * ``single``: one instance, no transport, all subscribers on it;
 * ``redis-N``: N instances started with ``--redis-url``, the subscribers spread round-robin,
-  the publisher on the first instance (so N-1 of every N deliveries cross Redis).
+  the publisher on the first instance (so N-1 of every N deliveries cross Redis);
+* ``redis-cluster-N``: the same on a Redis Cluster (``--engine redis-cluster`` or ``both``):
+  ``--cluster-url``, or else a 3-master 3-replica cluster started for the run in a temporary
+  directory on free loopback ports (``redis-server`` and ``redis-cli`` needed) and stopped
+  at the end.
 
 It reports deliveries/s and CPU seconds per 100k deliveries of the wsevents processes and,
-separately, of the Redis server. Every run is bounded (warm-up + duration, hard limits).
+separately, of the Redis servers (every node of a cluster). Every run is bounded (warm-up +
+duration, hard limits).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,28 +50,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
-def redis_pid(url: str) -> int | None:
+def redis_pids(url: str) -> list[int]:
+    """The process ids of the Redis server of ``url``, or of every node of a cluster URL."""
     if not shutil.which("redis-cli"):
-        return None
-    out = subprocess.run(
-        ["redis-cli", "-u", url, "info", "server"], capture_output=True, text=True, timeout=10
-    ).stdout
-    for line in out.splitlines():
-        if line.startswith("process_id:"):
-            return int(line.split(":", 1)[1])
-    return None
+        return []
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        nodes = url.split("://", 1)[1].rpartition("@")[2].split("/")[0].split(",")
+        targets = [["-h", n.rpartition(":")[0], "-p", n.rpartition(":")[2]] for n in nodes]
+    else:
+        targets = [["-u", url]]
+    pids: list[int] = []
+    for target in targets:
+        out = subprocess.run(
+            ["redis-cli", *target, "info", "server"], capture_output=True, text=True, timeout=10
+        ).stdout
+        pids += [
+            int(line.split(":", 1)[1])
+            for line in out.splitlines()
+            if line.startswith("process_id:")
+        ]
+    return pids
 
 
-def run_once(args: argparse.Namespace, instances: int, redis: bool) -> dict[str, object]:
+def run_once(args: argparse.Namespace, instances: int, url: str | None) -> dict[str, object]:
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
-    extra = ["--redis-url", args.redis_url] if redis else []
+    extra = ["--redis-url", url] if url else []
     try:
         for _ in range(instances):
             proc, port = start_reference_app(cpu=args.server_cpu if args.pin else None, extra=extra)
             procs.append(proc)
             ports.append(port)
-        rpid = redis_pid(args.redis_url) if redis else None
+        rpids = redis_pids(url) if url else []
         gen = [
             *(["taskset", "-c", args.client_cpu] if args.pin else []),
             "node",
@@ -84,10 +103,10 @@ def run_once(args: argparse.Namespace, instances: int, redis: bool) -> dict[str,
         for line in loadgen.stdout:
             if line.startswith("MARK start"):
                 cpu0 = sum(cpu_seconds(p.pid) for p in procs)
-                rcpu0 = cpu_seconds(rpid) if rpid else 0.0
+                rcpu0 = sum(cpu_seconds(pid) for pid in rpids)
             elif line.startswith("MARK end"):
                 cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
-                rcpu = (cpu_seconds(rpid) - rcpu0) if rpid else 0.0
+                rcpu = sum(cpu_seconds(pid) for pid in rpids) - rcpu0
             elif line.startswith("RESULT "):
                 result = json.loads(line[7:])
             if time.monotonic() > deadline:
@@ -97,7 +116,7 @@ def run_once(args: argparse.Namespace, instances: int, redis: bool) -> dict[str,
             raise RuntimeError("the load generator printed no result")
         deliveries = float(result["deliveries_per_s"]) * float(result["seconds"])
         result["srv_cpu_per_100k"] = cpu / deliveries * 1e5 if deliveries else None
-        result["redis_cpu_per_100k"] = rcpu / deliveries * 1e5 if deliveries and rpid else None
+        result["redis_cpu_per_100k"] = rcpu / deliveries * 1e5 if deliveries and rpids else None
         return result
     finally:
         for proc in procs:
@@ -117,13 +136,43 @@ def main() -> int:
     ap.add_argument("--server-cpu", default="1")
     ap.add_argument("--client-cpu", default="0")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
+    ap.add_argument("--engine", choices=["redis", "redis-cluster", "both"], default="redis")
+    ap.add_argument("--cluster-url", help="a running Redis Cluster (redis+cluster://...)")
     args = ap.parse_args()
-    configs = [("single", 1, False), (f"redis-{args.instances}", args.instances, True)]
+    with contextlib.ExitStack() as stack:
+        cluster_url = args.cluster_url
+        if args.engine != "redis" and not cluster_url:
+            cluster_url = stack.enter_context(throwaway_cluster())
+        return bench(args, cluster_url)
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """A 3-master 3-replica Redis Cluster for the run, stopped (by PID) at the end."""
+    sys.path.insert(0, str(HERE.parent))
+    from tests.redis_support import ThrowawayRedisCluster
+
+    with tempfile.TemporaryDirectory() as directory:
+        cluster = ThrowawayRedisCluster(directory)
+        try:
+            cluster.start()
+            print(f"started a Redis Cluster: {cluster.url}", flush=True)
+            yield cluster.url
+        finally:
+            cluster.stop()
+
+
+def bench(args: argparse.Namespace, cluster_url: str | None) -> int:
+    configs: list[tuple[str, int, str | None]] = [("single", 1, None)]
+    if args.engine in ("redis", "both"):
+        configs.append((f"redis-{args.instances}", args.instances, args.redis_url))
+    if args.engine in ("redis-cluster", "both"):
+        configs.append((f"redis-cluster-{args.instances}", args.instances, cluster_url))
     runs: dict[str, list[dict[str, object]]] = {name: [] for name, _, _ in configs}
     for rep in range(args.reps):
         order = configs if rep % 2 == 0 else configs[::-1]
-        for name, n, redis in order:
-            r = run_once(args, n, redis)
+        for name, n, url in order:
+            r = run_once(args, n, url)
             runs[name].append(r)
             print(
                 f"[rep {rep + 1}] {name:10} {r['deliveries_per_s']:9.0f} deliv/s "
@@ -143,11 +192,12 @@ def main() -> int:
             f"| {name} | {med(name, 'deliveries_per_s'):.0f} | "
             f"{med(name, 'srv_cpu_per_100k'):.3f} | {med(name, 'redis_cpu_per_100k'):.3f} | {dup} |"
         )
-    multi = configs[1][0]
-    print(
-        f"\n{multi}/single deliveries/s = "
-        f"{med(multi, 'deliveries_per_s') / med('single', 'deliveries_per_s'):.2f}"
-    )
+    print()
+    for multi, _, _ in configs[1:]:
+        print(
+            f"{multi}/single deliveries/s = "
+            f"{med(multi, 'deliveries_per_s') / med('single', 'deliveries_per_s'):.2f}"
+        )
     return 0
 
 
