@@ -208,7 +208,7 @@ class RedisTransport(BaseTransport):
 
         A ``redis+cluster://host:port[,host:port...]`` URL (``rediss+cluster://`` over
         TLS, ``user:password@`` before the nodes) makes a
-        [`RedisClusterTransport`][wsevents.transports.redis.RedisClusterTransport] over a
+        [`RedisClusterTransport`][wsevents.transports.RedisClusterTransport] over a
         ``redis.asyncio.RedisCluster`` that starts from those nodes; ``redis_kwargs`` then go
         to ``RedisCluster``.
 
@@ -463,7 +463,7 @@ class RedisTransport(BaseTransport):
 
 
 class RedisClusterTransport(RedisTransport):
-    """A [`RedisTransport`][wsevents.transports.redis.RedisTransport] over a Redis Cluster:
+    """A [`RedisTransport`][wsevents.transports.RedisTransport] over a Redis Cluster:
     the same capabilities, state events and health, on sharded pub/sub.
 
     Channels go through ``SPUBLISH``/``SSUBSCRIBE``: a channel lives on the master that
@@ -473,7 +473,7 @@ class RedisClusterTransport(RedisTransport):
     died and a replica took over), stops answering, or Redis unsubscribes a channel (its
     slot moved), the transport reports the outage, reads the slot map again and
     resubscribes every channel on its current master, then reports the recovery.
-    [`health`][wsevents.transports.redis.RedisTransport.health] sends a probe through each
+    [`health`][wsevents.transports.RedisTransport.health] sends a probe through each
     master.
 
     Every key of a room (presence, history, capacity) carries the room as hash tag, so a
@@ -482,12 +482,12 @@ class RedisClusterTransport(RedisTransport):
 
     Args:
         client: the ``redis.asyncio.RedisCluster`` to use (it stays open at
-            [`close`][wsevents.transports.redis.RedisTransport.close]; a client made by
-            [`from_url`][wsevents.transports.redis.RedisTransport.from_url] is closed).
+            [`close`][wsevents.transports.RedisTransport.close]; a client made by
+            [`from_url`][wsevents.transports.RedisTransport.from_url] is closed).
         prefix: put before every channel and key name; it must not contain ``{`` or ``}``
             (they would make it the hash tag of every key).
         **options: the other options of
-            [`RedisTransport`][wsevents.transports.redis.RedisTransport].
+            [`RedisTransport`][wsevents.transports.RedisTransport].
 
     Raises:
         ValueError: a prefix with ``{`` or ``}``, or a bad option.
@@ -507,7 +507,7 @@ class RedisClusterTransport(RedisTransport):
 
     async def start(self) -> None:
         """Read the slot map, then start like
-        [`RedisTransport.start`][wsevents.transports.redis.RedisTransport.start].
+        [`RedisTransport.start`][wsevents.transports.RedisTransport.start].
 
         The slot map is read before any command runs: redis-py sends the commands that
         arrive while it reads it lazily to arbitrary masters, and on the redirections that

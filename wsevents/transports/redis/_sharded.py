@@ -8,7 +8,7 @@ instance it runs on.
 
 The reader's *session* is one connection per master of the slot map read when it
 started. It is up once every master confirmed every subscription (and a probe channel
-per master, for [`health`][wsevents.transports.redis.RedisTransport.health]); when any of
+per master, for [`health`][wsevents.transports.RedisTransport.health]); when any of
 its connections breaks, stops answering PINGs, or Redis unsubscribes one of its channels
 (a slot migrated, a master became a replica), the whole session goes down, the slot map
 is read again and every channel is subscribed anew on its current master, with the same
