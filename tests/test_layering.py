@@ -161,6 +161,7 @@ LAYER_ORDER = [
     "_context",
     "sessions",
     "cluster",
+    "tracing",
     "rooms",
     "presence",
     "history",

@@ -46,6 +46,7 @@ from .routing import Guard, Route, Router, param_names
 if TYPE_CHECKING:
     from .app import WsApp
     from .connection import Connection
+    from .tracing import Tracing
 
 __all__ = ["FORBIDDEN", "CallNext", "Interceptor"]
 
@@ -344,6 +345,7 @@ class Dispatcher:
         "_tasks",
         "_tasks_add",
         "_tasks_discard",
+        "_tracing",
     )
 
     def __init__(
@@ -370,6 +372,11 @@ class Dispatcher:
         # What runs around every endpoint: the interceptors, then the app's guards.
         self._chain: tuple[Interceptor, ...] = ()
         self._fallback: Endpoint | None = None
+        self._tracing: Tracing | None = None
+
+    def set_tracing(self, tracing: Tracing | None) -> None:
+        """Make a span of every message through ``tracing`` (None: stop)."""
+        self._tracing = tracing
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
         """Append ``interceptor`` to the chain (it runs inside the ones added before, and
@@ -432,6 +439,8 @@ class Dispatcher:
         if found is None:
             handler = self._fallback
             if handler is None:
+                if self._tracing is not None:
+                    self._tracing.unrouted(conn, msg)
                 if msg.has_id:
                     conn.reply_error(msg.id, 404, NOT_FOUND)
                 return False
@@ -440,6 +449,9 @@ class Dispatcher:
             handler = found.handler
             params = found.params
         scope = MessageScope(msg, params, conn, self._app, handler.route)
+        tracing = self._tracing
+        if tracing is not None:
+            return self._dispatch_traced(tracing, handler, scope)
         if self._chain:
             coro: Any = self._run_intercepted(handler, scope)
         elif handler.is_async:
@@ -452,6 +464,23 @@ class Dispatcher:
         self._tasks_add(task)
         task.add_done_callback(self._tasks_discard)
         return conn.begin_task() >= self._max_in_flight
+
+    def _dispatch_traced(self, tracing: Tracing, handler: Endpoint, scope: MessageScope) -> bool:
+        """[`handle_frame`][] from the routed message on, inside the message's span."""
+        span = tracing.start(scope)
+        if self._chain:
+            coro: Any = self._run_intercepted(handler, scope)
+        elif handler.is_async:
+            coro = self._run_async(handler.fn, scope)
+        else:
+            copy_context().run(tracing.run_sync, span, self._run_sync, handler.fn, scope)
+            return False
+        task = asyncio.get_running_loop().create_task(
+            tracing.run_async(span, coro), context=copy_context()
+        )
+        self._tasks_add(task)
+        task.add_done_callback(self._tasks_discard)
+        return scope.connection.begin_task() >= self._max_in_flight
 
     def _run_sync(self, fn: Callable[[], Any], scope: MessageScope) -> None:
         message_var.set(scope)
@@ -492,8 +521,7 @@ class Dispatcher:
         finally:
             conn.end_task()
 
-    @staticmethod
-    def _fail(scope: MessageScope, exc: Exception) -> None:
+    def _fail(self, scope: MessageScope, exc: Exception) -> None:
         """The one error mapping: WsError → its reply; anything else → logged, 500."""
         msg = scope.message
         details = retry_after = None
@@ -502,6 +530,8 @@ class Dispatcher:
         else:
             log.error("handler failed: %s %s", msg.event, msg.path, exc_info=exc)
             code, text = 500, INTERNAL_ERROR
+        if self._tracing is not None:
+            self._tracing.failed(scope, code, exc)
         if msg.has_id:
             scope.connection.reply_error(
                 msg.id, code, text, details=details, retry_after=retry_after
@@ -511,9 +541,11 @@ class Dispatcher:
         """Send ``result`` as the reply to ``msg``; 500 when it cannot be encoded."""
         try:
             frame = self._encode({"id": msg.id, "data": result})
-        except Exception:
+        except Exception as exc:
             log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
             frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
+            if self._tracing is not None:
+                self._tracing.failed(message_var.get(), 500, exc)
         conn.send_frame(frame)
 
 
