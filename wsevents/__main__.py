@@ -139,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         help="exit with status 2 when Redis does not answer at start, instead of serving "
         "alone and retrying in the background",
     )
+    run.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry spans for every message (pip install 'wsevents[tracing]'), to "
+        "the global tracer provider, or to one made from the OTEL_* environment variables "
+        "when none is set (OTEL_TRACES_EXPORTER: otlp, console or none)",
+    )
     asyncapi = sub.add_parser(
         "asyncapi",
         help="print the AsyncAPI 3.0 document of a WsApp",
@@ -223,6 +230,25 @@ def plug_redis(
     if ws_app.transport is not None:
         log.warning("--redis-url replaces the transport the app was created with")
     ws_app.set_transport(transport)
+
+
+def plug_tracing(target: Any) -> None:
+    """Trace the target's WsApp (see ``wsevents.tracing.provider_from_env``).
+
+    Raises:
+        TargetError: no WsApp to trace.
+        UsageError: OpenTelemetry, or the exporter the environment names, is missing.
+    """
+    ws_app = _ws_app_of(target, "--tracing")
+    try:
+        from .tracing import provider_from_env
+    except ImportError:
+        raise UsageError("--tracing needs OpenTelemetry: pip install 'wsevents[tracing]'") from None
+    try:
+        provider = provider_from_env()
+    except ValueError as exc:
+        raise UsageError(f"--tracing: {exc}") from None
+    ws_app.enable_tracing(provider)
 
 
 def plug_origins(target: Any, origins: Sequence[str]) -> None:
@@ -435,6 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = load_target(args.target, loop)
         if args.allow_origin:
             plug_origins(target, args.allow_origin)
+        if args.tracing:
+            plug_tracing(target)
         if args.redis_url:
             plug_redis(
                 target,

@@ -20,7 +20,9 @@ Spans (all made by the tracer ``"wsevents"``):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+import importlib
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -50,6 +52,7 @@ __all__ = [
     "TRACER_NAME",
     "Tracing",
     "extract",
+    "provider_from_env",
 ]
 
 TRACER_NAME = "wsevents"
@@ -300,3 +303,83 @@ def extract(traceparent: object, tracestate: object = None) -> otel_context.Cont
     if type(tracestate) is str and len(tracestate) <= MAX_TRACESTATE_LENGTH:
         carrier[_TRACESTATE] = tracestate
     return _PROPAGATOR.extract(carrier, context=_EMPTY)
+
+
+# -- the command line -----------------------------------------------------------------------
+
+_OTLP_EXPORTERS = {
+    "http/protobuf": (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-http",
+    ),
+    "grpc": (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-grpc",
+    ),
+}
+
+
+def provider_from_env(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
+    """What ``--tracing`` traces with: None when a global tracer provider is already set
+    (by the app, ``opentelemetry-instrument`` or ``OTEL_PYTHON_TRACER_PROVIDER``: it is
+    used); otherwise a new SDK provider, set as the global one, configured by the
+    standard variables:
+
+    * ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``: the resource;
+    * ``OTEL_TRACES_SAMPLER``, ``OTEL_TRACES_SAMPLER_ARG``: the sampler (default: parent
+      based, always on);
+    * ``OTEL_TRACES_EXPORTER``: ``otlp`` (the default), ``console`` or ``none``, comma
+      separated; ``otlp`` follows ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` (or
+      ``OTEL_EXPORTER_OTLP_PROTOCOL``: ``http/protobuf``, the default, or ``grpc``) and the
+      other ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, ...).
+
+    Raises:
+        ValueError: opentelemetry-sdk or the OTLP exporter is not installed, or an unknown
+            exporter or protocol is named (the message says what to install or set).
+    """
+    env = os.environ if environ is None else environ
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return None
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError:
+        raise ValueError(
+            "no tracer provider is configured and opentelemetry-sdk is not installed: "
+            "pip install 'wsevents[tracing]'"
+        ) from None
+    exporters: list[Any] = []
+    for name in (n.strip() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",")):
+        if name == "none" or not name:
+            continue
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "otlp":
+            exporters.append(_otlp_exporter(env))
+        else:
+            raise ValueError(f"OTEL_TRACES_EXPORTER names {name!r}: use otlp, console or none")
+    provider = SdkTracerProvider(resource=Resource.create())
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> Any:
+    protocol = env.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    )
+    protocol = protocol.strip() or "http/protobuf"
+    found = _OTLP_EXPORTERS.get(protocol)
+    if found is None:
+        raise ValueError(f"OTLP protocol {protocol!r} is not supported: use http/protobuf or grpc")
+    module_name, package = found
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ValueError(
+            f"OTEL_TRACES_EXPORTER=otlp ({protocol}) needs {package}: pip install {package}, "
+            "or set OTEL_TRACES_EXPORTER=console or none"
+        ) from None
+    return module.OTLPSpanExporter()
