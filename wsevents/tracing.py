@@ -135,17 +135,18 @@ class Tracing:
             if len(self._names) > 4096:  # routes are few; the fallback's is fixed
                 self._names.clear()
             name = self._names[key] = f"ws {route.event} {route.pattern}"
-        attributes: dict[str, Any] = {
-            ATTR_EVENT: msg.event,
-            ATTR_ROUTE: route.pattern,
-            ATTR_PATH: msg.path[:MAX_ATTRIBUTE_LENGTH],
-            ATTR_CONNECTION: scope.connection.id,
-        }
-        if msg.has_id:
-            attributes[ATTR_CODE] = 200
-        span = self.tracer.start_span(
-            name, context=self._parent(msg), kind=_SERVER, attributes=attributes
-        )
+        span = self.tracer.start_span(name, context=self._parent(msg), kind=_SERVER)
+        # Attributes only for a span that is kept: an unsampled message costs less.
+        if span.is_recording():
+            attributes: dict[str, Any] = {
+                ATTR_EVENT: msg.event,
+                ATTR_ROUTE: route.pattern,
+                ATTR_PATH: msg.path[:MAX_ATTRIBUTE_LENGTH],
+                ATTR_CONNECTION: scope.connection.id,
+            }
+            if msg.has_id:
+                attributes[ATTR_CODE] = 200
+            span.set_attributes(attributes)
         scope.span = span
         return span
 
