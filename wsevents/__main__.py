@@ -140,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
         "alone and retrying in the background",
     )
     run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that several processes can listen on the same port "
+        "(the kernel spreads new connections over them; Linux, BSD)",
+    )
+    run.add_argument(
         "--tracing",
         action="store_true",
         help="OpenTelemetry spans for every message (pip install 'wsevents[tracing]'), to "
@@ -354,15 +360,19 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bind a listening-to-be socket per address of ``host``, as aiohttp would.
 
     Binding before serving turns a port in use into an error before anything starts, and
-    lets "serving" be logged only once the sockets are bound.
+    lets "serving" be logged only once the sockets are bound. With ``reuse_port``, the
+    sockets get ``SO_REUSEPORT``: other processes that set it too may bind the same port.
 
     Raises:
-        UsageError: the host does not resolve or an address cannot be bound.
+        UsageError: the host does not resolve, an address cannot be bound, or
+            ``reuse_port`` is not supported here.
     """
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("--reuse-port is not supported on this platform")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
@@ -377,6 +387,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -457,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop: asyncio.AbstractEventLoop | None = None
     try:
         loop = _new_loop(args.loop)  # serving runs on it, then closes it
-        socks = bind(args.host, args.port)
+        socks = bind(args.host, args.port, reuse_port=args.reuse_port)
         target = load_target(args.target, loop)
         if args.allow_origin:
             plug_origins(target, args.allow_origin)
