@@ -4,6 +4,7 @@ instances (MemoryTransport and a real Redis), read back from the SDK's in-memory
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -458,3 +459,90 @@ async def test_a_server_broadcast_and_a_send_to_are_traced_to_the_other_instance
         assert handled.context.trace_id == publish.context.trace_id == deliver.context.trace_id
         assert deliver.parent is not None and deliver.parent.span_id == publish.context.span_id
         assert deliver.attributes is not None and deliver.attributes["wsevents.delivered"] == 1
+
+
+class FailingTransport(MemoryTransport):
+    """A MemoryTransport whose publishes all fail (Redis down)."""
+
+    async def publish(self, channel: str, payload: str) -> None:
+        raise ConnectionError("backend unreachable")
+
+
+async def test_a_failed_publish_is_an_error_span_and_the_message_still_succeeds(
+    ws_client: Any, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    ws = build(FailingTransport(MemoryBus()))
+    ws.enable_tracing(provider)
+    client = await ws_client(ws)
+    assert await client.call("join", "/rooms/a") is True
+    assert await client.call("message", "/rooms/a", "hi") is True
+    publish = await one_span(exporter, "ws publish room")
+    assert publish.status.status_code is StatusCode.ERROR
+    assert publish.attributes is not None
+    assert publish.attributes["error.type"] == "ConnectionError"
+    handled = await one_span(exporter, "ws message /rooms/:room")
+    assert handled.status.status_code is StatusCode.UNSET
+    assert handled.attributes is not None and handled.attributes["wsevents.code"] == 200
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"traceparent": "not-a-traceparent"},
+        {"traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-01"},
+        {"traceparent": 42, "tracestate": {"a": 1}},
+    ],
+    ids=["none", "garbage", "all-zero", "not-text"],
+)
+async def test_an_envelope_without_valid_trace_context_is_delivered_in_a_new_trace(
+    aiohttp_client: Any,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    extra: dict[str, Any],
+) -> None:
+    bus = MemoryBus()
+    ws = build(MemoryTransport(bus))
+    ws.enable_tracing(provider)
+    server = await aiohttp_client(attach(ws, web.Application(), "/ws"))
+    client = WsTestClient(await server.ws_connect("/ws"))
+    try:
+        assert await client.call("join", "/rooms/a") is True
+        # Another (untraced, or foreign) instance on the bus.
+        other = MemoryTransport(bus)
+        envelope = {"event": "message", "path": "/rooms/a", "data": "x", **extra, "origin": "o"}
+        await other.publish("ws:room:/rooms/a", json.dumps(envelope))
+        assert (await client.next_push())["data"] == "x"
+        deliver = await one_span(exporter, "ws deliver room")
+        assert deliver.parent is None
+        assert deliver.attributes is not None and deliver.attributes["wsevents.origin"] == "o"
+    finally:
+        await client.close()
+
+
+async def test_a_history_room_broadcast_is_one_trace_across_instances(
+    ws_cluster: Any, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from examples.reference_app import add_history
+
+    def build_history(transport: MemoryTransport) -> WsApp:
+        ws = WsApp(heartbeat=0, transport=transport)
+        add_history(ws)
+        ws.enable_tracing(provider)
+        return ws
+
+    cluster = await ws_cluster(build_history, instances=2)
+    sender, receiver = await cluster.connect(0), await cluster.connect(1)
+    room = "/feed/rooms/traced"
+    for client in (receiver, sender):
+        assert (await client.call("subscribe", room))["subscribed"] is True
+    exporter.clear()
+    await sender.call("publish", room, "kept")
+    push = await receiver.next_push()
+    assert (push["data"], push["offset"]) == ("kept", 1)
+    handled = await one_span(exporter, "ws publish /feed/rooms/:room")
+    publish = await one_span(exporter, "ws publish room")
+    deliver = await one_span(exporter, "ws deliver room")
+    assert handled.context.trace_id == publish.context.trace_id == deliver.context.trace_id
+    assert deliver.parent is not None and deliver.parent.span_id == publish.context.span_id
+    assert deliver.attributes is not None and "wsevents.delivered" not in deliver.attributes
