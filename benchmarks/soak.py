@@ -54,6 +54,8 @@ ROOT = HERE.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 APP = "examples.reference_app:app"
 PROBE_ROOM = "/chat/rooms/__probe"
+SETTLE = 3.0
+"""Seconds between the last user leaving and the last sample."""
 
 
 def free_port() -> int:
@@ -117,6 +119,16 @@ def _spawn(cmd: list[str], log: Path | None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+
+def _connections_to(port: int, inodes: set[str]) -> int:
+    """How many of the sockets ``inodes`` are TCP connections to 127.0.0.1:``port``."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    remote = f"0100007F:{port:04X}"
+    return sum(1 for line in lines if line.split()[2] == remote and line.split()[9] in inodes)
 
 
 async def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -183,21 +195,31 @@ class Instance:
     def stop(self) -> None:
         _stop_process(self.proc)
 
-    def sample(self) -> dict[str, Any] | None:
-        """RSS (KiB) and open file descriptors, or None when it is not running."""
+    def sample(self, redis_port: int) -> dict[str, Any] | None:
+        """RSS (KiB), open file descriptors and, of these, the TCP connections to Redis
+        (a pool that grows is not a leak); None when it is not running."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return None
         try:
             status = Path(f"/proc/{proc.pid}/status").read_text()
-            fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            links = []
+            for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                with contextlib.suppress(OSError):
+                    links.append(os.readlink(f"/proc/{proc.pid}/fd/{fd}"))
         except OSError:
             return None
         rss = next(
             (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")),
             0,
         )
-        return {"pid": proc.pid, "rss_kib": rss, "fds": fds}
+        inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+        return {
+            "pid": proc.pid,
+            "rss_kib": rss,
+            "fds": len(links),
+            "redis_conns": _connections_to(redis_port, inodes),
+        }
 
 
 # -- the checker ---------------------------------------------------------------------------
@@ -440,7 +462,7 @@ class Soak:
         while not self.stopping.is_set():
             t = round(self.now(), 2)
             for instance in self.instances:
-                found = instance.sample()
+                found = instance.sample(self.redis.port)
                 if found is not None:
                     self.samples[instance.name].append({"t": t, **found})
             await self._sleep(self.args.sample_interval)
@@ -519,8 +541,11 @@ class Soak:
             sampler.cancel()
             with contextlib.suppress(BaseException):
                 await sampler
+        # Every user is gone: the last sample, once the servers closed their side, shows
+        # what is left (file descriptors back near the start, or a leak).
+        await asyncio.sleep(SETTLE)
         for instance in self.instances:
-            found = instance.sample()
+            found = instance.sample(self.redis.port)
             if found is not None:
                 self.samples[instance.name].append({"t": round(self.now(), 2), **found})
         return self.report(end_sending)
@@ -539,6 +564,8 @@ class Soak:
                     "fds_start": series[0]["fds"],
                     "fds_end": series[-1]["fds"],
                     "fds_max": max(p["fds"] for p in series),
+                    "redis_conns_end": series[-1]["redis_conns"],
+                    "redis_conns_max": max(p["redis_conns"] for p in series),
                     "pids": sorted({p["pid"] for p in series}),
                 }
         a = self.args
@@ -669,7 +696,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(
             f"instance {name}: RSS {m['rss_kib_start']} -> {m['rss_kib_end']} KiB "
             f"(max {m['rss_kib_max']}), fds {m['fds_start']} -> {m['fds_end']} "
-            f"(max {m['fds_max']}), pids {m['pids']}"
+            f"(max {m['fds_max']}; to Redis at the end {m['redis_conns_end']}), pids {m['pids']}"
         )
     return "\n".join(lines)
 

@@ -91,4 +91,7 @@ def test_a_short_soak_survives_both_restarts_and_writes_its_report(tmp_path: Pat
     assert set(report["memory"]) == {"a", "b"}
     assert len(report["memory"]["b"]["pids"]) == 2  # restarted
     assert all(m["rss_kib_end"] > 0 for m in report["memory"].values())
+    # The pub/sub connection at least; never more Redis connections than descriptors.
+    for series in report["samples"].values():
+        assert all(1 <= point["redis_conns"] <= point["fds"] for point in series)
     assert "deliveries: expected" in result.stdout
