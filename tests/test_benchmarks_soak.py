@@ -91,7 +91,8 @@ def test_a_short_soak_survives_both_restarts_and_writes_its_report(tmp_path: Pat
     assert set(report["memory"]) == {"a", "b"}
     assert len(report["memory"]["b"]["pids"]) == 2  # restarted
     assert all(m["rss_kib_end"] > 0 for m in report["memory"].values())
-    # The pub/sub connection at least; never more Redis connections than descriptors.
+    # Connected to Redis (none while it restarts); never more than the descriptors.
     for series in report["samples"].values():
-        assert all(1 <= point["redis_conns"] <= point["fds"] for point in series)
+        assert all(0 <= point["redis_conns"] <= point["fds"] for point in series)
+        assert max(point["redis_conns"] for point in series) >= 1
     assert "deliveries: expected" in result.stdout
