@@ -157,21 +157,24 @@ class Tracing:
         fn: Callable[[], Any],
         scope: MessageScope,
     ) -> None:
-        """``run(fn, scope)`` with ``span`` current, then end it (in the message's context)."""
-        token = _attach(_in_context(span))
+        """``run(fn, scope)`` with ``span`` current, then end it.
+
+        Runs in the message's own copy of the connection's context, dropped afterwards:
+        the span is made current there and never detached.
+        """
+        _attach(_in_context(span))
         try:
             run(fn, scope)
         finally:
-            _detach(token)
             span.end()
 
     async def run_async(self, span: Span, coro: Awaitable[None]) -> None:
-        """Await ``coro`` with ``span`` current (in the message's task), then end it."""
-        token = _attach(_in_context(span))
+        """Await ``coro`` with ``span`` current, then end it (in the message's task, whose
+        context is its own: nothing to detach)."""
+        _attach(_in_context(span))
         try:
             await coro
         finally:
-            _detach(token)
             span.end()
 
     def failed(self, scope: MessageScope, code: int, exc: BaseException) -> None:
