@@ -660,10 +660,22 @@ def chart(report: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     fig, (rss, fds) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for name, series in report["samples"].items():
-        t = [p["t"] for p in series]
-        rss.plot(t, [p["rss_kib"] / 1024 for p in series], label=f"instance {name}")
-        fds.plot(t, [p["fds"] for p in series], label=f"instance {name}")
+    for number, (name, series) in enumerate(report["samples"].items()):
+        color = f"C{number}"
+        # One line per process: a restarted instance is a new process.
+        for pid in sorted({p["pid"] for p in series}):
+            points = [p for p in series if p["pid"] == pid]
+            t = [p["t"] for p in points]
+            label = f"instance {name}" if pid == series[0]["pid"] else None
+            rss.plot(t, [p["rss_kib"] / 1024 for p in points], color=color, label=label)
+            fds.plot(t, [p["fds"] for p in points], color=color, label=label)
+            fds.plot(
+                t,
+                [p["redis_conns"] for p in points],
+                color=color,
+                linestyle=":",
+                label=f"{name}: to Redis" if label else None,
+            )
     for d in report["disruptions"]:
         for ax in (rss, fds):
             ax.axvline(d["at_s"], color="grey", linestyle="--", linewidth=0.8)
@@ -671,6 +683,7 @@ def chart(report: dict[str, Any], path: Path) -> bool:
     fds.set_ylabel("open fds")
     fds.set_xlabel("seconds")
     rss.legend()
+    fds.legend()
     rss.set_title("soak: RSS and file descriptors (dashed: restarts)")
     fig.tight_layout()
     fig.savefig(path)

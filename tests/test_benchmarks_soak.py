@@ -96,3 +96,20 @@ def test_a_short_soak_survives_both_restarts_and_writes_its_report(tmp_path: Pat
         assert all(0 <= point["redis_conns"] <= point["fds"] for point in series)
         assert max(point["redis_conns"] for point in series) >= 1
     assert "deliveries: expected" in result.stdout
+
+
+def test_the_chart_draws_both_instances_and_their_restarts(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    samples = {
+        "a": [
+            {"t": t, "pid": 1, "rss_kib": 50000 + t, "fds": 10, "redis_conns": 2} for t in (0, 5)
+        ],
+        "b": [
+            {"t": 0, "pid": 2, "rss_kib": 50000, "fds": 9, "redis_conns": 2},
+            {"t": 5, "pid": 3, "rss_kib": 49000, "fds": 8, "redis_conns": 1},
+        ],
+    }
+    report = {"samples": samples, "disruptions": [{"at_s": 2.0}, {"at_s": 4.0}]}
+    path = tmp_path / "soak.png"
+    assert load().chart(report, path) is True
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
