@@ -164,6 +164,7 @@ LAYER_ORDER = [
     "_context",
     "deadlines",
     "cluster",
+    "tracing",
     "rooms",
     "presence",
     "history",
