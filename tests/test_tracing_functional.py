@@ -546,3 +546,43 @@ async def test_a_history_room_broadcast_is_one_trace_across_instances(
     assert handled.context.trace_id == publish.context.trace_id == deliver.context.trace_id
     assert deliver.parent is not None and deliver.parent.span_id == publish.context.span_id
     assert deliver.attributes is not None and "wsevents.delivered" not in deliver.attributes
+
+
+# -- with metrics and idempotent calls ---------------------------------------------------------
+
+
+async def test_traced_messages_are_still_counted_and_idempotent_calls_traced_and_run_once(
+    ws_client: Any, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    ws = build()
+    runs: list[int] = []
+
+    @ws.on_message("rpc", "/count")
+    def count() -> int:
+        runs.append(1)
+        return len(runs)
+
+    ws.enable_metrics(registry=CollectorRegistry())
+    ws.enable_tracing(provider)
+    client = await ws_client(ws)
+    assert await client.call("rpc", "/users/7") == {"id": "/users/7"}  # sync, metered, traced
+    for message_id in (1, 2):
+        await client.send_raw(
+            json.dumps({"event": "rpc", "path": "/count", "id": message_id, "idem": "k-1"})
+        )
+    replies = [await client.next_message(), await client.next_message()]
+    assert sorted(r["id"] for r in replies) == [1, 2]
+    assert [r["data"] for r in replies] == [1, 1] and runs == [1]  # ran once
+    await wait_until(lambda: len(spans_named(exporter, "ws rpc /count")) == 2, what="2 spans")
+    await one_span(exporter, "ws rpc /users/:id")
+    assert ws.metrics is not None
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in ws.metrics.collect()
+        for s in family.samples
+    }
+    users = (("event", "rpc"), ("route", "/users/:id"))
+    assert samples["wsevents_messages_received_total", users] == 1
+    assert samples["wsevents_replies_total", (("code", "200"), *users)] == 1
