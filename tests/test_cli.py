@@ -650,7 +650,7 @@ async def test_metrics_of_several_processes_add_up_in_multiprocess_mode(
             assert (await rpc(b, "/echo", n, n))["data"] == n
         samples = await scrape()
         for _ in range(100):  # the second process writes its counters every second
-            if samples.get(echo) == 5:
+            if samples.get(echo) == samples.get(ok) == samples.get(count) == 5:
                 break
             await asyncio.sleep(0.1)
             samples = await scrape()

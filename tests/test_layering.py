@@ -165,6 +165,7 @@ LAYER_ORDER = [
     "_context",
     "deadlines",
     "cluster",
+    "tracing",
     "rooms",
     "presence",
     "history",

@@ -168,6 +168,19 @@ def _parser() -> argparse.ArgumentParser:
         help="exit with status 2 when Redis does not answer at start, instead of serving "
         "alone and retrying in the background",
     )
+    run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that several processes can listen on the same port "
+        "(the kernel spreads new connections over them; Linux, BSD)",
+    )
+    run.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry spans for every message (pip install 'wsevents[tracing]'), to "
+        "the global tracer provider, or to one made from the OTEL_* environment variables "
+        "when none is set (OTEL_TRACES_EXPORTER: otlp, console or none)",
+    )
     asyncapi = sub.add_parser(
         "asyncapi",
         help="print the AsyncAPI 3.0 document of a WsApp",
@@ -307,6 +320,25 @@ def plug_operability(target: Any, *, metrics: bool = False, admin_token: str | N
     return app
 
 
+def plug_tracing(target: Any) -> None:
+    """Trace the target's WsApp (see ``wsevents.tracing.provider_from_env``).
+
+    Raises:
+        TargetError: no WsApp to trace.
+        UsageError: OpenTelemetry, or the exporter the environment names, is missing.
+    """
+    ws_app = _ws_app_of(target, "--tracing")
+    try:
+        from .tracing import provider_from_env
+    except ImportError:
+        raise UsageError("--tracing needs OpenTelemetry: pip install 'wsevents[tracing]'") from None
+    try:
+        provider = provider_from_env()
+    except ValueError as exc:
+        raise UsageError(f"--tracing: {exc}") from None
+    ws_app.enable_tracing(provider)
+
+
 def plug_origins(target: Any, origins: Sequence[str]) -> None:
     """Set the browser origins allowed to connect to the target's WsApp (``"*"``: any).
 
@@ -410,15 +442,19 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bind a listening-to-be socket per address of ``host``, as aiohttp would.
 
     Binding before serving turns a port in use into an error before anything starts, and
-    lets "serving" be logged only once the sockets are bound.
+    lets "serving" be logged only once the sockets are bound. With ``reuse_port``, the
+    sockets get ``SO_REUSEPORT``: other processes that set it too may bind the same port.
 
     Raises:
-        UsageError: the host does not resolve or an address cannot be bound.
+        UsageError: the host does not resolve, an address cannot be bound, or
+            ``reuse_port`` is not supported here.
     """
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("--reuse-port is not supported on this platform")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
@@ -433,6 +469,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -541,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop: asyncio.AbstractEventLoop | None = None
     try:
         loop = _new_loop(args.loop)  # serving runs on it, then closes it
-        socks = bind(args.host, args.port)
+        socks = bind(args.host, args.port, reuse_port=args.reuse_port)
         target = load_target(args.target, loop)
         if args.metrics:
             _require_prometheus()
@@ -549,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_metrics_port(target, args.host, args.metrics_port)
         if args.allow_origin:
             plug_origins(target, args.allow_origin)
+        if args.tracing:
+            plug_tracing(target)
         if args.redis_url:
             plug_redis(
                 target,

@@ -44,6 +44,7 @@ from .transports.base import BroadcastTransport
 
 if TYPE_CHECKING:
     from aiohttp import web
+    from opentelemetry.trace import TracerProvider
 
     from .metrics import Metrics
 
@@ -610,6 +611,45 @@ class WsApp(_MessageDecorators, WsServer):
         policies = self._room_policies
         found = policies.match("join", room) if policies is not None else None
         return found.handler[2] if found is not None else None
+
+    def enable_tracing(
+        self, tracer_provider: TracerProvider | None = None, *, client_context: bool = True
+    ) -> None:
+        """Trace every message with OpenTelemetry (needs ``pip install 'wsevents[tracing]'``).
+
+        Each routed message gets a span ``ws <event> <route pattern>`` around its handler
+        (current while it runs, so the handler's own spans are its children), with the
+        route pattern, event, path, connection id and reply code; a 5xx sets the error
+        status. Broadcasts and ``send_to`` to other instances carry the trace context in
+        their envelope, so their delivery there makes a span of the same trace. See the
+        [tracing guide](../tracing.md).
+
+        Until it is called, OpenTelemetry is not even imported. Calling it again replaces
+        the provider.
+
+        Args:
+            tracer_provider: where the spans go; None: the global provider
+                (``opentelemetry.trace.set_tracer_provider``), also one set later.
+            client_context: continue the trace named by a ``traceparent`` key of a client
+                frame (a wire extension); False: each message starts its own trace.
+
+        Raises:
+            ImportError: opentelemetry-api is not installed.
+        """
+        from .tracing import Tracing
+
+        tracing = Tracing(
+            tracer_provider,
+            client_context=client_context,
+            decode=self.codec.decode,
+        )
+        self._dispatcher.set_tracing(tracing)
+        self.rooms.cluster.tracing = tracing
+
+    @property
+    def tracing_enabled(self) -> bool:
+        """Whether [`enable_tracing`][] was called."""
+        return self.rooms.cluster.tracing is not None
 
     def add_guard(self, guard: Guard) -> None:
         """Run ``guard`` before the handler of every routed message and of the

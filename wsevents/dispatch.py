@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .app import WsApp
     from .connection import Connection
     from .metrics import Metrics, RouteStats
+    from .tracing import Tracing
 
 __all__ = ["FORBIDDEN", "CallNext", "Interceptor"]
 
@@ -364,6 +365,7 @@ class Dispatcher:
         "_tasks",
         "_tasks_add",
         "_tasks_discard",
+        "_tracing",
     )
 
     def __init__(
@@ -391,6 +393,7 @@ class Dispatcher:
         self._chain: tuple[Interceptor, ...] = ()
         self._fallback: Endpoint | None = None
         self._metrics: Metrics | None = None
+        self._tracing: Tracing | None = None
 
     def enable_metrics(self, metrics: Metrics, routes: Router[Endpoint]) -> None:
         """Count every message in ``metrics`` from now on: attach a [`RouteStats`][] to
@@ -416,6 +419,10 @@ class Dispatcher:
             # here, so that the dispatcher finds them without a lookup per message.
             object.__setattr__(endpoint, "stats", stats)
         return endpoint
+
+    def set_tracing(self, tracing: Tracing | None) -> None:
+        """Make a span of every message through ``tracing`` (None: stop)."""
+        self._tracing = tracing
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
         """Append ``interceptor`` to the chain (it runs inside the ones added before, and
@@ -490,6 +497,8 @@ class Dispatcher:
             if handler is None:
                 if self._metrics is not None:
                     self._count_unmatched(msg.has_id)
+                if self._tracing is not None:
+                    self._tracing.unrouted(conn, msg)
                 if msg.has_id:
                     conn.reply_error(msg.id, 404, NOT_FOUND)
                 return False
@@ -500,6 +509,11 @@ class Dispatcher:
         scope = MessageScope(msg, params, conn, self._app, handler.route)
         if idem is not None and msg.has_id:
             coro: Any = self._run_idempotent(handler, scope, idem)
+            tracing = self._tracing
+            if tracing is not None:
+                coro = tracing.run_async(tracing.start(scope), coro)
+        elif self._tracing is not None:
+            return self._dispatch_traced(self._tracing, handler, scope)
         elif self._chain:
             coro = self._run_intercepted(handler, scope)
         elif handler.is_async:
@@ -516,6 +530,31 @@ class Dispatcher:
         self._tasks_add(task)
         task.add_done_callback(self._tasks_discard)
         return conn.begin_task() >= self._max_in_flight
+
+    def _dispatch_traced(self, tracing: Tracing, handler: Endpoint, scope: MessageScope) -> bool:
+        """[`handle_frame`][] from the routed message on, inside the message's span."""
+        span = tracing.start(scope)
+        if self._chain:
+            coro: Any = self._run_intercepted(handler, scope)
+        elif handler.is_async:
+            coro = self._run_async(handler.fn, scope, handler.stats)
+        else:
+            stats = handler.stats
+            if stats is None:
+                copy_context().run(tracing.run_sync, span, self._run_sync, handler.fn, scope)
+            else:
+
+                def run(fn: Callable[[], Any], scope: MessageScope) -> None:
+                    self._run_sync_metered(fn, scope, stats)
+
+                copy_context().run(tracing.run_sync, span, run, handler.fn, scope)
+            return False
+        task = asyncio.get_running_loop().create_task(
+            tracing.run_async(span, coro), context=copy_context()
+        )
+        self._tasks_add(task)
+        task.add_done_callback(self._tasks_discard)
+        return scope.connection.begin_task() >= self._max_in_flight
 
     def _run_sync(self, fn: Callable[[], Any], scope: MessageScope) -> None:
         message_var.set(scope)
@@ -679,8 +718,7 @@ class Dispatcher:
             frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
         conn.send_frame(frame)
 
-    @staticmethod
-    def _fail(scope: MessageScope, exc: Exception, stats: RouteStats | None = None) -> None:
+    def _fail(self, scope: MessageScope, exc: Exception, stats: RouteStats | None = None) -> None:
         """The one error mapping: WsError → its reply; anything else → logged, 500."""
         msg = scope.message
         details = retry_after = None
@@ -696,6 +734,8 @@ class Dispatcher:
                 stats.error(code)
             else:
                 stats.no_reply += 1
+        if self._tracing is not None:
+            self._tracing.failed(scope, code, exc)
         if msg.has_id:
             scope.connection.reply_error(
                 msg.id, code, text, details=details, retry_after=retry_after
@@ -706,9 +746,12 @@ class Dispatcher:
         encoded."""
         try:
             frame = self._encode({"id": msg.id, "data": result})
-        except Exception:
+        except Exception as exc:
             log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
-            conn.send_frame(encode_error(msg.id, 500, INTERNAL_ERROR, self._encode))
+            frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
+            if self._tracing is not None:
+                self._tracing.failed(message_var.get(), 500, exc)
+            conn.send_frame(frame)
             return False
         conn.send_frame(frame)
         return True
