@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
 
+from wsevents import TransportError
 from wsevents.testing import (
     check_capacity_store,
     check_history_store,
@@ -24,7 +25,13 @@ from wsevents.transports.redis._history import RedisHistory
 from wsevents.transports.redis._presence import RedisPresence
 from wsevents.transports.redis._sessions import RedisSessions
 
-from .redis_support import ThrowawayRedisCluster, cluster_keys, delete_cluster_keys, wait_until
+from .redis_support import (
+    ThrowawayRedisCluster,
+    cluster_keys,
+    delete_cluster_keys,
+    free_cluster_ports,
+    wait_until,
+)
 
 # The fixtures redis_cluster and cluster_prefix.
 pytest_plugins = ["tests.redis_fixtures"]
@@ -321,3 +328,42 @@ async def test_the_history_store_passes_on_the_cluster(
     await check_history_store(
         lambda: RedisHistory(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
     )
+
+
+# -- an unreachable cluster ---------------------------------------------------------------------
+
+
+async def test_an_unreachable_cluster_fails_fast_naming_the_url_without_password() -> None:
+    port = free_cluster_ports(1)[0]
+    url = f"redis+cluster://:secret-pw@127.0.0.1:{port}"
+    failing = RedisTransport.from_url(url, fail_fast=True, connect_timeout=0.5)
+    with pytest.raises(TransportError) as caught:
+        await failing.start()
+    assert f"redis+cluster://:***@127.0.0.1:{port}" in str(caught.value)
+    assert "secret-pw" not in str(caught.value)
+    await failing.close()
+
+
+async def test_an_unreachable_cluster_starts_down_and_every_command_fails_cleanly() -> None:
+    port = free_cluster_ports(1)[0]
+    down = RedisTransport.from_url(
+        f"redis+cluster://127.0.0.1:{port}", connect_timeout=0.3, command_timeout=0.5
+    )
+    states: list[bool] = []
+    down.add_state_listener(states.append)
+    await down.start()  # not fail_fast: starts anyway, retrying in the background
+    try:
+        assert not down.connected and states == [False]
+        assert await down.health() is False
+        await down.subscribe("ws:room:/r", lambda payload: None)  # kept for later
+        assert down.channels == frozenset({"ws:room:/r"})
+        with pytest.raises(TransportError):
+            await down.publish("ws:room:/r", "lost")
+        capabilities = down.capabilities()
+        assert capabilities.presence is not None and capabilities.directory is not None
+        with pytest.raises(TransportError):
+            await capabilities.presence.count("/r")
+        with pytest.raises(TransportError):
+            await capabilities.directory.locate_connection("c1")
+    finally:
+        await down.close()

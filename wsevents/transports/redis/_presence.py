@@ -236,10 +236,15 @@ class RedisPresence:
     async def count(self, room: str) -> PresenceCount:
         """Connections and distinct users in ``room``."""
         keys = self._room_keys(room, "")
-        async with self.client.pipeline(transaction=True) as pipe:
-            _ = pipe.hlen(keys[0])
-            _ = pipe.zcard(keys[1])
-            connections, users = await self._run(pipe.execute(), "count")
+
+        async def both() -> Any:
+            # Entering a cluster pipeline may connect: all of it runs inside _run.
+            async with self.client.pipeline(transaction=True) as pipe:
+                _ = pipe.hlen(keys[0])
+                _ = pipe.zcard(keys[1])
+                return await pipe.execute()
+
+        connections, users = await self._run(both(), "count")
         return PresenceCount(int(connections), int(users))
 
     async def members(self, room: str, offset: int, limit: int) -> PresencePage:
