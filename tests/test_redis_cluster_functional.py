@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,6 +31,7 @@ from .redis_support import (
     cluster_keys,
     delete_cluster_keys,
     free_cluster_ports,
+    unique,
     wait_until,
 )
 
@@ -367,3 +369,48 @@ async def test_an_unreachable_cluster_starts_down_and_every_command_fails_cleanl
             await capabilities.directory.locate_connection("c1")
     finally:
         await down.close()
+
+
+async def test_a_killed_shard_connection_is_reported_and_every_channel_resubscribed(
+    redis_cluster: ThrowawayRedisCluster, cluster_prefix: str
+) -> None:
+    name = unique("wsevents-shard")
+    options: dict[str, Any] = {"reconnect_max_delay": 0.5, "client_name": name}
+    a = transport(redis_cluster, cluster_prefix, **options)
+    b = transport(redis_cluster, cluster_prefix, **options)
+    states: list[bool] = []
+    a_states: list[bool] = []
+    b.add_state_listener(states.append)
+    a.add_state_listener(a_states.append)
+    await a.start()
+    await b.start()
+    inbox = Inbox()
+    rooms = [f"ws:room:/k/{i}" for i in range(12)]
+    try:
+        for room in rooms:
+            await b.subscribe(room, inbox)
+        port = redis_cluster.master_ports()[0]
+        node = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            subscribers = [
+                c
+                for c in await node.client_list()
+                if c.get("name") == name and int(c.get("ssub", 0)) > 0
+            ]
+            assert len(subscribers) == 2  # a's (probe only) and b's
+            for client in subscribers:
+                await node.client_kill_filter(_id=client["id"])
+        finally:
+            await node.aclose()
+        await wait_until(lambda: states == [False, True], timeout=10, what="b down then up")
+        await wait_until(lambda: a_states == [False, True], timeout=10, what="a down then up")
+        for i, room in enumerate(rooms):
+            await a.publish(room, f"after {i}")
+        for i in range(len(rooms)):
+            await inbox.wait_for(f"after {i}")
+        assert sorted(inbox.got) == sorted(f"after {i}" for i in range(len(rooms)))
+        assert await a.health() and await b.health()
+        assert a.reconnects == 1 and b.reconnects == 1
+    finally:
+        await a.close()
+        await b.close()
