@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .presence import Presence, PresenceChange, PresenceUser, PresenceUsers
     from .protocol import ClientMessage, Codec, JsonCodec
     from .ratelimit import RateLimit
-    from .rooms import DeliveryReport, RoomManager
+    from .rooms import Admit, DeliveryReport, RoomManager
     from .routing import Guard, Route
     from .transports import (
         BaseTransport,
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Admit",
     "BaseTransport",
     "BroadcastTransport",
     "CallNext",
@@ -117,6 +118,7 @@ __all__ = [
 
 # Where each public name lives (relative to this package).
 _EXPORTS: dict[str, str] = {
+    "Admit": ".rooms",
     "BaseTransport": ".transports",
     "BroadcastTransport": ".transports",
     "CallNext": ".dispatch",

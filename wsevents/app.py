@@ -33,7 +33,7 @@ from .history import History
 from .presence import Presence, PresenceListener
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
 from .ratelimit import Limiter, RateLimit
-from .rooms import RoomManager
+from .rooms import Admit, RoomManager
 from .routing import Guard, Route, Router, join_pattern
 from .sessions import SessionClock
 from .transports.base import BroadcastTransport
@@ -449,8 +449,16 @@ class WsApp(_MessageDecorators, WsServer):
 
         ``admit`` runs before a connection joins such a room (sync or ``async``; in a
         handler, composables such as [`use_ws_message`][wsevents.use_ws_message] work):
-        returning ``False`` refuses the join with 403 ``"Forbidden"``, raising
-        [`WsError`][wsevents.WsError] refuses it with that error; anything else admits.
+
+        * ``True`` or ``None`` admits;
+        * [`Admit(data)`][wsevents.Admit] or a mapping admits with member data: merged
+          over the join's own ``data`` (the admitted keys win), kept as the member's data
+          ([`RoomManager.member_data`][wsevents.RoomManager.member_data]) and, in a
+          presence room, the presence member data;
+        * ``False`` refuses the join with 403 ``"Forbidden"``, raising
+          [`WsError`][wsevents.WsError] refuses it with that error; any other return
+          value is a bug: the join is refused (500 ``"Internal Error"``, logged).
+
         A refused connection is not a member. Rooms that match no policy are open.
 
         Raises:
@@ -464,17 +472,27 @@ class WsApp(_MessageDecorators, WsServer):
             self.rooms.add_join_policy(self._admit)
         self._room_policies.add("join", pattern, (admit, is_async(admit)))
 
-    async def _admit(self, conn: Connection, room: str) -> None:
+    async def _admit(self, conn: Connection, room: str) -> Mapping[str, Any] | None:
         policies = self._room_policies
         found = policies.match("join", room) if policies is not None else None
         if found is None:
-            return
+            return None
         admit, admit_async = found.handler
         verdict = admit(conn, room)
         if admit_async:
             verdict = await verdict
+        if verdict is None or verdict is True:
+            return None
         if verdict is False:
             raise WsError(403, "Forbidden")
+        if isinstance(verdict, Admit):
+            return verdict.data
+        if isinstance(verdict, Mapping):
+            return verdict
+        raise TypeError(
+            f"admit of {found.pattern} returned {type(verdict).__name__}: expected True, "
+            "None, False, Admit or a mapping"
+        )
 
     def add_guard(self, guard: Guard) -> None:
         """Run ``guard`` before the handler of every routed message and of the
