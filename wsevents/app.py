@@ -46,6 +46,7 @@ __all__ = [
     "INSTANCE_CHANNEL_PREFIX",
     "SHUTDOWN_CLOSE_CODE",
     "Adapter",
+    "DefaultRoom",
     "RouteGroup",
     "WsApp",
     "create_ws_app",
@@ -58,6 +59,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 PL = TypeVar("PL", bound=PresenceListener)
 IC = TypeVar("IC", bound=Interceptor)
 G = TypeVar("G", bound=Guard)
+
+DefaultRoom = str | Callable[[Connection], "Iterable[str] | Awaitable[Iterable[str]]"]
+"""A default room: a room name, or a function of the connection returning names."""
 
 SHUTDOWN_CLOSE_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
@@ -170,6 +174,12 @@ class WsApp(_MessageDecorators, WsServer):
             ``"Unauthorized"``.
         auth_timeout: with ``auth_required``, seconds a connection has to authenticate
             before it is closed with 4408 ``"Authentication timeout"``.
+        default_rooms: rooms every connection joins once ``on_connect`` accepted it,
+            before its first message is read: room names, and functions of the
+            [`Connection`][wsevents.Connection] (sync or ``async``) returning names, e.g.
+            ``lambda conn: [f"/users/{conn.user}"]``. Each join goes through the normal
+            join path (room policies apply); a refused join or a failing function is
+            logged and skipped, the connection stays.
     """
 
     def __init__(
@@ -196,6 +206,7 @@ class WsApp(_MessageDecorators, WsServer):
         max_connections_per_user: int | None = None,
         auth_required: bool = False,
         auth_timeout: float = 10.0,
+        default_rooms: Iterable[DefaultRoom] = (),
     ) -> None:
         if heartbeat < 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat must be >= 0 and heartbeat_timeout > 0")
@@ -276,6 +287,11 @@ class WsApp(_MessageDecorators, WsServer):
         self._sessions = SessionClock(self._connections)
         # Join admission: room patterns -> admit functions (see room_policy()).
         self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
+        self.default_rooms: tuple[DefaultRoom, ...] = tuple(default_rooms)
+        """What every connection joins on connect (see the option)."""
+        for room in self.default_rooms:
+            if not isinstance(room, str) and not callable(room):
+                raise TypeError(f"a default room is a name or a function, got {room!r}")
 
     @property
     def server(self) -> WsServer:
@@ -709,7 +725,40 @@ class WsApp(_MessageDecorators, WsServer):
             except BaseException:  # cancelled: the peer left during the handshake
                 self._connections.pop(conn.id, None)
                 raise
+        if self.default_rooms:
+            try:
+                await self._join_default_rooms(conn)
+            except BaseException:  # cancelled: the peer left; the adapter will not clean up
+                _ = self._spawn(self._close_connection(conn))
+                raise
         return True
+
+    async def _join_default_rooms(self, conn: Connection) -> None:
+        """Join ``conn`` to the default rooms; refusals and failures are logged."""
+        for entry in self.default_rooms:
+            if isinstance(entry, str):
+                names: Iterable[str] = (entry,)
+            else:
+                try:
+                    result = entry(conn)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    names = (result,) if isinstance(result, str) else tuple(result or ())
+                except Exception:
+                    log.exception("default rooms of %s: %r failed", conn.id, entry)
+                    continue
+            for room in names:
+                if conn.closed:
+                    return
+                if not isinstance(room, str):
+                    log.error("default rooms of %s: %r is not a room name", conn.id, room)
+                    continue
+                try:
+                    await self.rooms.join(conn, room)
+                except WsError as exc:
+                    log.debug("default room %s refused for %s: %s", room, conn.id, exc)
+                except Exception:
+                    log.exception("default room %s: the join of %s failed", room, conn.id)
 
     async def _close_connection(self, conn: Connection) -> None:
         """Run ``on_disconnect`` hooks, then leave every room and forget the connection."""
@@ -915,6 +964,7 @@ def create_ws_app(
     max_connections_per_user: int | None = None,
     auth_required: bool = False,
     auth_timeout: float = 10.0,
+    default_rooms: Iterable[DefaultRoom] = (),
 ) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
     # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
@@ -941,4 +991,5 @@ def create_ws_app(
         max_connections_per_user=max_connections_per_user,
         auth_required=auth_required,
         auth_timeout=auth_timeout,
+        default_rooms=default_rooms,
     )
