@@ -155,6 +155,7 @@ LAYER_ORDER = [
     "transports.redis._directory",
     "transports.redis._presence",
     "transports.redis._history",
+    "transports.redis._ratelimit",
     "transports.redis",
     "transports",
     "connection",

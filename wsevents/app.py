@@ -36,7 +36,7 @@ from .ratelimit import Limiter, RateLimit
 from .rooms import Admit, RoomManager
 from .routing import Guard, Route, Router, join_pattern
 from .sessions import SessionClock
-from .transports.base import BroadcastTransport
+from .transports.base import BroadcastTransport, RateLimitStore
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -272,8 +272,15 @@ class WsApp(_MessageDecorators, WsServer):
         # -- access and flow control --
         if max_connections_per_user is not None and max_connections_per_user <= 0:
             raise ValueError("max_connections_per_user must be > 0")
-        self._limiter = Limiter(rate_limit) if rate_limit is not None else None
-        self.handshake_limiter = Limiter(handshake_rate) if handshake_rate is not None else None
+        self._limiter = Limiter(rate_limit, "app") if rate_limit is not None else None
+        self.handshake_limiter = (
+            Limiter(handshake_rate, "handshake") if handshake_rate is not None else None
+        )
+        # Cluster-wide limits by identity; they get the backend's buckets at start().
+        self._shared_limiters: dict[int, Limiter] = {}
+        self._rate_limit_store: RateLimitStore | None = None
+        if self._limiter is not None and rate_limit is not None and rate_limit.cluster:
+            self._shared_limiters[id(self._limiter)] = self._limiter
         """The buckets of ``handshake_rate`` (None: no handshake limit); the adapter
         takes a token per upgrade request."""
         self.max_connections_per_user = max_connections_per_user
@@ -350,7 +357,7 @@ class WsApp(_MessageDecorators, WsServer):
                 reply,
                 _params(params),
                 summary=_summary(handler),
-                rate_limits=_limiters(rate_limit),
+                rate_limits=_limiters(rate_limit, f"route {event} {pattern}"),
                 public=public,
             )
         )
@@ -386,6 +393,10 @@ class WsApp(_MessageDecorators, WsServer):
         """Register ``route`` (every registration, by the app or a group, ends here)."""
         if self._limiter is not None:
             route = replace(route, rate_limits=(self._limiter, *route.rate_limits))
+        for limiter in route.rate_limits:
+            if limiter.limit.cluster:
+                self._shared_limiters[id(limiter)] = limiter
+                limiter.store = self._rate_limit_store
         require_auth = self.auth_required and not route.public
         self.router.add(route.event, route.pattern, Endpoint.of(route, require_auth=require_auth))
 
@@ -457,7 +468,7 @@ class WsApp(_MessageDecorators, WsServer):
             RoutingError: ``prefix`` does not start with ``/``.
             TypeError: a guard is not callable.
         """
-        return RouteGroup(self, prefix, guards, _limiters(rate_limit))
+        return RouteGroup(self, prefix, guards, _limiters(rate_limit, f"group {prefix}"))
 
     def room_policy(self, pattern: str, *, admit: Callable[[Connection, str], Any]) -> None:
         """Admit joins of the rooms whose name matches ``pattern`` (``:param`` syntax,
@@ -632,6 +643,14 @@ class WsApp(_MessageDecorators, WsServer):
         self._closing = False
         await self.rooms.cluster.start(self._connections, self._transport_state_changed)
         await self.presence.start()
+        store = self._rate_limit_store = self.rooms.cluster.capabilities.rate_limits
+        if self._shared_limiters and store is None and self.transport is not None:
+            log.warning(
+                "cluster-wide rate limits count on this instance only: the transport has "
+                "no rate-limit store"
+            )
+        for limiter in self._shared_limiters.values():
+            limiter.store = store
 
     async def shutdown(self) -> None:
         """Close every connection with 1001 and let running handlers finish (graceful)."""
@@ -879,7 +898,10 @@ class RouteGroup(_MessageDecorators):
                 reply,
                 _params(params),
                 summary=_summary(handler),
-                rate_limits=(*self.rate_limits, *_limiters(rate_limit)),
+                rate_limits=(
+                    *self.rate_limits,
+                    *_limiters(rate_limit, f"route {event} {join_pattern(self.prefix, pattern)}"),
+                ),
                 public=public,
             )
         )
@@ -917,16 +939,19 @@ class RouteGroup(_MessageDecorators):
             self._app,
             join_pattern(self.prefix, prefix),
             (*self.guards, *guards),
-            (*self.rate_limits, *_limiters(rate_limit)),
+            (
+                *self.rate_limits,
+                *_limiters(rate_limit, f"group {join_pattern(self.prefix, prefix)}"),
+            ),
         )
 
     def __repr__(self) -> str:
         return f"RouteGroup({self.prefix!r}, guards={len(self.guards)})"
 
 
-def _limiters(limit: RateLimit | None) -> tuple[Limiter, ...]:
-    """The buckets of one declaration site (None: no limit)."""
-    return (Limiter(limit),) if limit is not None else ()
+def _limiters(limit: RateLimit | None, name: str) -> tuple[Limiter, ...]:
+    """The buckets of one declaration site named ``name`` (None: no limit)."""
+    return (Limiter(limit, name),) if limit is not None else ()
 
 
 def _params(params: Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -21,11 +21,18 @@ from .base import (
     PresenceMember,
     PresencePage,
     PresenceStore,
+    RateLimitStore,
     StateListener,
     StreamPosition,
     TransportStateEvents,
 )
-from .memory import MemoryBus, MemoryHistoryStore, MemoryPresenceStore, MemoryTransport
+from .memory import (
+    MemoryBus,
+    MemoryHistoryStore,
+    MemoryPresenceStore,
+    MemoryRateLimitStore,
+    MemoryTransport,
+)
 
 if TYPE_CHECKING:
     from .redis import RedisTransport
@@ -40,12 +47,14 @@ __all__ = [
     "MemoryBus",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
+    "MemoryRateLimitStore",
     "MemoryTransport",
     "PayloadHandler",
     "PresenceCount",
     "PresenceMember",
     "PresencePage",
     "PresenceStore",
+    "RateLimitStore",
     "RedisTransport",
     "StateListener",
     "StreamPosition",

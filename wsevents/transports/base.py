@@ -26,6 +26,7 @@ __all__ = [
     "PresenceMember",
     "PresencePage",
     "PresenceStore",
+    "RateLimitStore",
     "StateListener",
     "StreamPosition",
     "TransportStateEvents",
@@ -228,6 +229,29 @@ class HistoryStore(Protocol):
         ...
 
 
+# -- rate limits shared by every instance ------------------------------------------------
+
+
+class RateLimitStore(Protocol):
+    """Token buckets shared by every instance (the cluster-wide rate limits,
+    ``RateLimit(..., cluster=True)``).
+
+    A bucket holds up to ``capacity`` tokens and gains ``refill`` tokens per second; a
+    missing bucket is a full one. [`take`][] is atomic: of concurrent takes on any
+    instance, no more succeed than the bucket holds. A bucket may be forgotten once it has
+    refilled (a full bucket is the same as none).
+    """
+
+    async def take(self, key: str, capacity: float, refill: float) -> float:
+        """Take one token from bucket ``key``.
+
+        Returns:
+            0.0 when a token was taken; otherwise the seconds until one is free (> 0),
+            and the bucket is left as it was, but refilled to now.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a transport offers beyond pub/sub; each field is the implementing object or None.
@@ -237,12 +261,14 @@ class Capabilities:
         state_events: backend loss and recovery notifications.
         presence: who is in which presence room on every instance.
         history: the recent pushes of history rooms, with offsets and epochs.
+        rate_limits: token buckets shared by every instance (cluster-wide rate limits).
     """
 
     directory: ConnectionDirectory | None = None
     state_events: TransportStateEvents | None = None
     presence: PresenceStore | None = None
     history: HistoryStore | None = None
+    rate_limits: RateLimitStore | None = None
 
 
 @runtime_checkable

@@ -25,7 +25,9 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
 * ``<prefix>ws:presence:...``: the presence store (see ``_presence``), keys of a room
   hash-tagged ``{<room>}``;
 * ``<prefix>ws:history:...``: the history store (see ``_history``), a stream, an offset
-  and an epoch per history room, hash-tagged ``{<room>}``.
+  and an epoch per history room, hash-tagged ``{<room>}``;
+* ``<prefix>ws:rl:<limit>|<key>``: a token bucket per key of a cluster-wide rate limit
+  (see ``_ratelimit``), expiring once full again.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ._directory import RedisDirectory
 from ._history import RedisHistory
 from ._presence import RedisPresence
 from ._pubsub import PubSub
+from ._ratelimit import RedisRateLimits
 from ._url import describe_client, redact_url
 
 __all__ = ["RedisTransport", "StateListener", "redact_url"]
@@ -55,8 +58,9 @@ log = logging.getLogger("wsevents.transports.redis")
 
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
-    [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events and a
-    [`PresenceStore`][wsevents.PresenceStore] and a [`HistoryStore`][wsevents.HistoryStore].
+    [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events, a
+    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore]
+    and a [`RateLimitStore`][wsevents.transports.base.RateLimitStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -156,6 +160,9 @@ class RedisTransport(BaseTransport):
         )
         self._presence = RedisPresence(client, prefix=prefix, command_timeout=self.command_timeout)
         self._history = RedisHistory(client, prefix=prefix, command_timeout=self.command_timeout)
+        self._rate_limits = RedisRateLimits(
+            client, prefix=prefix, command_timeout=self.command_timeout
+        )
         # Rewrite the directory whenever the connection comes up: Redis may have
         # restarted empty.
         self._pubsub.on_up = self._directory.wake
@@ -322,13 +329,14 @@ class RedisTransport(BaseTransport):
             await self.client.aclose()
 
     def capabilities(self) -> Capabilities:
-        """The connection directory, the backend state events, the presence store and the
-        history store, each its own object."""
+        """The connection directory, the backend state events, the presence store, the
+        history store and the rate-limit buckets, each its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self._pubsub,
             presence=self._presence,
             history=self._history,
+            rate_limits=self._rate_limits,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------
