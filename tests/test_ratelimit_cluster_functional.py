@@ -228,3 +228,34 @@ async def test_without_a_store_the_buckets_are_the_instance_s(aiohttp_client, ca
         await ada.close()
     # Only the app with a transport that cannot share warns.
     assert len([r for r in caplog.records if "no rate-limit store" in r.getMessage()]) == 1
+
+
+async def test_redis_takes_are_atomic_across_clients(admin: aioredis.Redis, prefix: str) -> None:
+    from wsevents.transports.redis._ratelimit import RedisRateLimits
+
+    clients = [aioredis.from_url(REDIS_URL) for _ in range(3)]
+    try:
+        stores = [RedisRateLimits(c, prefix=prefix, command_timeout=5.0) for c in clients]
+        waits = await asyncio.gather(*(stores[i % 3].take("race", 5.0, 0.001) for i in range(30)))
+        assert sum(1 for w in waits if w == 0.0) == 5
+        assert all(w > 900 for w in waits if w)  # ~1000 s for one token at 0.001/s
+        ttl = await admin.pttl(stores[0].key("race"))
+        assert 4_000_000 < ttl <= 5_000_001  # refilled to 5 tokens in ~5000 s
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def test_redis_store_failure_is_a_transport_error() -> None:
+    from wsevents import TransportError
+    from wsevents.transports.redis._ratelimit import RedisRateLimits
+
+    from .redis_support import free_port
+
+    client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        store = RedisRateLimits(client, prefix="x:", command_timeout=2.0)
+        with pytest.raises(TransportError, match="rate limit take failed"):
+            await store.take("k", 1.0, 1.0)
+    finally:
+        await client.aclose()
