@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import copy_context
 from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -180,6 +181,12 @@ class WsApp(_MessageDecorators, WsServer):
             ``lambda conn: [f"/users/{conn.user}"]``. Each join goes through the normal
             join path (room policies apply); a refused join or a failing function is
             logged and skipped, the connection stays.
+        trusted_proxies: addresses and networks (``"10.0.0.0/8"``, ``"::1"``) of the
+            reverse proxies in front of the app. When the peer of an upgrade request is
+            one of them, the client's address is taken from ``X-Forwarded-For``: the
+            right-most hop that is not a trusted proxy. It is
+            [`Connection.ip`][wsevents.Connection], what the ``"ip"`` rate-limit key
+            and the handshake limit count. Other peers' headers are ignored.
     """
 
     def __init__(
@@ -207,6 +214,7 @@ class WsApp(_MessageDecorators, WsServer):
         auth_required: bool = False,
         auth_timeout: float = 10.0,
         default_rooms: Iterable[DefaultRoom] = (),
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         if heartbeat < 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat must be >= 0 and heartbeat_timeout > 0")
@@ -294,6 +302,10 @@ class WsApp(_MessageDecorators, WsServer):
         self._sessions = SessionClock(self._connections)
         # Join admission: room patterns -> admit functions (see room_policy()).
         self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
+        self.trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = tuple(
+            _network(proxy) for proxy in trusted_proxies
+        )
+        """The networks whose ``X-Forwarded-For`` is believed (see the option)."""
         self.default_rooms: tuple[DefaultRoom, ...] = tuple(default_rooms)
         """What every connection joins on connect (see the option)."""
         for room in self.default_rooms:
@@ -954,6 +966,18 @@ def _limiters(limit: RateLimit | None, name: str) -> tuple[Limiter, ...]:
     return (Limiter(limit, name),) if limit is not None else ()
 
 
+def _network(proxy: str) -> IPv4Network | IPv6Network:
+    """``proxy`` (an address or a network) as a network.
+
+    Raises:
+        ValueError: not an IP address or network.
+    """
+    try:
+        return ip_network(proxy.strip(), strict=False)
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"a trusted proxy is an IP address or network: {proxy!r}") from None
+
+
 def _params(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(params)) if params else MappingProxyType({})
 
@@ -990,6 +1014,7 @@ def create_ws_app(
     auth_required: bool = False,
     auth_timeout: float = 10.0,
     default_rooms: Iterable[DefaultRoom] = (),
+    trusted_proxies: Iterable[str] = (),
 ) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
     # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
@@ -1017,4 +1042,5 @@ def create_ws_app(
         auth_required=auth_required,
         auth_timeout=auth_timeout,
         default_rooms=default_rooms,
+        trusted_proxies=trusted_proxies,
     )

@@ -300,8 +300,7 @@ def _user_key(conn: Connection) -> Hashable:
 
 
 def _ip_key(conn: Connection) -> Hashable:
-    request = conn.request
-    return request.remote if request is not None else None
+    return conn.ip
 
 
 def _strike(conn: Connection, now: float) -> None:

@@ -169,7 +169,7 @@ class Limiter:
         return wait
 
     async def take_shared(self, key: Hashable, now: float) -> float:
-        """[`take`][] from the bucket in [`store`][] (a cluster-wide limit), shared by every
+        """[`take`][] from the bucket in ``store`` (a cluster-wide limit), shared by every
         instance; with no store, from this instance's buckets.
 
         A failing store lets the call through (fail open) and logs a warning at most once
