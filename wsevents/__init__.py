@@ -57,6 +57,7 @@ if TYPE_CHECKING:
         MemoryTransport,
         PresenceCount,
         PresenceStore,
+        RateLimitStore,
         StreamPosition,
     )
 
@@ -91,6 +92,7 @@ __all__ = [
     "PresenceUsers",
     "ProtocolError",
     "RateLimit",
+    "RateLimitStore",
     "RoomManager",
     "Route",
     "RouteGroup",
@@ -146,6 +148,7 @@ _EXPORTS: dict[str, str] = {
     "PresenceUsers": ".presence",
     "ProtocolError": ".exceptions",
     "RateLimit": ".ratelimit",
+    "RateLimitStore": ".transports",
     "RoomManager": ".rooms",
     "Route": ".routing",
     "RouteGroup": ".app",

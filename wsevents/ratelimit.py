@@ -57,7 +57,7 @@ class RateLimit:
         cluster: keep the buckets in the transport's backend, shared by every instance
             (only for the ``"user"`` and ``"ip"`` keys): one user's connections spread
             over instances count against one bucket. Needs a transport with a
-            [`RateLimitStore`][wsevents.transports.base.RateLimitStore]
+            [`RateLimitStore`][wsevents.RateLimitStore]
             (``MemoryTransport``, ``RedisTransport``); without one the buckets are this
             instance's. When the backend fails, calls go through (fail open) and a
             warning is logged at most once a minute.

@@ -215,7 +215,7 @@ class MemoryHistoryStore:
 
 
 class MemoryRateLimitStore:
-    """A [`RateLimitStore`][wsevents.transports.base.RateLimitStore] in this process (the
+    """A [`RateLimitStore`][wsevents.RateLimitStore] in this process (the
     [`MemoryTransport`][] instances of one [`MemoryBus`][] share the bus's): token buckets
     on the monotonic clock; each take runs without awaiting, so it is atomic."""
 

@@ -60,7 +60,7 @@ class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events, a
     [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore]
-    and a [`RateLimitStore`][wsevents.transports.base.RateLimitStore].
+    and a [`RateLimitStore`][wsevents.RateLimitStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the

@@ -44,7 +44,7 @@ return string.format('%.17g', wait)
 
 
 class RedisRateLimits:
-    """A [`RateLimitStore`][wsevents.transports.base.RateLimitStore] over Redis (see the
+    """A [`RateLimitStore`][wsevents.RateLimitStore] over Redis (see the
     module docs for the keys).
 
     Args:
