@@ -2,8 +2,8 @@
 
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
-- ``wsevents.testing.conformance``: ``check_transport`` and ``check_presence_store``, the
-  suites every transport and presence store pass;
+- ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store`` and
+  ``check_rate_limit_store``, the suites every transport and store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from .cluster import WsCluster, assert_delivered_once, serve_memory_cluster
     from .conformance import (
         PresenceStoreFactory,
+        RateLimitStoreFactory,
         TransportFactory,
         check_presence_store,
+        check_rate_limit_store,
         check_transport,
     )
     from .contexts import (
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PresenceStoreFactory",
+    "RateLimitStoreFactory",
     "RecordingSocket",
     "TestConnectionContext",
     "TestMessageContext",
@@ -47,6 +50,7 @@ __all__ = [
     "WsTestClient",
     "assert_delivered_once",
     "check_presence_store",
+    "check_rate_limit_store",
     "check_transport",
     "prepare_test_ws_connection_context",
     "prepare_test_ws_message_context",
@@ -61,6 +65,7 @@ _HOME = {
     "ClientFactory": "client",
     "ClusterFactory": "cluster",
     "PresenceStoreFactory": "conformance",
+    "RateLimitStoreFactory": "conformance",
     "RecordingSocket": "contexts",
     "TestConnectionContext": "contexts",
     "TestMessageContext": "contexts",
@@ -69,6 +74,7 @@ _HOME = {
     "WsTestClient": "client",
     "assert_delivered_once": "cluster",
     "check_presence_store": "conformance",
+    "check_rate_limit_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",
     "prepare_test_ws_message_context": "contexts",
