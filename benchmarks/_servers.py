@@ -23,9 +23,14 @@ def free_port() -> int:
 
 
 def start_reference_app(
-    *, cpu: str | None, extra: list[str] | None = None, timeout: float = 30.0
+    *,
+    cpu: str | None,
+    extra: list[str] | None = None,
+    timeout: float = 30.0,
+    target: str = "examples.reference_app:app",
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """``python -m wsevents run examples.reference_app:app`` on a free port, ready to use.
+    """``python -m wsevents run examples.reference_app:app`` (or ``target``) on a free port,
+    ready to use.
 
     Pinned to ``cpu`` with taskset when given; its own process group, so that
     :func:`stop` can signal it and its children.
@@ -38,7 +43,7 @@ def start_reference_app(
         "-m",
         "wsevents",
         "run",
-        "examples.reference_app:app",
+        target,
         "--host",
         "127.0.0.1",
         "--port",

@@ -389,3 +389,35 @@ async def private_unsubscribe() -> dict[str, bool]:
 async def private_message() -> dict[str, bool]:
     await use_ws_rooms().broadcast("message", use_ws_message().data)
     return {"sent": True}
+
+
+# -- access and flow control: room capacity -------------------------------------------------
+
+
+def add_capped_rooms(ws: WsApp) -> None:
+    """The capped rooms: at most 3 members per room, counted across every instance (a
+    function, so that tests can build several instances)."""
+    ws.room_policy("/capped/rooms/:room", max_members=3)
+    ws.declare_push(
+        "message",
+        "/capped/rooms/:room",
+        summary="A member's message (its data as sent), to the other members of the room",
+    )
+
+    @ws.on_message("subscribe", "/capped/rooms/:room")
+    async def capped_subscribe() -> dict[str, bool]:
+        await use_ws_rooms().join()  # a 4th member is refused with 409 "Room is full"
+        return {"subscribed": True}
+
+    @ws.on_message("unsubscribe", "/capped/rooms/:room")
+    async def capped_unsubscribe() -> dict[str, bool]:
+        await use_ws_rooms().leave()  # frees the place
+        return {"unsubscribed": True}
+
+    @ws.on_message("message", "/capped/rooms/:room")
+    async def capped_message() -> dict[str, bool]:
+        await use_ws_rooms().broadcast("message", use_ws_message().data)
+        return {"sent": True}
+
+
+add_capped_rooms(app)

@@ -72,3 +72,13 @@ def report_loop() -> str:
 def make_plain_aiohttp_app() -> web.Application:
     """An aiohttp Application without a WsApp attached."""
     return web.Application()
+
+
+def make_capped_app() -> WsApp:
+    """The reference app's capped rooms with a capacity lease of 1 s (the kill -9 tests)."""
+    from examples.reference_app import add_capped_rooms
+
+    ws = create_ws_app(heartbeat=0)
+    add_capped_rooms(ws)
+    ws.capacity.lease = 1.0
+    return ws

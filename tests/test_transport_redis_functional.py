@@ -624,3 +624,76 @@ async def test_close_returns_although_the_client_can_lose_cancellations(prefix: 
             assert transport._reader_task is None and transport._tasks == set()
     finally:
         await client.aclose()
+
+
+# -- bursts on one channel over a slow link --------------------------------------------------
+
+
+class _LatencyProxy:
+    """A TCP proxy to the test Redis that holds every chunk sent to Redis for ``delay`` s:
+    a link with a long round trip, for real."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].split(":")
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    dst.write(chunk)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        for task in (
+            asyncio.ensure_future(pump(reader, up_writer, self.delay)),
+            asyncio.ensure_future(pump(up_reader, writer, 0.0)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_a_burst_on_one_channel_over_a_slow_link_is_sent_in_batches_in_order(
+    make: Callable[..., RedisTransport], prefix: str
+) -> None:
+    # 200 publishes on one channel at once over a link with a 50 ms round trip, each with a
+    # 1 s budget: one round trip per publish would need 10 s; batches need a few.
+    proxy = _LatencyProxy(delay=0.05)
+    await proxy.start()
+    try:
+        db = REDIS_URL.rsplit("/", 1)[1] if REDIS_URL.count("/") > 2 else "0"
+        slow = make(f"redis://127.0.0.1:{proxy.port}/{db}", prefix=prefix, command_timeout=1.0)
+        listener = make(prefix=prefix)
+        inbox = Inbox()
+        await listener.subscribe("burst", inbox)
+        await slow.start()
+        await listener.start()
+        payloads = [f"m{i}" for i in range(200)]
+        results = await asyncio.gather(
+            *(slow.publish("burst", p) for p in payloads), return_exceptions=True
+        )
+        assert [r for r in results if r is not None] == []
+        assert await inbox.wait_for(200) == payloads
+    finally:
+        await proxy.close()

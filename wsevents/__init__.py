@@ -17,6 +17,7 @@ from ._adapters import register_adapter
 if TYPE_CHECKING:
     from ._context import MessageScope
     from .app import RouteGroup, WsApp, create_ws_app
+    from .capacity import Capacity
     from .client import WsClient
     from .composables import (
         RouteParams,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         BaseTransport,
         BroadcastTransport,
         Capabilities,
+        CapacityStore,
         ConnectionDirectory,
         HistoryEntry,
         HistoryStore,
@@ -69,6 +71,8 @@ __all__ = [
     "BroadcastTransport",
     "CallNext",
     "Capabilities",
+    "Capacity",
+    "CapacityStore",
     "ClientMessage",
     "Codec",
     "Connection",
@@ -125,6 +129,8 @@ _EXPORTS: dict[str, str] = {
     "BroadcastTransport": ".transports",
     "CallNext": ".dispatch",
     "Capabilities": ".transports",
+    "Capacity": ".capacity",
+    "CapacityStore": ".transports",
     "ClientMessage": ".protocol",
     "Codec": ".protocol",
     "Connection": ".connection",

@@ -24,6 +24,7 @@ from ._adapters import ADAPTERS, Adapter, register_adapter
 from ._aio import TaskSet, await_hook, call_hook, is_async
 from ._context import app_var
 from .asyncapi import RouteSpec, build_asyncapi, docstring_summary
+from .capacity import Capacity
 from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
 from .composables import WsServer
 from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
@@ -300,8 +301,13 @@ class WsApp(_MessageDecorators, WsServer):
         self.auth_required = auth_required
         self.auth_timeout = float(auth_timeout)
         self._sessions = SessionClock(self._connections)
-        # Join admission: room patterns -> admit functions (see room_policy()).
-        self._room_policies: Router[tuple[Callable[..., Any], bool]] | None = None
+        # Join admission: room patterns -> (admit or None, admit is async, max_members).
+        self._room_policies: Router[tuple[Callable[..., Any] | None, bool, int | None]] | None = (
+            None
+        )
+        self.capacity = Capacity(rooms, self._max_members)
+        """Room capacity: places taken in rooms with ``max_members``, on every instance
+        (see [`room_policy`][])."""
         self.trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = tuple(
             _network(proxy) for proxy in trusted_proxies
         )
@@ -482,9 +488,16 @@ class WsApp(_MessageDecorators, WsServer):
         """
         return RouteGroup(self, prefix, guards, _limiters(rate_limit, f"group {prefix}"))
 
-    def room_policy(self, pattern: str, *, admit: Callable[[Connection, str], Any]) -> None:
+    def room_policy(
+        self,
+        pattern: str,
+        *,
+        admit: Callable[[Connection, str], Any] | None = None,
+        max_members: int | None = None,
+    ) -> None:
         """Admit joins of the rooms whose name matches ``pattern`` (``:param`` syntax,
-        e.g. ``/private/rooms/:room``) through ``admit(connection, room)``.
+        e.g. ``/private/rooms/:room``) through ``admit(connection, room)``, and/or cap
+        them at ``max_members`` members.
 
         ``admit`` runs before a connection joins such a room (sync or ``async``; in a
         handler, composables such as [`use_ws_message`][wsevents.use_ws_message] work):
@@ -498,25 +511,42 @@ class WsApp(_MessageDecorators, WsServer):
           [`WsError`][wsevents.WsError] refuses it with that error; any other return
           value is a bug: the join is refused (500 ``"Internal Error"``, logged).
 
+        With ``max_members``, an admitted connection then takes a place in the room,
+        counted on every instance (see [`Capacity`][wsevents.Capacity]); when all are
+        taken, the join is refused with 409 ``"Room is full"``. The place is freed when
+        the connection leaves the room, disconnects, or its instance dies.
+
         A refused connection is not a member. Rooms that match no policy are open.
 
         Raises:
             RoutingError: bad pattern, or a policy for the same pattern exists.
             TypeError: ``admit`` is not callable.
+            ValueError: neither ``admit`` nor ``max_members`` given, or ``max_members``
+                is not an int above 0.
         """
-        if not callable(admit):
+        if admit is None and max_members is None:
+            raise ValueError("room_policy needs admit, max_members or both")
+        if admit is not None and not callable(admit):
             raise TypeError(f"admit must be a callable, got {admit!r}")
+        if max_members is not None and (type(max_members) is not int or max_members <= 0):
+            raise ValueError(f"max_members must be an int above 0, got {max_members!r}")
         if self._room_policies is None:
             self._room_policies = Router(cache_size=256)
             self.rooms.add_join_policy(self._admit)
-        self._room_policies.add("join", pattern, (admit, is_async(admit)))
+        self._room_policies.add(
+            "join", pattern, (admit, admit is not None and is_async(admit), max_members)
+        )
+        if max_members is not None:
+            self.rooms.capacity_hooks = self.capacity
 
     async def _admit(self, conn: Connection, room: str) -> Mapping[str, Any] | None:
         policies = self._room_policies
         found = policies.match("join", room) if policies is not None else None
         if found is None:
             return None
-        admit, admit_async = found.handler
+        admit, admit_async, _ = found.handler
+        if admit is None:
+            return None
         verdict = admit(conn, room)
         if admit_async:
             verdict = await verdict
@@ -532,6 +562,11 @@ class WsApp(_MessageDecorators, WsServer):
             f"admit of {found.pattern} returned {type(verdict).__name__}: expected True, "
             "None, False, Admit or a mapping"
         )
+
+    def _max_members(self, room: str) -> int | None:
+        policies = self._room_policies
+        found = policies.match("join", room) if policies is not None else None
+        return found.handler[2] if found is not None else None
 
     def add_guard(self, guard: Guard) -> None:
         """Run ``guard`` before the handler of every routed message and of the
@@ -655,6 +690,7 @@ class WsApp(_MessageDecorators, WsServer):
         self._closing = False
         await self.rooms.cluster.start(self._connections, self._transport_state_changed)
         await self.presence.start()
+        await self.capacity.start()
         store = self._rate_limit_store = self.rooms.cluster.capabilities.rate_limits
         if self._shared_limiters and store is None and self.transport is not None:
             log.warning(
@@ -688,6 +724,7 @@ class WsApp(_MessageDecorators, WsServer):
         await self.shutdown()
         self._sessions.close()
         if self._started:
+            await self.capacity.close()
             await self.presence.close()
             await self.history.close()
             await self.rooms.cluster.close()

@@ -24,6 +24,7 @@ from .transports.base import BroadcastTransport
 __all__ = [
     "ROOM_CHANNEL_PREFIX",
     "Admit",
+    "CapacityHooks",
     "DeliveryReport",
     "HistoryHooks",
     "JoinPolicy",
@@ -80,6 +81,19 @@ class HistoryHooks(Protocol):
         exclude_id: str | None,
     ) -> DeliveryReport:
         """Broadcast in a history room: assign an offset, keep, deliver in order."""
+        ...
+
+
+class CapacityHooks(Protocol):
+    """What the room registry asks of room capacity (``wsevents.capacity.Capacity``
+    implements it)."""
+
+    async def acquire(self, conn: Connection, room: str) -> None:
+        """Take a place in ``room`` for ``conn`` before it joins (raising refuses the join)."""
+        ...
+
+    async def release(self, conn: Connection, room: str) -> None:
+        """Free ``conn``'s place in ``room`` unless it is a member."""
         ...
 
 
@@ -163,6 +177,8 @@ class RoomManager:
         """Set once a presence pattern is tracked (None: joins and leaves cost nothing more)."""
         self.history_hooks: HistoryHooks | None = None
         """Set once a history pattern is tracked (None: broadcasts cost nothing more)."""
+        self.capacity_hooks: CapacityHooks | None = None
+        """Set once a room has a maximum of members (None: joins cost nothing more)."""
 
     @property
     def transport(self) -> BroadcastTransport | None:
@@ -215,8 +231,11 @@ class RoomManager:
         presence member data (see [`Presence`][wsevents.Presence]). A connection already
         in the room keeps its data.
 
+        In a room with a maximum of members, the connection takes a place after the join
+        policies admitted it (see [`Capacity`][wsevents.Capacity]).
+
         Raises:
-            WsError: a join policy refused the join.
+            WsError: a join policy refused the join, or the room is full (409).
         """
         if conn.closed:
             return
@@ -233,6 +252,13 @@ class RoomManager:
                 return
             members = self._members.get(room)
             new = members is None or conn.id not in members
+        capacity = self.capacity_hooks
+        if new and capacity is not None:
+            await capacity.acquire(conn, room)
+            if conn.closed:  # disconnected meanwhile: its rooms are left already
+                await capacity.release(conn, room)
+                return
+            members = self._members.get(room)
         if members is None:
             members = self._members[room] = {}
         members[conn.id] = conn
@@ -258,6 +284,8 @@ class RoomManager:
             del self._members[room]
             if self.cluster.transport is not None:
                 await self.cluster.sync_room(room)
+        if self.capacity_hooks is not None:
+            await self.capacity_hooks.release(conn, room)
         if self._leave_hooks:
             await self._run_hooks(self._leave_hooks, conn, room, "room leave hook failed")
         if self.presence_hooks is not None:

@@ -3,7 +3,8 @@
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
 - ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store`` and
-  ``check_rate_limit_store``, the suites every transport and store pass;
+  ``check_capacity_store`` and ``check_rate_limit_store``, the suites every transport and
+  store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
     from .cluster import ClusterFactory as ClusterFactory
     from .cluster import WsCluster, assert_delivered_once, serve_memory_cluster
     from .conformance import (
+        CapacityStoreFactory,
         PresenceStoreFactory,
         RateLimitStoreFactory,
         TransportFactory,
+        check_capacity_store,
         check_presence_store,
         check_rate_limit_store,
         check_transport,
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from .plugin import ws_client, ws_cluster
 
 __all__ = [
+    "CapacityStoreFactory",
     "PresenceStoreFactory",
     "RateLimitStoreFactory",
     "RecordingSocket",
@@ -49,6 +53,7 @@ __all__ = [
     "WsCluster",
     "WsTestClient",
     "assert_delivered_once",
+    "check_capacity_store",
     "check_presence_store",
     "check_rate_limit_store",
     "check_transport",
@@ -63,6 +68,7 @@ __all__ = [
 # __all__, as before the split, but still importable from here.
 _HOME = {
     "ClientFactory": "client",
+    "CapacityStoreFactory": "conformance",
     "ClusterFactory": "cluster",
     "PresenceStoreFactory": "conformance",
     "RateLimitStoreFactory": "conformance",
@@ -73,6 +79,7 @@ _HOME = {
     "WsCluster": "cluster",
     "WsTestClient": "client",
     "assert_delivered_once": "cluster",
+    "check_capacity_store": "conformance",
     "check_presence_store": "conformance",
     "check_rate_limit_store": "conformance",
     "check_transport": "conformance",

@@ -1,7 +1,9 @@
-"""The conformance suites of broadcast transports, presence stores and rate-limit stores.
+"""The conformance suites of broadcast transports, presence stores, capacity stores and
+rate-limit stores.
 
 [`check_transport`][wsevents.testing.conformance.check_transport],
-[`check_presence_store`][wsevents.testing.conformance.check_presence_store] and
+[`check_presence_store`][wsevents.testing.conformance.check_presence_store],
+[`check_capacity_store`][wsevents.testing.conformance.check_capacity_store] and
 [`check_rate_limit_store`][wsevents.testing.conformance.check_rate_limit_store] are plain
 asyncio: they need no pytest, and report a failure as an ``AssertionError``.
 
@@ -26,12 +28,19 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from ..transports.base import BroadcastTransport, PresenceStore, RateLimitStore
+    from ..transports.base import (
+        BroadcastTransport,
+        CapacityStore,
+        PresenceStore,
+        RateLimitStore,
+    )
 
 __all__ = [
+    "CapacityStoreFactory",
     "PresenceStoreFactory",
     "RateLimitStoreFactory",
     "TransportFactory",
+    "check_capacity_store",
     "check_presence_store",
     "check_rate_limit_store",
     "check_transport",
@@ -44,6 +53,11 @@ TransportFactory = Callable[[], "BroadcastTransport | Awaitable[BroadcastTranspo
 PresenceStoreFactory = Callable[[], "PresenceStore | Awaitable[PresenceStore]"]
 """Makes one more presence store on the shared medium, as one more instance would see it
 (see [`check_presence_store`][])."""
+
+
+CapacityStoreFactory = Callable[[], "CapacityStore | Awaitable[CapacityStore]"]
+"""Makes one more capacity store on the shared medium, as one more instance would see it
+(see [`check_capacity_store`][])."""
 
 
 class _Inbox:
@@ -554,9 +568,7 @@ async def check_transport(
 class _PresenceRun:
     """One check of [`check_presence_store`][]: its stores, rooms, instances and failures."""
 
-    def __init__(
-        self, factory: PresenceStoreFactory, prefix: str, check: str, timeout: float
-    ) -> None:
+    def __init__(self, factory: Callable[[], Any], prefix: str, check: str, timeout: float) -> None:
         self.factory = factory
         self.prefix = prefix
         self.check = check
@@ -923,6 +935,238 @@ async def check_presence_store(
     prefix = f"{room_prefix}{uuid.uuid4().hex[:12]}:"
     for name, check in _PRESENCE_CHECKS:
         run = _PresenceRun(factory, prefix, name, timeout)
+        try:
+            await check(run)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await run.close()
+            raise
+        await run.close()
+
+
+# -- capacity stores ------------------------------------------------------------------------
+
+_LONG = 60.0  # seconds: a lease that does not run out during a check
+
+
+class _CapacityRun(_PresenceRun):
+    """One check of [`check_capacity_store`][]: its stores, rooms, places and failures."""
+
+    methods = ("try_acquire", "release", "count", "renew")
+
+    def __init__(self, factory: Callable[[], Any], prefix: str, check: str, timeout: float) -> None:
+        super().__init__(factory, prefix, check, timeout)
+        self.places: set[tuple[str, str, str]] = set()  # room, member, instance
+
+    def fail(self, text: str) -> AssertionError:
+        return AssertionError(f"check_capacity_store [{self.check}]: {text}")
+
+    async def store(self) -> Any:
+        store = await _from_factory(self.factory, self.timeout, self.fail)
+        for method in self.methods:
+            fn = getattr(store, method, None)
+            if not callable(fn):
+                raise self.fail(f"the factory returned {store!r}, which has no {method}()")
+            if not inspect.iscoroutinefunction(fn):
+                raise self.fail(f"{method}() is not async (the CapacityStore protocol is async)")
+        if self._store is None:
+            self._store = store
+        return store
+
+    async def acquire(
+        self,
+        store: Any,
+        room: str,
+        member: str,
+        limit: int,
+        instance_id: str,
+        lease: float = _LONG,
+    ) -> bool:
+        self.places.add((room, member, instance_id))
+        taken = await self.call(store, "try_acquire", room, member, limit, instance_id, lease)
+        if not isinstance(taken, bool):
+            raise self.fail(f"try_acquire() must return a bool, got {taken!r}")
+        return taken
+
+    async def taken(self, store: Any, room: str, places: int, what: str = "") -> None:
+        found = await self.call(store, "count", room)
+        self.expect(found, places, f"count({room!r}){' ' + what if what else ''}")
+
+    async def close(self) -> None:
+        """Free whatever the check's places still hold."""
+        if self._store is None:
+            return
+        for room, member, instance_id in sorted(self.places):
+            await self.call(self._store, "release", room, member, instance_id)
+
+
+async def _check_limit(run: _CapacityRun) -> None:
+    store = await run.store()
+    room, i1, i2 = run.room("capped"), run.instance("i1"), run.instance("i2")
+    await run.taken(store, room, 0, "of a new room")
+    for n in range(3):
+        run.expect(await run.acquire(store, room, f"m{n}", 3, i1), True, f"place {n + 1} of 3")
+    run.expect(await run.acquire(store, room, "m3", 3, i2), False, "a 4th place of 3")
+    await run.taken(store, room, 3, "of a full room")
+    run.expect(
+        await run.acquire(store, room, "m1", 3, i1),
+        True,
+        "acquiring again for a member that holds a place (it keeps it, no second one)",
+    )
+    await run.taken(store, room, 3, "after a member acquired again")
+    run.expect(await run.call(store, "release", room, "m1", i2), False, "release by another")
+    run.expect(await run.call(store, "release", room, "nobody", i1), False, "unknown member")
+    run.expect(await run.call(store, "release", run.room("empty"), "m1", i1), False, "unknown room")
+    run.expect(await run.call(store, "release", room, "m1", i1), True, "release of a place")
+    run.expect(await run.call(store, "release", room, "m1", i1), False, "release it again")
+    await run.taken(store, room, 2, "after a release")
+    run.expect(await run.acquire(store, room, "m3", 3, i2), True, "the freed place")
+    run.expect(await run.acquire(store, room, "m4", 3, i2), False, "one more")
+    other = run.room("other")
+    run.expect(
+        await run.acquire(store, other, "m4", 1, i2),
+        True,
+        "a place in another room (rooms are independent)",
+    )
+    run.expect(await run.acquire(store, other, "m0", 1, i1), False, "a 2nd place of 1")
+    run.expect(
+        await run.acquire(store, room, "m5", 5, i1),
+        True,
+        "a place under a higher limit (the limit is the caller's)",
+    )
+    await run.taken(store, room, 4)
+    await run.taken(store, other, 1)
+
+
+async def _check_capacity_races(run: _CapacityRun) -> None:
+    stores = [await run.store() for _ in range(4)]
+    instances = [run.instance(f"i{n}") for n in range(len(stores))]
+    for round_, limit in enumerate((1, 2, 3, 1, 2, 3)):
+        room = run.room(f"race{round_}")
+        contenders = 3 * len(stores)
+        taken = await asyncio.gather(
+            *(
+                run.acquire(stores[n % len(stores)], room, f"m{n}", limit, instances[n % 4])
+                for n in range(contenders)
+            )
+        )
+        run.expect(
+            (taken.count(True), taken.count(False)),
+            (limit, contenders - limit),
+            f"{contenders} concurrent acquisitions of {limit} place(s): (taken, refused)",
+        )
+        await run.taken(stores[0], room, limit, "after the race")
+        winners = [n for n, ok in enumerate(taken) if ok]
+        released = await asyncio.gather(
+            *(
+                run.call(stores[n % len(stores)], "release", room, f"m{n}", instances[n % 4])
+                for n in winners
+            )
+        )
+        run.expect(released, [True] * limit, "the winners' releases")
+        await run.taken(stores[1], room, 0, "after the winners left")
+
+
+async def _check_lease(run: _CapacityRun) -> None:
+    stores = [await run.store() for _ in range(2)]
+    room = run.room("lease")
+    dead, alive = run.instance("dead"), run.instance("alive")
+    run.expect(await run.acquire(stores[0], room, "d1", 3, dead, 0.05), True, "a short lease")
+    run.expect(await run.acquire(stores[0], room, "d2", 3, dead, 0.05), True, "its 2nd place")
+    run.expect(await run.acquire(stores[1], room, "a1", 3, alive), True, "a long lease")
+    run.expect(await run.acquire(stores[1], room, "a2", 3, alive), False, "a 4th place of 3")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + run.timeout
+    while await run.call(stores[1], "count", room) != 1:
+        if loop.time() > deadline:
+            raise run.fail(
+                f"the places of an instance whose 0.05 s lease ran out were not free within "
+                f"{run.timeout} s"
+            )
+        await asyncio.sleep(0.02)
+    run.expect(
+        await run.call(stores[0], "renew", room, dead, _LONG),
+        False,
+        "renew() of a lease that ran out",
+    )
+    await run.taken(stores[0], room, 1, "after renewing a lost lease (nothing comes back)")
+    run.expect(
+        await run.call(stores[1], "renew", room, alive, _LONG), True, "renew() of a live one"
+    )
+    run.expect(
+        await run.call(stores[0], "release", room, "d1", dead), False, "release of a lost place"
+    )
+    run.expect(await run.acquire(stores[0], room, "d1", 3, dead, 0.2), True, "taken again")
+    run.expect(
+        await run.call(stores[0], "renew", room, dead, _LONG), True, "renew() of the new lease"
+    )
+    await asyncio.sleep(0.3)  # past the 0.2 s of the acquisition: the renewal holds it
+    await run.taken(stores[1], room, 2, "after a renewed lease outlived its acquisition")
+    run.expect(
+        await run.call(stores[0], "renew", run.room("nowhere"), alive, _LONG),
+        False,
+        "renew() in a room the instance holds nothing in",
+    )
+
+
+async def _check_capacity_clean(run: _CapacityRun) -> None:
+    stores = [await run.store() for _ in range(2)]
+    room, i1, i2 = run.room("clean"), run.instance("i1"), run.instance("i2")
+    await run.acquire(stores[0], room, "a", 2, i1)
+    await run.acquire(stores[1], room, "b", 2, i2)
+    run.expect(await run.call(stores[1], "release", room, "a", i1), True, "release elsewhere")
+    run.expect(await run.call(stores[0], "release", room, "b", i2), True, "the other one")
+    for n, s in enumerate(stores):
+        await run.taken(s, room, 0, f"on store {n} when empty")
+    run.expect(
+        await run.call(stores[0], "renew", room, i1, _LONG), False, "renew() in the emptied room"
+    )
+    run.expect(await run.acquire(stores[1], room, "c", 1, i2), True, "a place in it again")
+    await run.taken(stores[0], room, 1)
+
+
+_CAPACITY_CHECKS: tuple[tuple[str, Callable[[_CapacityRun], Awaitable[None]]], ...] = (
+    ("limit", _check_limit),
+    ("races", _check_capacity_races),
+    ("lease", _check_lease),
+    ("clean", _check_capacity_clean),
+)
+
+
+async def check_capacity_store(
+    factory: CapacityStoreFactory,
+    *,
+    room_prefix: str = "wsevents-test:",
+    timeout: float = 5.0,
+) -> None:
+    """The conformance suite every [`CapacityStore`][wsevents.CapacityStore] must pass.
+
+    ``factory`` is called one or more times per check (sync or async); every store it
+    returns must share one medium (the same object, or one per instance on the same Redis
+    and key prefix), as the instances of a cluster do. Every method must be ``async``.
+
+    On fresh rooms and instance ids under ``room_prefix`` plus a random run id, it checks:
+    that a room takes ``limit`` places and refuses the next, that a member acquiring again
+    keeps its one place, that only the holding instance frees a place (unknown members and
+    rooms: False) and that a freed place can be taken; that rooms are independent; that of
+    concurrent acquisitions through several stores exactly ``limit`` succeed; that the
+    places of an instance whose lease ran out are free, [`renew`][wsevents.CapacityStore.renew]
+    then answering False, while a renewed lease outlives its acquisition; and that an
+    emptied room is empty everywhere. At the end of each check, every place it took is
+    released.
+
+    Every call is bounded by ``timeout`` seconds; the lease check waits for a lease of
+    0.05 s to run out and past one of 0.2 s.
+
+    Raises:
+        AssertionError: the first check that fails, naming the check and what went wrong.
+
+    Example:
+        ``bus = MemoryBus(); await check_capacity_store(lambda: bus.capacity)``
+    """
+    prefix = f"{room_prefix}{uuid.uuid4().hex[:12]}:"
+    for name, check in _CAPACITY_CHECKS:
+        run = _CapacityRun(factory, prefix, name, timeout)
         try:
             await check(run)
         except BaseException:

@@ -13,6 +13,7 @@ from .base import (
     BaseTransport,
     BroadcastTransport,
     Capabilities,
+    CapacityStore,
     ConnectionDirectory,
     HistoryEntry,
     HistoryStore,
@@ -28,6 +29,7 @@ from .base import (
 )
 from .memory import (
     MemoryBus,
+    MemoryCapacityStore,
     MemoryHistoryStore,
     MemoryPresenceStore,
     MemoryRateLimitStore,
@@ -41,10 +43,12 @@ __all__ = [
     "BaseTransport",
     "BroadcastTransport",
     "Capabilities",
+    "CapacityStore",
     "ConnectionDirectory",
     "HistoryEntry",
     "HistoryStore",
     "MemoryBus",
+    "MemoryCapacityStore",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
     "MemoryRateLimitStore",

@@ -18,6 +18,7 @@ __all__ = [
     "BaseTransport",
     "BroadcastTransport",
     "Capabilities",
+    "CapacityStore",
     "ConnectionDirectory",
     "HistoryEntry",
     "HistoryStore",
@@ -229,6 +230,47 @@ class HistoryStore(Protocol):
         ...
 
 
+# -- capacity: places in rooms with a maximum of members ---------------------------------
+
+
+class CapacityStore(Protocol):
+    """The places taken in rooms with a maximum of members, for every instance at once.
+
+    A place is ``(room, member)`` (the member is a connection id) held by an instance.
+    [`try_acquire`][] decides atomically: of concurrent acquisitions of a room's last
+    place, on any instance, exactly one succeeds.
+
+    Places are leased per room and instance: each acquisition, and [`renew`][], extends the
+    holding instance's lease in that room by ``lease`` seconds. The places of an instance
+    whose lease in a room ran out (it died, or lost the backend for longer than the lease)
+    are free: the store drops them before it counts or acquires in that room.
+    """
+
+    async def try_acquire(
+        self, room: str, member: str, limit: int, instance_id: str, lease: float
+    ) -> bool:
+        """Take a place in ``room`` for ``member``, held by ``instance_id``, unless the room
+        already has ``limit`` places taken; True when ``member`` holds a place (also when it
+        already held one: a member never takes two places). Renews the instance's lease
+        in ``room`` either way."""
+        ...
+
+    async def release(self, room: str, member: str, instance_id: str) -> bool:
+        """Free ``member``'s place in ``room``; False when it held none there (or one held
+        by another instance, which is left alone)."""
+        ...
+
+    async def count(self, room: str) -> int:
+        """How many places are taken in ``room`` (on every instance, live leases only)."""
+        ...
+
+    async def renew(self, room: str, instance_id: str, lease: float) -> bool:
+        """Extend ``instance_id``'s lease in ``room`` to ``lease`` seconds from now; False
+        when it had no live lease there (its places may have been freed: it should acquire
+        them again)."""
+        ...
+
+
 # -- rate limits shared by every instance ------------------------------------------------
 
 
@@ -261,6 +303,7 @@ class Capabilities:
         state_events: backend loss and recovery notifications.
         presence: who is in which presence room on every instance.
         history: the recent pushes of history rooms, with offsets and epochs.
+        capacity: the places taken in rooms with a maximum of members, on every instance.
         rate_limits: token buckets shared by every instance (cluster-wide rate limits).
     """
 
@@ -268,6 +311,7 @@ class Capabilities:
     state_events: TransportStateEvents | None = None
     presence: PresenceStore | None = None
     history: HistoryStore | None = None
+    capacity: CapacityStore | None = None
     rate_limits: RateLimitStore | None = None
 
 

@@ -24,6 +24,7 @@ from .base import (
 
 __all__ = [
     "MemoryBus",
+    "MemoryCapacityStore",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
     "MemoryRateLimitStore",
@@ -214,6 +215,84 @@ class MemoryHistoryStore:
         self._streams.clear()
 
 
+# -- capacity -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _CapacityRoom:
+    places: dict[str, str] = field(default_factory=dict)  # member: instance
+    leases: dict[str, float] = field(default_factory=dict)  # instance: monotonic expiry
+
+
+class MemoryCapacityStore:
+    """A [`CapacityStore`][wsevents.transports.base.CapacityStore] in this process.
+
+    A single instance uses one of its own; the [`MemoryTransport`][] instances of one
+    [`MemoryBus`][] share the bus's. Every method runs without awaiting, so each is atomic.
+    """
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, _CapacityRoom] = {}
+
+    def _room(self, room: str) -> _CapacityRoom | None:
+        """The room with the places of expired leases dropped (None when it is empty)."""
+        entry = self._rooms.get(room)
+        if entry is None:
+            return None
+        now = time.monotonic()
+        dead = {i for i, expiry in entry.leases.items() if expiry <= now}
+        if dead:
+            for instance in dead:
+                del entry.leases[instance]
+            for member, instance in list(entry.places.items()):
+                if instance in dead:
+                    del entry.places[member]
+        if not entry.places and not entry.leases:
+            del self._rooms[room]
+            return None
+        return entry
+
+    async def try_acquire(
+        self, room: str, member: str, limit: int, instance_id: str, lease: float
+    ) -> bool:
+        """Take a place for ``member`` unless ``limit`` places are taken."""
+        entry = self._room(room)
+        if entry is None:
+            entry = self._rooms[room] = _CapacityRoom()
+        if member not in entry.places:
+            if len(entry.places) >= limit:
+                if not entry.places and not entry.leases:
+                    del self._rooms[room]
+                return False
+            entry.places[member] = instance_id
+        entry.leases[instance_id] = time.monotonic() + lease
+        return True
+
+    async def release(self, room: str, member: str, instance_id: str) -> bool:
+        """Free ``member``'s place; False when it held none (held by ``instance_id``)."""
+        entry = self._room(room)
+        if entry is None or entry.places.get(member) != instance_id:
+            return False
+        del entry.places[member]
+        if not entry.places:
+            del self._rooms[room]
+        return True
+
+    async def count(self, room: str) -> int:
+        """Places taken in ``room``."""
+        entry = self._room(room)
+        return len(entry.places) if entry is not None else 0
+
+    async def renew(self, room: str, instance_id: str, lease: float) -> bool:
+        """Extend ``instance_id``'s lease in ``room``; False when it had no live lease."""
+        entry = self._room(room)
+        if entry is None:
+            return False
+        known = instance_id in entry.leases
+        entry.leases[instance_id] = time.monotonic() + lease
+        return known
+
+
 class MemoryRateLimitStore:
     """A [`RateLimitStore`][wsevents.RateLimitStore] in this process (the
     [`MemoryTransport`][] instances of one [`MemoryBus`][] share the bus's): token buckets
@@ -255,7 +334,7 @@ class MemoryBus:
     """The shared medium of [`MemoryTransport`][] instances (one per simulated cluster).
 
     It also keeps the cluster's connection directory, presence store, history store and
-    rate-limit buckets.
+    capacity store and rate-limit buckets.
     """
 
     def __init__(self) -> None:
@@ -263,6 +342,7 @@ class MemoryBus:
         self.directory: dict[str, str] = {}
         self.presence = MemoryPresenceStore()
         self.history = MemoryHistoryStore()
+        self.capacity = MemoryCapacityStore()
         self.rate_limits = MemoryRateLimitStore()
         self.published = 0
 
@@ -328,12 +408,13 @@ class MemoryTransport(BaseTransport):
             await self.unsubscribe(channel)
 
     def capabilities(self) -> Capabilities:
-        """A connection directory, a presence store, a history store and rate-limit
-        buckets, kept on the bus."""
+        """A connection directory, a presence store, a history store, a capacity store
+        and rate-limit buckets, kept on the bus."""
         return Capabilities(
             directory=self,
             presence=self.bus.presence,
             history=self.bus.history,
+            capacity=self.bus.capacity,
             rate_limits=self.bus.rate_limits,
         )
 

@@ -26,6 +26,8 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
   hash-tagged ``{<room>}``;
 * ``<prefix>ws:history:...``: the history store (see ``_history``), a stream, an offset
   and an epoch per history room, hash-tagged ``{<room>}``;
+* ``<prefix>ws:capacity:...``: the capacity store (see ``_capacity``), the places and the
+  instances' leases per capped room, hash-tagged ``{<room>}``;
 * ``<prefix>ws:rl:<limit>|<key>``: a token bucket per key of a cluster-wide rate limit
   (see ``_ratelimit``), expiring once full again.
 """
@@ -43,6 +45,7 @@ from redis.backoff import ExponentialBackoff
 from ..._aio import TaskSet
 from ...exceptions import TransportError
 from ..base import BaseTransport, Capabilities, PayloadHandler, StateListener
+from ._capacity import RedisCapacity
 from ._commands import cause
 from ._directory import RedisDirectory
 from ._history import RedisHistory
@@ -59,8 +62,8 @@ log = logging.getLogger("wsevents.transports.redis")
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events, a
-    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore]
-    and a [`RateLimitStore`][wsevents.RateLimitStore].
+    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore], a
+    [`CapacityStore`][wsevents.CapacityStore] and a [`RateLimitStore`][wsevents.RateLimitStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -160,6 +163,9 @@ class RedisTransport(BaseTransport):
         )
         self._presence = RedisPresence(client, prefix=prefix, command_timeout=self.command_timeout)
         self._history = RedisHistory(client, prefix=prefix, command_timeout=self.command_timeout)
+        self._capacity = RedisCapacity(
+            client, prefix=prefix, command_timeout=self.command_timeout, pubsub=self._pubsub
+        )
         self._rate_limits = RedisRateLimits(
             client, prefix=prefix, command_timeout=self.command_timeout
         )
@@ -330,12 +336,13 @@ class RedisTransport(BaseTransport):
 
     def capabilities(self) -> Capabilities:
         """The connection directory, the backend state events, the presence store, the
-        history store and the rate-limit buckets, each its own object."""
+        history store, the capacity store and the rate-limit buckets, each its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self._pubsub,
             presence=self._presence,
             history=self._history,
+            capacity=self._capacity,
             rate_limits=self._rate_limits,
         )
 

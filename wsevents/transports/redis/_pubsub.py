@@ -31,6 +31,16 @@ _SUBSCRIBE_BATCH = 512
 _PUBLISH_STRIPES = 64
 
 
+class _Stripe:
+    """The publishes waiting on one stripe of channels, and the task sending them."""
+
+    __slots__ = ("pending", "task")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, str, asyncio.Future[None]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+
 class PubSub:
     """Publishes through the client's pool and reads one dedicated pub/sub connection.
 
@@ -76,9 +86,11 @@ class PubSub:
         self.last_error: BaseException | None = None
         self.quiet_start = False  # a fail-fast start() reports the failure itself
         self._tasks = tasks
-        # One FIFO lock per stripe of channels: publishes on one channel reach Redis in
-        # call order even though the pool would send concurrent ones on several sockets.
-        self._publish_locks = [asyncio.Lock() for _ in range(_PUBLISH_STRIPES)]
+        # Publishes on one channel must reach Redis in call order, although the pool would
+        # send concurrent ones on several sockets: each stripe of channels has one sender
+        # at a time, which takes everything queued meanwhile in one pipeline. A burst costs
+        # one round trip per batch, not one per publish queued behind the others.
+        self._stripes = [_Stripe() for _ in range(_PUBLISH_STRIPES)]
         self._subs: dict[str, Subscription] = {}
         self._confirm: dict[str, deque[asyncio.Future[bool]]] = {}
         self._pongs: deque[asyncio.Future[bool]] = deque()
@@ -146,7 +158,7 @@ class PubSub:
     def renew_primitives(self) -> None:
         """Fresh events and locks: a restarted transport may run on another event loop."""
         self.up_event = asyncio.Event()
-        self._publish_locks = [asyncio.Lock() for _ in range(_PUBLISH_STRIPES)]
+        self._stripes = [_Stripe() for _ in range(_PUBLISH_STRIPES)]
 
     # -- publish and subscriptions ----------------------------------------------------------
 
@@ -161,12 +173,13 @@ class PubSub:
                 f"(last error: {self.last_cause()})"
             )
         full = self.prefix + channel
+        stripe = self._stripes[hash(full) % _PUBLISH_STRIPES]
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stripe.pending.append((full, payload, sent))
+        if stripe.task is None:
+            stripe.task = self._tasks.spawn(self._send_stripe(stripe))
         try:
-            async with (
-                asyncio.timeout(self.command_timeout),
-                self._publish_locks[hash(full) % _PUBLISH_STRIPES],
-            ):
-                await self.client.publish(full, payload)
+            await sent
         except Exception as exc:
             self.publish_failures += 1
             if not self.up:
@@ -178,6 +191,46 @@ class PubSub:
                 self.last_error = exc
             raise TransportError(f"Redis at {self.url}: {reason}") from exc
         self.published += 1
+
+    async def _send_stripe(self, stripe: _Stripe) -> None:
+        """Send a stripe's queued publishes, a batch per round trip, until none is left.
+
+        Each batch has ``command_timeout`` to be answered, so a publish waits at most for
+        the batch in flight and its own.
+        """
+        batch: list[tuple[str, str, asyncio.Future[None]]] = []
+        try:
+            while stripe.pending:
+                batch, stripe.pending = stripe.pending, []
+                failure: BaseException | None = None
+                try:
+                    async with asyncio.timeout(self.command_timeout):
+                        if len(batch) == 1:
+                            await self.client.publish(batch[0][0], batch[0][1])
+                        else:
+                            pipe = self.client.pipeline(transaction=False)
+                            for full, payload, _sent in batch:
+                                _ = pipe.publish(full, payload)  # queued: the pipeline returns it
+                            await pipe.execute()
+                except Exception as exc:
+                    failure = exc
+                for _, _, sent in batch:
+                    if sent.done():  # its publisher gave up waiting
+                        continue
+                    if failure is None:
+                        sent.set_result(None)
+                    elif isinstance(failure, TimeoutError):
+                        sent.set_exception(TimeoutError())
+                    else:
+                        sent.set_exception(failure)
+                batch = []
+        finally:
+            stripe.task = None
+            # Cancelled (the transport closes): nobody is left waiting for nothing.
+            for _, _, sent in (*batch, *stripe.pending):
+                if not sent.done():
+                    sent.set_exception(TransportError("the Redis transport is closed"))
+            stripe.pending = []
 
     def register(self, channel: str, handler: PayloadHandler) -> bool:
         """Record ``handler`` for ``channel``; False when it only replaced a handler."""
