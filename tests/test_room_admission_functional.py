@@ -274,3 +274,25 @@ async def test_room_manager_policies_may_return_member_data() -> None:
     rooms._leave_all_now(conn)
     assert rooms.member_data(conn, "s") is None
     assert rooms._data == {}
+
+
+async def test_admitted_data_and_max_members_in_one_policy(ws_client) -> None:
+    ws = data_app()
+    ws.room_policy(
+        "/duo/rooms/:room", admit=lambda conn, room: Admit({"role": "player"}), max_members=1
+    )
+    first, second = await ws_client(ws), await ws_client(ws)
+    assert await first.call("enter", "/duo/rooms/a", "ada") == {"name": "ada", "role": "player"}
+    error = await call_error(second, "enter", "/duo/rooms/a", "bob")
+    assert (error.code, error.message) == (409, "Room is full")
+    assert await second.call("rpc", "/member", "/duo/rooms/a") is None
+    assert ws.rooms._data == {
+        "/duo/rooms/a": {
+            ws.rooms.connections("/duo/rooms/a")[0].id: {
+                "name": "ada",
+                "role": "player",
+            }
+        }
+    }
+    await first.call("exit", "/duo/rooms/a")
+    assert await second.call("enter", "/duo/rooms/a", "bob") == {"name": "bob", "role": "player"}
