@@ -26,7 +26,7 @@ from wsevents.testing import WsTestClient
 from wsevents.transports import MemoryRateLimitStore
 from wsevents.transports.redis import RedisTransport
 
-from .redis_support import REDIS_URL
+from .redis_support import REDIS_URL, wait_until
 
 pytest_plugins = ["tests.redis_fixtures"]
 
@@ -259,3 +259,37 @@ async def test_redis_store_failure_is_a_transport_error() -> None:
             await store.take("k", 1.0, 1.0)
     finally:
         await client.aclose()
+
+
+@pytest.mark.functional
+async def test_a_redis_outage_fails_open_and_the_limit_is_back_with_redis(
+    aiohttp_client, throwaway_redis, caplog
+) -> None:
+    transports = [
+        RedisTransport.from_url(
+            throwaway_redis.url,
+            connect_timeout=1.0,
+            command_timeout=0.5,
+            reconnect_delay=0.05,
+            reconnect_max_delay=0.5,
+        )
+        for _ in range(2)
+    ]
+    connect = await serve(aiohttp_client, [build(t) for t in transports])
+    a, b = await connect(0, "ada"), await connect(1, "ada")
+    assert [await c.call("rpc", "/shared") for c in (a, b, a)] == ["ok"] * 3
+    await rejected(b, "/shared")
+
+    await throwaway_redis.stop()
+    caplog.set_level(logging.WARNING, "wsevents.ratelimit")
+    # The backend is gone: calls go through, one warning per limit.
+    assert [await c.call("rpc", "/shared", timeout=5) for c in (a, b, a, b)] == ["ok"] * 4
+    warnings = [r for r in caplog.records if "backend failed" in r.getMessage()]
+    assert len(warnings) == 2  # once per instance's limit, not per call
+
+    await throwaway_redis.start()  # empty: a fresh bucket of 3, shared again
+    await wait_until(lambda: transports[0].health(), timeout=10.0, what="Redis is back")
+    assert [await c.call("rpc", "/shared") for c in (a, b, a)] == ["ok"] * 3
+    await rejected(b, "/shared")
+    await a.close()
+    await b.close()
