@@ -84,12 +84,16 @@ class Server:
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def start(target: str, *args: str) -> Server:
+    def start(target: str, *args: str, env: dict[str, str] | None = None) -> Server:
         port = free_port()
         log = tmp_path / f"server-{len(started)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                cli(target, *args, port=port), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+                cli(target, *args, port=port),
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
         server = Server(proc, port, log)
         started.append(server)
@@ -336,6 +340,9 @@ def test_run_help_shows_every_option_with_its_default() -> None:
         "--redis-url URL",
         "--redis-fail-fast",
         "(default: 5.0)",
+        "--metrics",
+        "--admin-token TOKEN",
+        "(default: plain)",
     ):
         assert fragment in text, fragment
 
@@ -534,3 +541,187 @@ async def test_unreachable_redis_warnings_name_url_and_cause_once(
     publishes = [line for line in warnings if "publish on ws:broadcast failed" in line]
     assert len(publishes) == 1, output  # one per outage, not one per publish
     assert redacted in publishes[0] and cause in publishes[0], publishes[0]
+
+
+# -- --metrics, --admin-token, --log-format, the health probes ------------------------------
+
+
+async def test_metrics_admin_snapshot_and_probes_on_the_same_port(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = start_server("examples.reference_app:app", "--metrics", "--admin-token", "tok3n")
+    await server.wait_ready()
+    base = f"http://127.0.0.1:{server.port}"
+    async with session.ws_connect(server.url("/ws")) as ws:
+        for n in range(3):
+            assert (await rpc(ws, "/echo", n, n))["data"] == n
+        assert (await rpc(ws, "/users/7", None, 9))["data"] == {"id": "7"}
+        async with session.get(f"{base}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        async with session.get(f"{base}/admin/snapshot") as resp:
+            assert resp.status == 401
+        headers = {"Authorization": "Bearer tok3n"}
+        async with session.get(f"{base}/admin/snapshot", headers=headers) as resp:
+            assert resp.status == 200
+            snapshot = await resp.json()
+        async with session.get(f"{base}/healthz") as resp:
+            assert resp.status == 200
+        async with session.get(f"{base}/readyz") as resp:
+            assert resp.status == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples["wsevents_messages_received_total", (("event", "rpc"), ("route", "/echo"))] == 3
+    key = (("code", "200"), ("event", "rpc"), ("route", "/users/:id"))
+    assert samples["wsevents_replies_total", key] == 1
+    assert samples["wsevents_connections", ()] == 1
+    assert snapshot["connections"] == 1 and snapshot["transport"]["up"] is True
+
+
+async def test_without_the_flags_there_is_no_metrics_nor_snapshot(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    server = start_server("examples.reference_app:app")
+    await server.wait_ready()
+    base = f"http://127.0.0.1:{server.port}"
+    for path in ("/metrics", "/admin/snapshot"):
+        async with session.get(f"{base}{path}") as resp:
+            assert resp.status == 404, path
+    async with session.get(f"{base}/readyz") as resp:
+        assert resp.status == 200
+
+
+async def test_admin_token_from_the_environment(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    import os
+
+    env = {**os.environ, "WSEVENTS_ADMIN_TOKEN": "from-env"}
+    server = start_server("examples.reference_app:app", env=env)
+    await server.wait_ready()
+    url = f"http://127.0.0.1:{server.port}/admin/snapshot"
+    async with session.get(url, headers={"Authorization": "Bearer from-env"}) as resp:
+        assert resp.status == 200
+
+
+async def test_json_logs_carry_the_connection_lifecycle(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    server = start_server(
+        "examples.reference_app:app", "--log-format", "json", "--log-level", "debug"
+    )
+    await server.wait_ready()
+    async with session.ws_connect(server.url("/ws")) as ws:
+        conn_id = (await rpc(ws, "/whoami", None))["data"]["id"]
+    for _ in range(200):  # the server logs the close after the client has left
+        if '"event": "close"' in server.output():
+            break
+        await asyncio.sleep(0.05)
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    assert any("serving examples.reference_app:app" in line["msg"] for line in lines)
+    mine = [line for line in lines if line.get("conn") == conn_id]
+    assert [line["event"] for line in mine] == ["open", "close"]
+    assert mine[1]["code"] == 1000 and mine[1]["level"] == "debug"
+
+
+async def test_text_logs_are_key_value(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    server = start_server("examples.reference_app:app", "--log-format", "text")
+    await server.wait_ready()
+    line = next(line for line in server.output().splitlines() if "serving" in line)
+    assert line.startswith("time=") and " level=info logger=wsevents msg=" in line
+
+
+def test_metrics_with_an_aiohttp_app_without_ws_app_is_one_line_error() -> None:
+    line = one_line_error(run_cli("run", "tests.cli_targets:make_plain_aiohttp_app", "--metrics"))
+    assert "--metrics needs a WsApp" in line
+
+
+def test_bad_log_format_is_a_usage_error() -> None:
+    result = run_cli("run", "examples.reference_app:app", "--log-format", "xml")
+    assert result.returncode == 2 and "--log-format" in result.stderr
+
+
+async def test_metrics_of_several_processes_add_up_in_multiprocess_mode(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    import os
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    first = start_server("examples.reference_app:app", "--metrics", env=env)
+    second = start_server("examples.reference_app:app", "--metrics", env=env)
+    await first.wait_ready()
+    await second.wait_ready()
+
+    async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with session.get(f"http://127.0.0.1:{first.port}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    echo = ("wsevents_messages_received_total", (("event", "rpc"), ("route", "/echo")))
+    ok = ("wsevents_replies_total", (("code", "200"), ("event", "rpc"), ("route", "/echo")))
+    count = (
+        "wsevents_handler_duration_seconds_count",
+        (("event", "rpc"), ("route", "/echo")),
+    )
+    async with (
+        session.ws_connect(first.url("/ws")) as a,
+        session.ws_connect(second.url("/ws")) as b,
+    ):
+        for n in range(3):
+            assert (await rpc(a, "/echo", n, n))["data"] == n
+        for n in range(2):
+            assert (await rpc(b, "/echo", n, n))["data"] == n
+        samples = await scrape()
+        for _ in range(100):  # the second process writes its counters every second
+            if samples.get(echo) == 5:
+                break
+            await asyncio.sleep(0.1)
+            samples = await scrape()
+        assert samples[echo] == 5
+        assert samples[ok] == 5 and samples[count] == 5
+        assert samples["wsevents_connections", ()] == 2
+        assert samples["wsevents_transport_up", ()] == 1
+
+
+async def test_metrics_port_serves_them_on_a_port_of_their_own(
+    start_server: Callable[..., Server], session: aiohttp.ClientSession
+) -> None:
+    metrics_port = free_port()
+    server = start_server("examples.reference_app:app", "--metrics-port", str(metrics_port))
+    await server.wait_ready()
+    async with session.ws_connect(server.url("/ws")) as ws:
+        assert (await rpc(ws, "/echo", 1))["data"] == 1
+        async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    assert 'wsevents_replies_total{code="200",event="rpc",route="/echo"} 1.0' in text
+    assert "process_cpu_seconds_total" in text  # prometheus_client's default registry
+    async with session.get(f"http://127.0.0.1:{server.port}/metrics") as resp:
+        assert resp.status == 404  # not on the WebSocket's port without --metrics
+
+
+def test_metrics_port_in_use_is_one_line_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = one_line_error(
+            run_cli("run", "examples.reference_app:app", "--port", "0", "--metrics-port", port)
+        )
+    assert "--metrics-port: cannot listen on 127.0.0.1:" in line

@@ -19,6 +19,7 @@ MODULES = [
     "wsevents.composables",
     "wsevents.connection",
     "wsevents.dispatch",
+    "wsevents.metrics",
     "wsevents.exceptions",
     "wsevents.presence",
     "wsevents.protocol",

@@ -137,6 +137,7 @@ import {module}
 # Lowest first: a module may import only modules listed before it (at runtime, including
 # imports inside functions). Core (sans-I/O), runtime, app, adapter, client.
 LAYER_ORDER = [
+    "logs",
     "exceptions",
     "protocol",
     "ratelimit",
@@ -167,6 +168,7 @@ LAYER_ORDER = [
     "presence",
     "history",
     "capacity",
+    "metrics",
     "dispatch",
     "composables",
     "app",

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         WsEventsError,
     )
     from .history import History, HistoryOptions, StreamJoin
+    from .metrics import Metrics
     from .presence import Presence, PresenceChange, PresenceUser, PresenceUsers
     from .protocol import ClientMessage, Codec, JsonCodec
     from .ratelimit import RateLimit
@@ -88,6 +89,7 @@ __all__ = [
     "MemoryBus",
     "MemoryTransport",
     "MessageScope",
+    "Metrics",
     "Presence",
     "PresenceChange",
     "PresenceCount",
@@ -146,6 +148,7 @@ _EXPORTS: dict[str, str] = {
     "MemoryBus": ".transports",
     "MemoryTransport": ".transports",
     "MessageScope": "._context",
+    "Metrics": ".metrics",
     "Presence": ".presence",
     "PresenceChange": ".presence",
     "PresenceCount": ".transports",

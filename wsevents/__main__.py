@@ -10,6 +10,7 @@ import importlib
 import inspect
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -117,6 +118,33 @@ def _parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error", "critical"],
         help="log level",
+    )
+    run.add_argument(
+        "--log-format",
+        default="plain",
+        choices=["plain", "text", "json"],
+        help="log lines: plain (time LEVEL logger: message), text (key=value pairs) or json "
+        "(one object per line); text and json carry the connection id, close code and reason",
+    )
+    run.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics at GET /metrics on the same port (needs: pip install "
+        "'wsevents[metrics]')",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve the Prometheus metrics on this port of --host instead (its own HTTP "
+        "server, in a thread)",
+    )
+    run.add_argument(
+        "--admin-token",
+        metavar="TOKEN",
+        default=os.environ.get("WSEVENTS_ADMIN_TOKEN") or None,
+        help="serve the read-only admin snapshot at GET /admin/snapshot to requests with "
+        "'Authorization: Bearer TOKEN' (default: $WSEVENTS_ADMIN_TOKEN; unset: not served)",
     )
     run.add_argument(
         "--loop",
@@ -242,6 +270,59 @@ def plug_redis(
     if ws_app.transport is not None:
         log.warning("--redis-url replaces the transport the app was created with")
     ws_app.set_transport(transport)
+
+
+def serve_metrics_port(target: Any, host: str, port: int) -> None:
+    """Enable the metrics of the target's WsApp and export them on ``host:port`` with
+    ``prometheus_client.start_http_server`` (a daemon thread).
+
+    Raises:
+        TargetError: no WsApp.
+        UsageError: prometheus-client is missing, or the port cannot be bound.
+    """
+    ws_app = _ws_app_of(target, "--metrics-port")
+    prometheus = _require_prometheus()
+    metrics = ws_app.metrics if ws_app.metrics is not None else ws_app.enable_metrics()
+    registry = prometheus.REGISTRY
+    if metrics.multiprocess:
+        # The app writes its counters every SYNC_INTERVAL; this thread only reads the files.
+        registry = prometheus.CollectorRegistry()
+        importlib.import_module("prometheus_client.multiprocess").MultiProcessCollector(registry)
+    try:
+        prometheus.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise UsageError(f"--metrics-port: {_bind_error(host, port, exc)}") from None
+
+
+def plug_operability(target: Any, *, metrics: bool = False, admin_token: str | None = None) -> Any:
+    """The aiohttp application to serve for ``target``, with the health probes
+    (``/healthz``, ``/readyz``), and ``/metrics`` and ``/admin/snapshot`` when asked.
+
+    A WsApp target is mounted at ``path`` on a new application first (see [`_serve`][]).
+
+    Raises:
+        TargetError: ``--metrics`` or ``--admin-token`` with an aiohttp Application that
+            has no WsApp attached.
+        UsageError: ``--metrics`` without prometheus-client installed.
+    """
+    from .app import WsApp
+    from .server import WS_APP, add_admin_routes, add_health_routes, add_metrics_route
+
+    app = target
+    ws_app = app.get(WS_APP) if not isinstance(app, WsApp) else None
+    if not isinstance(ws_app, WsApp):
+        if metrics:
+            _ws_app_of(target, "--metrics")
+        if admin_token:
+            _ws_app_of(target, "--admin-token")
+        return app
+    add_health_routes(app, ws_app)
+    if metrics:
+        _require_prometheus()
+        add_metrics_route(app, ws_app)
+    if admin_token:
+        add_admin_routes(app, ws_app, admin_token)
+    return app
 
 
 def plug_origins(target: Any, origins: Sequence[str]) -> None:
@@ -414,14 +495,21 @@ def _serve(
     host: str,
     path: str,
     loop: asyncio.AbstractEventLoop,
+    metrics: bool = False,
+    admin_token: str | None = None,
 ) -> None:
-    """Serve on the bound sockets until Ctrl-C or SIGTERM, then shut down gracefully."""
+    """Serve on the bound sockets until Ctrl-C or SIGTERM, then shut down gracefully.
+
+    Raises:
+        UsageError: as [`plug_operability`][].
+    """
     from aiohttp import web
 
     from .app import WsApp
     from .server import WS_APP, build_app
 
     app = build_app(target, path) if isinstance(target, WsApp) else target
+    app = plug_operability(app, metrics=metrics, admin_token=admin_token)
     ws_app = app.get(WS_APP)
     port = socks[0].getsockname()[1]
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -441,6 +529,29 @@ def _serve(
     )
 
 
+def _require_prometheus() -> Any:
+    from .metrics import require_prometheus_client
+
+    try:
+        return require_prometheus_client()
+    except ImportError:
+        msg = "--metrics needs prometheus-client: pip install 'wsevents[metrics]'"
+        raise UsageError(msg) from None
+
+
+def _configure_logging(level: str, style: str) -> None:
+    if style == "plain":
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return
+    from .logs import LogFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter("json" if style == "json" else "text"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -452,9 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return USAGE_ERROR
         sys.stdout.write(text)
         return 0
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.log_level, args.log_format)
     from .exceptions import TransportError
 
     socks: list[socket.socket] = []
@@ -463,6 +572,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop = _new_loop(args.loop)  # serving runs on it, then closes it
         socks = bind(args.host, args.port)
         target = load_target(args.target, loop)
+        if args.metrics:
+            _require_prometheus()
+        if args.metrics_port is not None:
+            serve_metrics_port(target, args.host, args.metrics_port)
         if args.allow_origin:
             plug_origins(target, args.allow_origin)
         if args.trusted_proxy:
@@ -482,8 +595,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     try:
-        _serve(target, socks, spec=args.target, host=args.host, path=args.path, loop=loop)
-    except TransportError as exc:  # --redis-fail-fast: Redis did not answer at start
+        _serve(
+            target,
+            socks,
+            spec=args.target,
+            host=args.host,
+            path=args.path,
+            loop=loop,
+            metrics=args.metrics,
+            admin_token=args.admin_token,
+        )
+    except (TransportError, UsageError) as exc:  # --redis-fail-fast: Redis did not answer
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     finally:

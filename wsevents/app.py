@@ -10,6 +10,8 @@ reach it through that registry, so this module never imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import inspect
 import logging
 import uuid
@@ -42,6 +44,8 @@ from .transports.base import BroadcastTransport, RateLimitStore
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from .metrics import Metrics
 
 __all__ = [
     "BROADCAST_CHANNEL",
@@ -317,6 +321,96 @@ class WsApp(_MessageDecorators, WsServer):
         for room in self.default_rooms:
             if not isinstance(room, str) and not callable(room):
                 raise TypeError(f"a default room is a name or a function, got {room!r}")
+        # -- operability --
+        self._metrics: Metrics | None = None
+        self._metrics_sync: asyncio.Task[None] | None = None
+        self._transport_up = True
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The app's [`Metrics`][wsevents.Metrics] once
+        [`enable_metrics`][wsevents.WsApp.enable_metrics] was called, else None."""
+        return self._metrics
+
+    def enable_metrics(
+        self, *, registry: Any = None, buckets: Sequence[float] | None = None
+    ) -> Metrics:
+        """Count connections, messages, replies, handler durations, pushes and the
+        transport's publishes, and export them to Prometheus (see
+        [monitoring](../monitoring.md)).
+
+        Needs ``prometheus-client`` (``pip install "wsevents[metrics]"``). The counters
+        are registered in ``registry`` (default: ``prometheus_client.REGISTRY``, what
+        ``prometheus_client.generate_latest()`` and ``start_http_server`` export); serve
+        them with [`add_metrics_route`][wsevents.server.add_metrics_route] (the CLI's
+        ``--metrics``). Call it once, before the app serves; routes registered later are
+        counted too.
+
+        Args:
+            registry: a ``prometheus_client.CollectorRegistry``, or None for the default.
+            buckets: the upper bounds (seconds) of the handler duration histogram.
+
+        Raises:
+            ImportError: ``prometheus-client`` is not installed.
+            RuntimeError: metrics are already enabled.
+            ValueError: a bad bucket list.
+        """
+        from .metrics import Metrics, require_prometheus_client
+
+        if self._metrics is not None:
+            raise RuntimeError("metrics are already enabled for this app")
+        prometheus = require_prometheus_client()
+        metrics = Metrics(self, buckets=buckets)
+        (registry if registry is not None else prometheus.REGISTRY).register(metrics)
+        self._metrics = metrics
+        self._dispatcher.enable_metrics(metrics, self.router)
+        return metrics
+
+    @property
+    def transport_up(self) -> bool:
+        """False while the transport reports its backend lost (always True without a
+        transport, or with one that does not report its state)."""
+        return self._transport_up
+
+    @property
+    def ready(self) -> bool:
+        """True while the app serves (started, not shutting down) and its transport is up:
+        what a readiness probe asks."""
+        return self._started and not self._closing and self._transport_up
+
+    def snapshot(self, *, top: int = 10, max_rooms: int = 1000) -> dict[str, Any]:
+        """A JSON-ready picture of this instance (the read-only admin API).
+
+        ``{"instance", "connections", "rooms": [{"room", "members"}...], "rooms_total",
+        "transport": {"up", "kind", "publishes", "publish_errors", "subscribed_rooms"},
+        "slowest": [{"connection", "user", "buffered_bytes"}...]}``: rooms by local member
+        count (the largest ``max_rooms``), ``slowest`` the ``top`` connections with unsent
+        bytes, the fullest send buffer first.
+        """
+        rooms = self.rooms
+        names = rooms.rooms()
+        largest = heapq.nlargest(max_rooms, names, key=rooms.size)
+        buffered = ((conn.buffered_bytes, conn) for conn in self._connections.values())
+        slowest = heapq.nlargest(top, (item for item in buffered if item[0] > 0), key=_first)
+        cluster = rooms.cluster
+        transport = self.transport
+        return {
+            "instance": self.rooms.instance_id,
+            "connections": len(self._connections),
+            "rooms": [{"room": name, "members": rooms.size(name)} for name in largest],
+            "rooms_total": len(names),
+            "transport": {
+                "up": self._transport_up,
+                "kind": type(transport).__name__ if transport is not None else None,
+                "publishes": cluster.publishes,
+                "publish_errors": cluster.publish_errors,
+                "subscribed_rooms": len(cluster.subscribed_rooms()),
+            },
+            "slowest": [
+                {"connection": conn.id, "user": conn.user, "buffered_bytes": size}
+                for size, conn in slowest
+            ],
+        }
 
     @property
     def server(self) -> WsServer:
@@ -416,7 +510,8 @@ class WsApp(_MessageDecorators, WsServer):
                 self._shared_limiters[id(limiter)] = limiter
                 limiter.store = self._rate_limit_store
         require_auth = self.auth_required and not route.public
-        self.router.add(route.event, route.pattern, Endpoint.of(route, require_auth=require_auth))
+        endpoint = self._dispatcher.meter(Endpoint.of(route, require_auth=require_auth))
+        self.router.add(route.event, route.pattern, endpoint)
 
     def routes(self) -> tuple[Route, ...]:
         """Every registered route with its metadata, in registration order (the
@@ -699,6 +794,8 @@ class WsApp(_MessageDecorators, WsServer):
             )
         for limiter in self._shared_limiters.values():
             limiter.store = store
+        if self._metrics is not None and self._metrics.multiprocess:
+            self._metrics_sync = asyncio.get_running_loop().create_task(self._metrics.run_sync())
 
     async def shutdown(self) -> None:
         """Close every connection with 1001 and let running handlers finish (graceful)."""
@@ -723,6 +820,13 @@ class WsApp(_MessageDecorators, WsServer):
         """Shut down and close the transport; the adapter's cleanup calls it."""
         await self.shutdown()
         self._sessions.close()
+        sync, self._metrics_sync = self._metrics_sync, None
+        if sync is not None:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+        if self._metrics is not None:
+            self._metrics.sync()
         if self._started:
             await self.capacity.close()
             await self.presence.close()
@@ -769,15 +873,32 @@ class WsApp(_MessageDecorators, WsServer):
                     await result
             except WsError as exc:
                 code = 1008 if 400 <= exc.code < 500 else 1011
-                log.debug("refused %s in on_connect (WsError %s): %d", conn.id, exc, code)
+                log.warning(
+                    "refused %s in on_connect (WsError %s): %d",
+                    conn.id,
+                    exc,
+                    code,
+                    extra={"conn": conn.id, "code": code, "reason": "on_connect"},
+                )
+                self._refused("on_connect")
                 conn.close(code, exc.message)
                 return False
             except Exception:
-                log.exception("on_connect failed, refused %s: 1011", conn.id)
+                log.exception(
+                    "on_connect failed, refused %s: 1011",
+                    conn.id,
+                    extra={"conn": conn.id, "code": 1011, "reason": "on_connect"},
+                )
+                self._refused("on_connect")
                 conn.close(1011, INTERNAL_ERROR)
                 return False
         if conn.closed:  # the hook closed it itself
-            log.debug("refused %s: on_connect closed it", conn.id)
+            log.warning(
+                "refused %s: on_connect closed it",
+                conn.id,
+                extra={"conn": conn.id, "reason": "on_connect"},
+            )
+            self._refused("on_connect")
             return False
         if self.check_pushes:
             conn._check_push = self._pushes.check
@@ -846,12 +967,23 @@ class WsApp(_MessageDecorators, WsServer):
         user = conn.user
         count = self._user_counts.get(user, 0)
         if self.max_connections_per_user is not None and count >= self.max_connections_per_user:
-            log.debug("refused %s: user %r has %d connections", conn.id, user, count)
+            log.warning(
+                "refused %s: user %r has %d connections",
+                conn.id,
+                user,
+                count,
+                extra={"conn": conn.id, "code": 1008, "reason": "max_per_user"},
+            )
+            self._refused("max_per_user")
             conn.close(1008, TOO_MANY_CONNECTIONS)
             return False
         self._user_counts[user] = count + 1
         self._counted_as[conn.id] = user
         return True
+
+    def _refused(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.connection_refused(reason)
 
     def _uncount_user(self, conn: Connection) -> None:
         user = self._counted_as.pop(conn.id, None)
@@ -870,6 +1002,7 @@ class WsApp(_MessageDecorators, WsServer):
     # -- transport state ------------------------------------------------------------------
 
     def _transport_state_changed(self, up: bool) -> None:
+        self._transport_up = up
         for when, hook in self._on_transport_state:
             if when is up:
                 copy_context().run(self._run_transport_hook, hook)
@@ -996,6 +1129,10 @@ class RouteGroup(_MessageDecorators):
 
     def __repr__(self) -> str:
         return f"RouteGroup({self.prefix!r}, guards={len(self.guards)})"
+
+
+def _first(item: tuple[int, Connection]) -> int:
+    return item[0]
 
 
 def _limiters(limit: RateLimit | None, name: str) -> tuple[Limiter, ...]:

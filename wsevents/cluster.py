@@ -44,6 +44,7 @@ __all__ = [
     "PUBLISH_WARNING_INTERVAL",
     "ROOM_CHANNEL_PREFIX",
     "Cluster",
+    "DeliveryCounts",
     "Envelope",
     "EnvelopeKind",
     "decode_envelope",
@@ -74,6 +75,33 @@ PUBLISH_WARNING_INTERVAL = 60.0
 # orjson, with a fallback for strings holding lone surrogates (see JsonCodec).
 _dumps = JsonCodec.encode
 _loads = JsonCodec.decode
+
+
+class DeliveryCounts:
+    """Pushes this instance wrote to its connections, and those it could not write.
+
+    Counted once per broadcast (not per member), always: the exported metrics read them.
+
+    Attributes:
+        delivered: pushes written to a local connection.
+        dropped_slow: pushes not written because the connection was closed as a slow
+            consumer (its send buffer overflowed).
+        dropped_closed: pushes not written because the connection was closed or closing.
+    """
+
+    __slots__ = ("delivered", "dropped_closed", "dropped_slow")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.dropped_slow = 0
+        self.dropped_closed = 0
+
+    def dropped(self, conn: Connection) -> None:
+        """One push to ``conn`` was not written."""
+        if conn.slow_consumer:
+            self.dropped_slow += 1
+        else:
+            self.dropped_closed += 1
 
 
 def room_channel(room: str) -> str:
@@ -241,6 +269,12 @@ class Cluster:
         self._serving = False
         self._publish_warned_at: float | None = None  # set while publishes fail
         self._publish_failures_unlogged = 0
+        self.publishes = 0
+        """Envelopes handed to the transport (failed ones included)."""
+        self.publish_errors = 0
+        """Publishes that failed."""
+        self.deliveries = DeliveryCounts()
+        """Pushes written to local connections, and the ones dropped."""
 
     def set_transport(self, transport: BroadcastTransport | None) -> None:
         """Use ``transport`` (before anything is subscribed)."""
@@ -313,9 +347,11 @@ class Cluster:
     ) -> Exception | None:
         """Encode and publish; an error (encoding included) is returned, logged at most
         once per outage and interval."""
+        self.publishes += 1
         try:
             await transport.publish(channel, payload())
         except Exception as exc:
+            self.publish_errors += 1
             self._publish_failed(channel, exc)
             return exc
         if self._publish_warned_at is not None:
@@ -452,8 +488,13 @@ class Cluster:
             return
         frame = env.push_frame(self._encode)
         if frame is not None:
+            deliveries, sent = self.deliveries, 0
             for conn in self._local.values():
-                conn.send_frame(frame)
+                if conn.send_frame(frame):
+                    sent += 1
+                else:
+                    deliveries.dropped(conn)
+            deliveries.delivered += sent
 
     def _on_inbox_payload(self, payload: str) -> None:
         fields = _load(payload, self.instance_id)
@@ -466,7 +507,10 @@ class Cluster:
         env = _from_fields(fields, "direct", to)
         frame = env.push_frame(self._encode) if env is not None else None
         if frame is not None:
-            conn.send_frame(frame)
+            if conn.send_frame(frame):
+                self.deliveries.delivered += 1
+            else:
+                self.deliveries.dropped(conn)
 
     # -- control: instructions to every instance -----------------------------------------
 

@@ -104,11 +104,14 @@ class WsServer:
             check(event, path, data)
         frame = encode_push(event, path, data, params, self._encode)
         sent = dropped = 0
+        deliveries = self._cluster.deliveries
         for conn in self._connections.values():
             if conn.send_frame(frame):
                 sent += 1
             else:
                 dropped += 1
+                deliveries.dropped(conn)
+        deliveries.delivered += sent
         cluster = self._cluster
         if cluster.transport is None:
             return DeliveryReport(sent, 0, dropped)
@@ -133,7 +136,11 @@ class WsServer:
         """
         conn = self._connections.get(connection_id)
         if conn is not None:
-            conn.send(event, path, data, params)  # checks the push itself
+            # Connection.send checks the push itself.
+            if conn.send(event, path, data, params):
+                self._cluster.deliveries.delivered += 1
+            else:
+                self._cluster.deliveries.dropped(conn)
             return True
         check = self.rooms.check_push
         if check is not None:

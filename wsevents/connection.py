@@ -264,6 +264,16 @@ class Connection:
 
     # -- sending -------------------------------------------------------------------------
 
+    @property
+    def slow_consumer(self) -> bool:
+        """True once the connection was closed because its send buffer overflowed."""
+        return self._overflowed
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes sent to the connection and not yet handed to the network."""
+        return self._socket.buffer_size()
+
     def send_frame(self, payload: bytes) -> bool:
         """Send an already encoded message (e.g. one broadcast frame shared by many).
 
@@ -280,6 +290,11 @@ class Connection:
                 "closing slow consumer %s: send buffer over %d bytes",
                 self.id,
                 self._max_send_buffer,
+                extra={
+                    "conn": self.id,
+                    "code": SLOW_CONSUMER_CLOSE_CODE,
+                    "reason": "slow_consumer",
+                },
             )
             socket.close(SLOW_CONSUMER_CLOSE_CODE, "Slow consumer")
             return False

@@ -20,17 +20,24 @@ interceptor chain. Without interceptors and app guards, a sync endpoint runs to 
 inside ``Dispatcher.handle_frame`` and an async one in a task of its own (counted against
 ``max_in_flight``); with any, every routed message runs in a task of its own, through the
 chain.
+
+Metrics ([`WsApp.enable_metrics`][wsevents.WsApp.enable_metrics]) are not an interceptor:
+a task per message would cost more than counting it. Each endpoint carries its
+[`RouteStats`][wsevents.metrics.RouteStats] (``None`` while metrics are off, a single test
+per message), and the sync path has a metered twin that adds the handler's duration and
+outcome to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from contextvars import copy_context
-from dataclasses import dataclass
-from time import monotonic
+from dataclasses import dataclass, field
+from time import monotonic, perf_counter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -46,6 +53,7 @@ from .routing import Guard, Route, Router, param_names
 if TYPE_CHECKING:
     from .app import WsApp
     from .connection import Connection
+    from .metrics import Metrics, RouteStats
 
 __all__ = ["FORBIDDEN", "CallNext", "Interceptor"]
 
@@ -122,6 +130,8 @@ class Endpoint:
     data: DataContract | None = None
     reply: DataContract | None = None
     params: ParamsContract | None = None
+    stats: RouteStats | None = field(default=None, compare=False)
+    """The route's counters while metrics are enabled (the dispatcher attaches them)."""
 
     @classmethod
     def of(cls, route: Route, *, require_auth: bool = False) -> Endpoint:
@@ -240,10 +250,14 @@ def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], Any]:
     return check
 
 
+class _RateLimited(WsError):
+    """The 429 of a rate limit (not one a handler raised): metrics count it apart."""
+
+
 def _reject(conn: Connection, now: float, wait: float) -> NoReturn:
     _strike(conn, now)
     # Rounded up to the millisecond: a client that waits this long finds a token.
-    raise WsError(429, TOO_MANY_REQUESTS, retry_after=_ceil_ms(wait))
+    raise _RateLimited(429, TOO_MANY_REQUESTS, retry_after=_ceil_ms(wait))
 
 
 def _ceil_ms(seconds: float) -> float:
@@ -311,7 +325,11 @@ def _strike(conn: Connection, now: float) -> None:
         strikes = conn._limit_strikes = deque(maxlen=FLOOD_STRIKES + 1)
     strikes.append(now)
     if len(strikes) > FLOOD_STRIKES and now - strikes[0] <= FLOOD_WINDOW:
-        log.info("closing %s: it keeps flooding rate-limited routes", conn.id)
+        log.warning(
+            "closing %s: it keeps flooding rate-limited routes",
+            conn.id,
+            extra={"conn": conn.id, "code": FLOOD_CLOSE_CODE, "reason": "rate_limit_flood"},
+        )
         conn.close(FLOOD_CLOSE_CODE, FLOOD_REASON)
 
 
@@ -383,6 +401,7 @@ class Dispatcher:
         "_match",
         "_max_in_flight",
         "_max_message_size",
+        "_metrics",
         "_tasks",
         "_tasks_add",
         "_tasks_discard",
@@ -412,6 +431,32 @@ class Dispatcher:
         # What runs around every endpoint: the interceptors, then the app's guards.
         self._chain: tuple[Interceptor, ...] = ()
         self._fallback: Endpoint | None = None
+        self._metrics: Metrics | None = None
+
+    def enable_metrics(self, metrics: Metrics, routes: Router[Endpoint]) -> None:
+        """Count every message in ``metrics`` from now on: attach a [`RouteStats`][] to
+        each endpoint of ``routes`` and of the fallback (later ones get theirs from
+        [`meter`][])."""
+        self._metrics = metrics
+        for _, _, endpoint in routes.routes():
+            self.meter(endpoint)
+        if self._fallback is not None:
+            self.meter(self._fallback)
+
+    def meter(self, endpoint: Endpoint) -> Endpoint:
+        """Attach ``endpoint``'s counters when metrics are enabled; returns it."""
+        metrics = self._metrics
+        if metrics is not None and endpoint.stats is None:
+            route = endpoint.route
+            stats = (
+                metrics.unmatched
+                if endpoint is self._fallback
+                else metrics.route(route.event, route.pattern)
+            )
+            # Endpoints are immutable for everyone else; their counters are attached once,
+            # here, so that the dispatcher finds them without a lookup per message.
+            object.__setattr__(endpoint, "stats", stats)
+        return endpoint
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
         """Append ``interceptor`` to the chain (it runs inside the ones added before, and
@@ -445,6 +490,7 @@ class Dispatcher:
         if self._fallback is not None:
             raise RoutingError("an on_unhandled fallback is already registered")
         self._fallback = endpoint
+        self.meter(endpoint)
 
     def _rebuild_chain(self) -> None:
         # Guards sit innermost, so interceptors observe their refusals as outcomes.
@@ -469,11 +515,15 @@ class Dispatcher:
             msg = _parse(raw, self._max_message_size, self._decode)
         except ProtocolError as exc:
             log.debug("dropped a frame from %s: %s", conn.id, exc)
+            if self._metrics is not None:
+                self._metrics.invalid_frames += 1
             return False
         found = self._match(msg.event, msg.path)
         if found is None:
             handler = self._fallback
             if handler is None:
+                if self._metrics is not None:
+                    self._count_unmatched(msg.has_id)
                 if msg.has_id:
                     conn.reply_error(msg.id, 404, NOT_FOUND)
                 return False
@@ -485,10 +535,14 @@ class Dispatcher:
         if self._chain:
             coro: Any = self._run_intercepted(handler, scope)
         elif handler.is_async:
-            coro = self._run_async(handler.fn, scope)
+            coro = self._run_async(handler.fn, scope, handler.stats)
         else:
             # A copy per message: what the handler sets in context variables stays there.
-            copy_context().run(self._run_sync, handler.fn, scope)
+            stats = handler.stats
+            if stats is None:
+                copy_context().run(self._run_sync, handler.fn, scope)
+            else:
+                copy_context().run(self._run_sync_metered, handler.fn, scope, stats)
             return False
         task = asyncio.get_running_loop().create_task(coro, context=copy_context())
         self._tasks_add(task)
@@ -506,17 +560,49 @@ class Dispatcher:
         if msg.has_id:
             self._reply(scope.connection, msg, result)
 
-    async def _run_async(self, fn: Callable[[], Awaitable[Any]], scope: MessageScope) -> None:
+    def _run_sync_metered(
+        self, fn: Callable[[], Any], scope: MessageScope, stats: RouteStats
+    ) -> None:
+        # _run_sync with counters, inlined: this is the path whose cost metrics must keep
+        # tiny (a successful reply adds two clock reads, a bisect and two additions).
+        message_var.set(scope)
+        start = perf_counter()
+        try:
+            result = fn()
+        except Exception as exc:
+            stats.observe(perf_counter() - start)
+            self._fail(scope, exc, stats)
+            return
+        elapsed = perf_counter() - start
+        # Most handlers finish within the first bucket: a comparison instead of a bisect.
+        if elapsed <= stats.first:
+            stats.buckets[0] += 1
+        else:
+            stats.buckets[bisect_left(stats.bounds, elapsed)] += 1
+        stats.seconds += elapsed
+        msg = scope.message
+        if not msg.has_id:
+            stats.no_reply += 1
+        elif not self._reply(scope.connection, msg, result):
+            stats.error(500)
+
+    async def _run_async(
+        self, fn: Callable[[], Awaitable[Any]], scope: MessageScope, stats: RouteStats | None
+    ) -> None:
         message_var.set(scope)
         msg = scope.message
         conn = scope.connection
+        start = perf_counter() if stats is not None else 0.0
         try:
             result = await fn()
         except Exception as exc:
-            self._fail(scope, exc)
+            if stats is not None:
+                stats.observe(perf_counter() - start)
+            self._fail(scope, exc, stats)
         else:
-            if msg.has_id:
-                self._reply(conn, msg, result)
+            if stats is not None:
+                stats.observe(perf_counter() - start)
+            self._done(conn, msg, result, stats)
         finally:
             conn.end_task()
 
@@ -524,18 +610,42 @@ class Dispatcher:
         message_var.set(scope)
         msg = scope.message
         conn = scope.connection
+        stats = handler.stats
+        start = perf_counter() if stats is not None else 0.0
         try:
             result = await _call_chain(self._chain, 0, handler, scope)
         except Exception as exc:
-            self._fail(scope, exc)
+            if stats is not None:
+                stats.observe(perf_counter() - start)
+            self._fail(scope, exc, stats)
         else:
-            if msg.has_id:
-                self._reply(conn, msg, result)
+            if stats is not None:
+                stats.observe(perf_counter() - start)
+            self._done(conn, msg, result, stats)
         finally:
             conn.end_task()
 
+    def _done(
+        self, conn: Connection, msg: ClientMessage, result: Any, stats: RouteStats | None
+    ) -> None:
+        """Reply with ``result`` when ``msg`` has an id, and count it."""
+        if msg.has_id:
+            if not self._reply(conn, msg, result) and stats is not None:
+                stats.error(500)
+        elif stats is not None:
+            stats.no_reply += 1
+
+    def _count_unmatched(self, has_id: bool) -> None:
+        assert self._metrics is not None
+        stats = self._metrics.unmatched
+        stats.unobserved += 1
+        if has_id:
+            stats.error(404)
+        else:
+            stats.no_reply += 1
+
     @staticmethod
-    def _fail(scope: MessageScope, exc: Exception) -> None:
+    def _fail(scope: MessageScope, exc: Exception, stats: RouteStats | None = None) -> None:
         """The one error mapping: WsError → its reply; anything else → logged, 500."""
         msg = scope.message
         details = retry_after = None
@@ -544,19 +654,29 @@ class Dispatcher:
         else:
             log.error("handler failed: %s %s", msg.event, msg.path, exc_info=exc)
             code, text = 500, INTERNAL_ERROR
+        if stats is not None:
+            if type(exc) is _RateLimited:
+                stats.rate_limited += 1
+            if msg.has_id:
+                stats.error(code)
+            else:
+                stats.no_reply += 1
         if msg.has_id:
             scope.connection.reply_error(
                 msg.id, code, text, details=details, retry_after=retry_after
             )
 
-    def _reply(self, conn: Connection, msg: ClientMessage, result: Any) -> None:
-        """Send ``result`` as the reply to ``msg``; 500 when it cannot be encoded."""
+    def _reply(self, conn: Connection, msg: ClientMessage, result: Any) -> bool:
+        """Send ``result`` as the reply to ``msg``; 500 (and False) when it cannot be
+        encoded."""
         try:
             frame = self._encode({"id": msg.id, "data": result})
         except Exception:
             log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
-            frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
+            conn.send_frame(encode_error(msg.id, 500, INTERNAL_ERROR, self._encode))
+            return False
         conn.send_frame(frame)
+        return True
 
 
 async def _call_chain(

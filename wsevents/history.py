@@ -322,6 +322,9 @@ class History:
                 del floors[cid]
             if conn.send_frame(frame):
                 sent += 1
+            else:
+                self.rooms.cluster.deliveries.dropped(conn)
+        self.rooms.cluster.deliveries.delivered += sent
         return sent
 
     def _gap_expired(self, room: str, stream: _Stream) -> None:

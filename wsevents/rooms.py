@@ -426,6 +426,8 @@ class RoomManager:
                 sent += 1
             else:
                 dropped += 1
+                self.cluster.deliveries.dropped(conn)
+        self.cluster.deliveries.delivered += sent
         return sent, skipped, dropped
 
     async def publish(self, channel: str, fields: dict[str, Any]) -> Exception | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import importlib
 import logging
 import math
 import socket as _socket
@@ -37,8 +39,11 @@ from .protocol import select_subprotocol
 __all__ = [
     "CLIENT_JS",
     "WS_APP",
+    "add_admin_routes",
     "add_asyncapi_route",
     "add_client_route",
+    "add_health_routes",
+    "add_metrics_route",
     "attach",
     "client_ip",
     "listen",
@@ -381,14 +386,21 @@ def make_handler(ws_app: WsApp) -> Any:
 
     origin_warnings = _OriginWarnings()
 
+    def refused(reason: str) -> None:
+        metrics = ws_app.metrics
+        if metrics is not None:
+            metrics.connection_refused(reason)
+
     async def handler(request: web.Request) -> web.StreamResponse:
         if ws_app.closing:
             log.debug("refused an upgrade from %s: shutting down", request.remote)
+            refused("shutting_down")
             raise web.HTTPServiceUnavailable(text="Server shutting down")
         if not origin_allowed(request, ws_app.allowed_origins):
             origin = request.headers.get(hdrs.ORIGIN, "")
             log.debug("refused an upgrade from %s: origin %r", request.remote, origin[:200])
             origin_warnings.refused(request, origin)
+            refused("origin")
             raise web.HTTPForbidden(text="Origin not allowed")
         ip = request.remote
         if ws_app.trusted_proxies:
@@ -398,6 +410,7 @@ def make_handler(ws_app: WsApp) -> Any:
             wait = limiter.take(ip, time.monotonic())
             if wait:
                 log.debug("refused an upgrade from %s: handshake rate", ip)
+                refused("rate_limit")
                 raise web.HTTPTooManyRequests(
                     text="Too Many Requests", headers={"Retry-After": str(math.ceil(wait))}
                 )
@@ -410,6 +423,7 @@ def make_handler(ws_app: WsApp) -> Any:
                 protocols = (select_subprotocol(offered, ws_app.subprotocols),)
             except ValueError as exc:
                 log.debug("refused an upgrade from %s: %s %r", request.remote, exc, offered[:200])
+                refused("subprotocol")
                 raise web.HTTPBadRequest(text=str(exc).capitalize()) from None
         resp = _WebSocketResponse(
             protocols=protocols,
@@ -435,15 +449,38 @@ def make_handler(ws_app: WsApp) -> Any:
             if not await ws_app._open_connection(conn):
                 await sock.wait_closed()
                 return resp
-            log.debug("open %s from %s (subprotocol %s)", conn.id, request.remote, conn.subprotocol)
+            log.debug(
+                "open %s from %s (subprotocol %s)",
+                conn.id,
+                request.remote,
+                conn.subprotocol,
+                extra={"conn": conn.id, "peer": request.remote, "event": "open"},
+            )
+            metrics = ws_app.metrics
+            if metrics is not None:
+                metrics.connection_opened()
             try:
                 await _read_loop(ws_app, conn, resp, sock)
             finally:
-                if sock.sent_code is not None:
-                    log.debug("closed %s: %d by the server", conn.id, sock.sent_code)
-                else:
-                    code = resp.close_code
-                    log.debug("closed %s: %d by the client", conn.id, code or 1006)
+                by_server = sock.sent_code is not None
+                code = sock.sent_code if by_server else resp.close_code
+                code = code or 1006
+                log.debug(
+                    "closed %s: %d by the %s",
+                    conn.id,
+                    code,
+                    "server" if by_server else "client",
+                    extra={
+                        "conn": conn.id,
+                        "code": code,
+                        "by": "server" if by_server else "client",
+                        "event": "close",
+                    },
+                )
+                if metrics is not None:
+                    metrics.connection_closed(
+                        code, by_server=by_server, slow_consumer=conn.slow_consumer
+                    )
                 # aiohttp cancels this handler when the peer leaves if handler_cancellation
                 # is on (its test server always is): the cleanup and the on_disconnect hooks
                 # run in a task of their own, to completion (shutdown waits for it too).
@@ -503,7 +540,11 @@ async def _heartbeat(ws_app: WsApp) -> None:
         for conn in pinged:
             # A reader paused by max_in_flight cannot see the pong: not a dead peer.
             if not conn.is_alive and not conn.closed and not conn.reading_paused:
-                log.info("heartbeat timeout, dropping %s", conn.id)
+                log.info(
+                    "heartbeat timeout, dropping %s",
+                    conn.id,
+                    extra={"conn": conn.id, "reason": "heartbeat_timeout"},
+                )
                 conn.abort()
 
 
@@ -595,6 +636,116 @@ def add_asyncapi_route(
         return web.Response(body=body[0], content_type="application/json")
 
     app.router.add_get(path, asyncapi_json)
+    return app
+
+
+def add_metrics_route(
+    app: web.Application,
+    ws_app: WsApp | None = None,
+    path: str = "/metrics",
+    *,
+    registry: Any = None,
+) -> web.Application:
+    """Serve the Prometheus metrics at ``GET path`` (the text exposition format).
+
+    With ``ws_app``, its metrics are enabled first (in ``registry``) unless they already
+    are. The response is what ``registry`` holds (default: ``prometheus_client.REGISTRY``,
+    which also has the process and Python collectors). With the
+    ``PROMETHEUS_MULTIPROC_DIR`` environment variable set (``prometheus-client``'s
+    multi-process mode), it is what every process of the server wrote there instead (see
+    [monitoring](../monitoring.md#several-processes)).
+
+    Raises:
+        ImportError: ``prometheus-client`` is not installed.
+    """
+    from .metrics import require_prometheus_client
+
+    prometheus = require_prometheus_client()
+    multiprocess = importlib.import_module("prometheus_client.multiprocess")
+    if ws_app is not None and ws_app.metrics is None:
+        ws_app.enable_metrics(registry=registry)
+    source = registry if registry is not None else prometheus.REGISTRY
+
+    async def metrics(_: web.Request) -> web.Response:
+        exported = source
+        counted = ws_app.metrics if ws_app is not None else None
+        if counted is not None and counted.multiprocess:
+            # Every process writes its counters to PROMETHEUS_MULTIPROC_DIR; this one
+            # writes its latest first, then answers with what all of them wrote.
+            counted.sync()
+            exported = prometheus.CollectorRegistry()
+            multiprocess.MultiProcessCollector(exported)
+        response = web.Response(body=prometheus.generate_latest(exported))
+        response.headers[hdrs.CONTENT_TYPE] = prometheus.CONTENT_TYPE_LATEST
+        return response
+
+    app.router.add_get(path, metrics)
+    return app
+
+
+def add_admin_routes(
+    app: web.Application, ws_app: WsApp, token: str, *, path: str = "/admin/snapshot", top: int = 10
+) -> web.Application:
+    """Serve [`WsApp.snapshot`][wsevents.WsApp.snapshot] as JSON at ``GET path``, to
+    requests with ``Authorization: Bearer <token>`` (the read-only admin API).
+
+    Any other request gets 401 with ``WWW-Authenticate: Bearer``; the token is compared
+    in constant time.
+
+    Raises:
+        ValueError: ``token`` is empty.
+    """
+    if not token:
+        raise ValueError("the admin token must not be empty")
+    expected = token.encode("utf-8")
+
+    async def snapshot(request: web.Request) -> web.Response:
+        scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), expected
+        ):
+            log.warning(
+                "refused an admin request from %s: bad or missing token",
+                request.remote,
+                extra={"peer": request.remote, "reason": "admin_token"},
+            )
+            return web.json_response(
+                {"error": "Unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        body = orjson.dumps(ws_app.snapshot(top=top))
+        return web.Response(body=body, content_type="application/json")
+
+    app.router.add_get(path, snapshot)
+    return app
+
+
+def add_health_routes(
+    app: web.Application, ws_app: WsApp, *, live: str = "/healthz", ready: str = "/readyz"
+) -> web.Application:
+    """Serve a liveness probe at ``GET live`` (200 while the process serves HTTP) and a
+    readiness probe at ``GET ready`` (200 while ``ws_app`` accepts connections and its
+    transport is up, else 503), both with a small JSON body. A path the application
+    already routes is left alone."""
+    taken = {
+        resource.canonical for resource in app.router.resources() if hasattr(resource, "canonical")
+    }
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        body = {
+            "ready": ws_app.ready,
+            "closing": ws_app.closing,
+            "transport_up": ws_app.transport_up,
+        }
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    for path, probe in ((live, healthz), (ready, readyz)):
+        if path in taken:
+            log.info("%s is routed by the application already: no probe added there", path)
+        else:
+            app.router.add_get(path, probe)
     return app
 
 
