@@ -293,3 +293,32 @@ async def test_a_redis_outage_fails_open_and_the_limit_is_back_with_redis(
     await rejected(b, "/shared")
     await a.close()
     await b.close()
+
+
+async def test_cluster_wide_rejections_are_counted_by_the_metrics(aiohttp_client) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from wsevents.server import add_metrics_route
+
+    ws = build(MemoryTransport(MemoryBus()))
+    app = attach(ws, web.Application())
+    registry = CollectorRegistry()
+    ws.enable_metrics(registry=registry)
+    add_metrics_route(app, ws, registry=registry)
+    server = await aiohttp_client(app)
+    ada = WsTestClient(await server.ws_connect("/ws", params={"user": "ada"}))
+    assert [await ada.call("rpc", "/shared") for _ in range(3)] == ["ok"] * 3
+    await rejected(ada, "/shared")
+    await rejected(ada, "/shared")
+    text = await (await server.get("/metrics")).text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("wsevents_rate_limit_rejections_total", (("kind", "message"),))] == 2
+    replies = ("wsevents_replies_total", (("code", "429"), ("event", "rpc"), ("route", "/shared")))
+    assert samples[replies] == 2
+    await ada.close()
