@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .ratelimit import RateLimit
     from .rooms import Admit, DeliveryReport, RoomManager
     from .routing import Guard, Route
+    from .sessions import Sessions
     from .transports import (
         BaseTransport,
         BroadcastTransport,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         PresenceCount,
         PresenceStore,
         RateLimitStore,
+        SessionStore,
         StreamPosition,
     )
 
@@ -104,6 +106,8 @@ __all__ = [
     "RouteGroup",
     "RouteParams",
     "RoutingError",
+    "SessionStore",
+    "Sessions",
     "StreamJoin",
     "StreamPosition",
     "TransportError",
@@ -163,6 +167,8 @@ _EXPORTS: dict[str, str] = {
     "RouteGroup": ".app",
     "RouteParams": ".composables",
     "RoutingError": ".exceptions",
+    "SessionStore": ".transports",
+    "Sessions": ".sessions",
     "StreamJoin": ".history",
     "StreamPosition": ".transports",
     "TransportError": ".exceptions",

@@ -220,7 +220,12 @@ class RoomManager:
     # -- membership -------------------------------------------------------------------
 
     async def join(
-        self, conn: Connection, room: str, *, data: Mapping[str, Any] | None = None
+        self,
+        conn: Connection,
+        room: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        admitted: bool = False,
     ) -> None:
         """Add ``conn`` to ``room``; with a transport, return once the instance is subscribed.
 
@@ -229,7 +234,8 @@ class RoomManager:
         member data: the mappings the join policies return are merged over it (their keys
         win), and the result is kept for [`member_data`][] and, in a presence room, is the
         presence member data (see [`Presence`][wsevents.Presence]). A connection already
-        in the room keeps its data.
+        in the room keeps its data. ``admitted=True`` skips the join policies (a resumed
+        session re-joins the rooms it was admitted to, with its presence member data).
 
         In a room with a maximum of members, the connection takes a place after the join
         policies admitted it (see [`Capacity`][wsevents.Capacity]).
@@ -241,7 +247,7 @@ class RoomManager:
             return
         members = self._members.get(room)
         new = members is None or conn.id not in members
-        if new and self._join_policies:
+        if new and self._join_policies and not admitted:
             for policy in self._join_policies:
                 result = policy(conn, room)
                 if inspect.isawaitable(result):

@@ -2,9 +2,9 @@
 
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
-- ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store`` and
-  ``check_capacity_store`` and ``check_rate_limit_store``, the suites every transport and
-  store pass;
+- ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store``,
+  ``check_capacity_store``, ``check_session_store`` and ``check_rate_limit_store``, the
+  suites every transport and store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -27,10 +27,12 @@ if TYPE_CHECKING:
         CapacityStoreFactory,
         PresenceStoreFactory,
         RateLimitStoreFactory,
+        SessionStoreFactory,
         TransportFactory,
         check_capacity_store,
         check_presence_store,
         check_rate_limit_store,
+        check_session_store,
         check_transport,
     )
     from .contexts import (
@@ -47,6 +49,7 @@ __all__ = [
     "PresenceStoreFactory",
     "RateLimitStoreFactory",
     "RecordingSocket",
+    "SessionStoreFactory",
     "TestConnectionContext",
     "TestMessageContext",
     "TransportFactory",
@@ -56,6 +59,7 @@ __all__ = [
     "check_capacity_store",
     "check_presence_store",
     "check_rate_limit_store",
+    "check_session_store",
     "check_transport",
     "prepare_test_ws_connection_context",
     "prepare_test_ws_message_context",
@@ -73,6 +77,7 @@ _HOME = {
     "PresenceStoreFactory": "conformance",
     "RateLimitStoreFactory": "conformance",
     "RecordingSocket": "contexts",
+    "SessionStoreFactory": "conformance",
     "TestConnectionContext": "contexts",
     "TestMessageContext": "contexts",
     "TransportFactory": "conformance",
@@ -82,6 +87,7 @@ _HOME = {
     "check_capacity_store": "conformance",
     "check_presence_store": "conformance",
     "check_rate_limit_store": "conformance",
+    "check_session_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",
     "prepare_test_ws_message_context": "contexts",

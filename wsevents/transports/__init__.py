@@ -23,6 +23,7 @@ from .base import (
     PresencePage,
     PresenceStore,
     RateLimitStore,
+    SessionStore,
     StateListener,
     StreamPosition,
     TransportStateEvents,
@@ -33,6 +34,7 @@ from .memory import (
     MemoryHistoryStore,
     MemoryPresenceStore,
     MemoryRateLimitStore,
+    MemorySessionStore,
     MemoryTransport,
 )
 
@@ -52,6 +54,7 @@ __all__ = [
     "MemoryHistoryStore",
     "MemoryPresenceStore",
     "MemoryRateLimitStore",
+    "MemorySessionStore",
     "MemoryTransport",
     "PayloadHandler",
     "PresenceCount",
@@ -60,6 +63,7 @@ __all__ = [
     "PresenceStore",
     "RateLimitStore",
     "RedisTransport",
+    "SessionStore",
     "StateListener",
     "StreamPosition",
     "TransportStateEvents",
