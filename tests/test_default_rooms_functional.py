@@ -162,3 +162,39 @@ async def test_a_peer_leaving_during_the_joins_is_cleaned_up(ws_client) -> None:
         await asyncio.sleep(0.02)
     assert ws.connections() == () and left == ["ada"]
     assert ws.rooms.size("/early") == 0 and ws.rooms.size("/late") == 0
+
+
+async def test_a_resumed_session_keeps_its_rooms_and_admitted_presence_data(
+    ws_cluster: ClusterFactory,
+) -> None:
+    def make(transport: MemoryTransport) -> WsApp:
+        ws = build(transport, default_rooms=[lambda conn: [f"/users/{conn.user}"]])
+        ws.sessions.enable(ttl=60.0)
+        ws.presence.track("/stages/:stage")
+        ws.room_policy("/stages/:stage", admit=lambda conn, room: Admit({"role": "speaker"}))
+
+        @ws.on_message("join", "/stages/:stage")
+        async def join() -> Any:
+            await use_ws_rooms().join(data={"name": "Ada"})
+            return dict(use_ws_rooms().member_data() or {})
+
+        @ws.on_message("rpc", "/stage-data")
+        def stage_data() -> Any:
+            data = use_ws_rooms().member_data("/stages/main")
+            return dict(data) if data is not None else None
+
+        return ws
+
+    cluster = await ws_cluster(make, instances=2)
+    ada = await cluster.connect(0, query={"user": "ada"})
+    token = (await ada.call("rpc", "/session"))["session"]
+    assert await ada.call("join", "/stages/main") == {"name": "Ada", "role": "speaker"}
+    transport = ada.ws._response.connection.transport  # dropped, no close frame
+    assert transport is not None
+    transport.abort()
+    back = await cluster.connect(1, query={"user": "ada", "session": token})
+    assert sorted(await back.call("rpc", "/rooms")) == ["/stages/main", "/users/ada"]
+    assert await back.call("rpc", "/stage-data") == {"name": "Ada", "role": "speaker"}
+    await cluster.apps[0].rooms.broadcast("/users/ada", "note", "hi")
+    assert await back.next_push() == {"event": "note", "path": "/users/ada", "data": "hi"}
+    await cluster.close()
