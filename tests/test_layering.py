@@ -158,6 +158,7 @@ LAYER_ORDER = [
     "transports.redis._history",
     "transports.redis._capacity",
     "transports.redis._sessions",
+    "transports.redis._ratelimit",
     "transports.redis",
     "transports",
     "connection",
