@@ -159,6 +159,7 @@ LAYER_ORDER = [
     "transports.redis._history",
     "transports.redis._capacity",
     "transports.redis._sessions",
+    "transports.redis._ratelimit",
     "transports.redis",
     "transports",
     "connection",

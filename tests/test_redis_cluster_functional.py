@@ -17,6 +17,7 @@ from wsevents.testing import (
     check_capacity_store,
     check_history_store,
     check_presence_store,
+    check_rate_limit_store,
     check_session_store,
     check_transport,
 )
@@ -24,6 +25,7 @@ from wsevents.transports.redis import RedisClusterTransport, RedisTransport
 from wsevents.transports.redis._capacity import RedisCapacity
 from wsevents.transports.redis._history import RedisHistory
 from wsevents.transports.redis._presence import RedisPresence
+from wsevents.transports.redis._ratelimit import RedisRateLimits
 from wsevents.transports.redis._sessions import RedisSessions
 
 from .redis_support import (
@@ -414,3 +416,11 @@ async def test_a_killed_shard_connection_is_reported_and_every_channel_resubscri
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_rate_limit_store_passes_on_the_cluster(
+    cluster_client: aioredis.RedisCluster, cluster_prefix: str
+) -> None:
+    await check_rate_limit_store(
+        lambda: RedisRateLimits(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
+    )

@@ -8,6 +8,7 @@ import asyncio
 import errno
 import importlib
 import inspect
+import ipaddress
 import logging
 import os
 import socket
@@ -69,6 +70,16 @@ def _origin(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an origin; an origin looks like https://{text}"
         )
+    return text
+
+
+def _proxy(text: str) -> str:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address or network (e.g. 10.0.0.1 or 10.0.0.0/8)"
+        ) from None
     return text
 
 
@@ -148,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="browser origin allowed to connect, e.g. https://app.example.com; repeat it for "
         "several, or give '*' for any (default: an Origin must match the Host)",
+    )
+    run.add_argument(
+        "--trusted-proxy",
+        action="append",
+        type=_proxy,
+        metavar="ADDRESS",
+        help="address or network (CIDR) of a reverse proxy whose X-Forwarded-For is believed "
+        "for the client's IP address; repeat it for several (default: none)",
     )
     run.add_argument(
         "--redis-url",
@@ -348,6 +367,17 @@ def plug_origins(target: Any, origins: Sequence[str]) -> None:
     ws_app = _ws_app_of(target, "--allow-origin")
     # Normalised as WsApp(allowed_origins=...) does.
     ws_app.allowed_origins = tuple(o.rstrip("/").lower() for o in origins)
+
+
+def plug_trusted_proxies(target: Any, proxies: Sequence[str]) -> None:
+    """Set the reverse proxies whose ``X-Forwarded-For`` the target's WsApp believes.
+
+    Raises:
+        TargetError: no WsApp to apply them to.
+    """
+    ws_app = _ws_app_of(target, "--trusted-proxy")
+    # As WsApp(trusted_proxies=...) has them (each checked by _proxy).
+    ws_app.trusted_proxies = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in proxies)
 
 
 def _file_path_hint(module_name: str, attr: str) -> str | None:
@@ -589,6 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plug_origins(target, args.allow_origin)
         if args.tracing:
             plug_tracing(target)
+        if args.trusted_proxy:
+            plug_trusted_proxies(target, args.trusted_proxy)
         if args.redis_url:
             plug_redis(
                 target,

@@ -39,7 +39,7 @@ from contextvars import copy_context
 from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ._aio import TaskSet, is_async
 from ._context import MessageScope, message_var
@@ -153,16 +153,20 @@ class Endpoint:
         fn = route.handler
         fn_async = is_async(fn)
         limit = _limit_check(route.rate_limits) if route.rate_limits else None
+        # A cluster-wide limit asks the backend: the check awaits.
+        limit_async = any(limiter.limit.cluster for limiter in route.rate_limits)
         checks = tuple((guard, is_async(guard)) for guard in route.guards)
         if require_auth:
             checks = ((_require_auth, False), *checks)
         if not checks and data is None and reply is None and params is None:
             if limit is None:
                 return cls(fn, fn_async, route)
+            if limit_async:
+                return cls(_limited_async(fn, limit, fn_async), True, route)
             return cls(_limited(fn, limit, fn_async), fn_async, route)
         prepare = _preparer(data, params)
         dump = reply.dumper() if reply is not None else None
-        if not fn_async and not any(guard_async for _, guard_async in checks):
+        if not fn_async and not limit_async and not any(guard_async for _, guard_async in checks):
             sync_guards = tuple(guard for guard, _ in checks)
 
             def checked() -> Any:
@@ -182,7 +186,10 @@ class Endpoint:
             if checks:
                 await _run_guards(checks)
             if limit is not None:
-                limit()
+                if limit_async:
+                    await limit()
+                else:
+                    limit()
             if prepare is not None:
                 prepare()
             result = fn()
@@ -210,9 +217,28 @@ closes it with 4429 ``"Rate limit exceeded"``."""
 FLOOD_WINDOW = 10.0
 
 
-def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
+def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], Any]:
     """What takes a token from each of ``limiters`` (after the guards, before validation
-    and the handler); the first empty bucket raises 429 with ``retry_after``."""
+    and the handler); the first empty bucket raises 429 with ``retry_after``.
+
+    With a cluster-wide limit among them, the check is ``async`` (it awaits the backend).
+    """
+    if any(limiter.limit.cluster for limiter in limiters):
+        shared = tuple(
+            (limiter.take_shared if limiter.limit.cluster else None, limiter.take, _key_of(limiter))
+            for limiter in limiters
+        )
+
+        async def check_async() -> None:
+            conn = message_var.get().connection
+            now = monotonic()
+            for take_shared, take, key in shared:
+                wait = await take_shared(key(conn), now) if take_shared else take(key(conn), now)
+                if wait:
+                    _reject(conn, now, wait)
+
+        return check_async
+
     takes = tuple((limiter.take, _key_of(limiter)) for limiter in limiters)
 
     def check() -> None:
@@ -221,15 +247,19 @@ def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
         for take, key in takes:
             wait = take(key(conn), now)
             if wait:
-                _strike(conn, now)
-                # Rounded up to the millisecond: a client that waits this long finds a token.
-                raise _RateLimited(429, TOO_MANY_REQUESTS, retry_after=_ceil_ms(wait))
+                _reject(conn, now, wait)
 
     return check
 
 
 class _RateLimited(WsError):
     """The 429 of a rate limit (not one a handler raised): metrics count it apart."""
+
+
+def _reject(conn: Connection, now: float, wait: float) -> NoReturn:
+    _strike(conn, now)
+    # Rounded up to the millisecond: a client that waits this long finds a token.
+    raise _RateLimited(429, TOO_MANY_REQUESTS, retry_after=_ceil_ms(wait))
 
 
 def _ceil_ms(seconds: float) -> float:
@@ -249,6 +279,19 @@ def _limited(fn: Callable[[], Any], check: Callable[[], None], fn_async: bool) -
     def limited() -> Any:
         check()
         return fn()
+
+    return limited
+
+
+def _limited_async(
+    fn: Callable[[], Any], check: Callable[[], Any], fn_async: bool
+) -> Callable[[], Any]:
+    """``fn`` behind an ``async`` ``check`` (a cluster-wide limit)."""
+
+    async def limited() -> Any:
+        await check()
+        result = fn()
+        return await result if fn_async else result
 
     return limited
 
@@ -273,8 +316,7 @@ def _user_key(conn: Connection) -> Hashable:
 
 
 def _ip_key(conn: Connection) -> Hashable:
-    request = conn.request
-    return request.remote if request is not None else None
+    return conn.ip
 
 
 def _strike(conn: Connection, now: float) -> None:

@@ -3,9 +3,8 @@
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
 - ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store``,
-  ``check_capacity_store``, ``check_session_store`` and ``check_history_store``, the
-  suites every transport, presence store, capacity store, session store and history
-  store pass;
+  ``check_capacity_store``, ``check_session_store``, ``check_history_store`` and
+  ``check_rate_limit_store``, the suites every transport and store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -27,11 +26,13 @@ if TYPE_CHECKING:
     from .conformance import (
         CapacityStoreFactory,
         PresenceStoreFactory,
+        RateLimitStoreFactory,
         SessionStoreFactory,
         TransportFactory,
         check_capacity_store,
         check_history_store,
         check_presence_store,
+        check_rate_limit_store,
         check_session_store,
         check_transport,
     )
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CapacityStoreFactory",
     "PresenceStoreFactory",
+    "RateLimitStoreFactory",
     "RecordingSocket",
     "SessionStoreFactory",
     "TestConnectionContext",
@@ -58,6 +60,7 @@ __all__ = [
     "check_capacity_store",
     "check_history_store",
     "check_presence_store",
+    "check_rate_limit_store",
     "check_session_store",
     "check_transport",
     "prepare_test_ws_connection_context",
@@ -74,6 +77,7 @@ _HOME = {
     "CapacityStoreFactory": "conformance",
     "ClusterFactory": "cluster",
     "PresenceStoreFactory": "conformance",
+    "RateLimitStoreFactory": "conformance",
     "RecordingSocket": "contexts",
     "SessionStoreFactory": "conformance",
     "TestConnectionContext": "contexts",
@@ -85,6 +89,7 @@ _HOME = {
     "check_capacity_store": "conformance",
     "check_history_store": "conformance",
     "check_presence_store": "conformance",
+    "check_rate_limit_store": "conformance",
     "check_session_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",
