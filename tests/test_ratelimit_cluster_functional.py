@@ -26,7 +26,7 @@ from wsevents.testing import WsTestClient
 from wsevents.transports import MemoryRateLimitStore
 from wsevents.transports.redis import RedisTransport
 
-from .redis_support import REDIS_URL, wait_until
+from .redis_support import REDIS_URL, KeysOf, both_engines, wait_until
 
 pytest_plugins = ["tests.redis_fixtures"]
 
@@ -156,17 +156,18 @@ async def test_three_memory_instances_share_one_bucket(aiohttp_client) -> None:
     assert sum(limiter.rejected for r in dry for limiter in r.rate_limits) == 3
 
 
+@both_engines
 async def test_three_redis_instances_share_one_bucket(
-    aiohttp_client, admin: aioredis.Redis, prefix: str
+    aiohttp_client, keys_of: KeysOf, prefix: str, engine_url: str
 ) -> None:
-    transports = [RedisTransport.from_url(REDIS_URL, prefix=prefix) for _ in range(3)]
+    transports = [RedisTransport.from_url(engine_url, prefix=prefix) for _ in range(3)]
     apps = [build(t) for t in transports]
     await check_one_bucket_per_user(await serve(aiohttp_client, apps))
     # The buckets live in Redis, and expire once they would be full again.
-    keys = sorted(k.decode() for k in await admin.keys(f"{prefix}ws:rl:*"))
+    keys = sorted(k.decode() for k in await keys_of(f"{prefix}ws:rl:*"))
     assert f"{prefix}ws:rl:route rpc /shared|ada" in keys
     assert f"{prefix}ws:rl:group /g|ada" in keys
-    ttl = await admin.pttl(f"{prefix}ws:rl:route rpc /shared|ada")
+    ttl = await transports[0].client.pttl(f"{prefix}ws:rl:route rpc /shared|ada")
     assert 0 < ttl <= 60_001
 
 
