@@ -50,6 +50,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def redis_pid(url: str) -> int | None:
+    """The process id of the Redis server of ``url`` (the first node of a cluster URL)."""
+    pids = redis_pids(url)
+    return pids[0] if pids else None
+
+
 def redis_pids(url: str) -> list[int]:
     """The process ids of the Redis server of ``url``, or of every node of a cluster URL."""
     if not shutil.which("redis-cli"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -424,3 +426,16 @@ async def test_the_rate_limit_store_passes_on_the_cluster(
     await check_rate_limit_store(
         lambda: RedisRateLimits(cluster_client, prefix=cluster_prefix, command_timeout=2.0)
     )
+
+
+def test_the_multi_instance_benchmark_measures_every_node_of_a_cluster(
+    redis_cluster: ThrowawayRedisCluster,
+) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "multi_instance.py"
+    spec = importlib.util.spec_from_file_location("multi_instance_bench", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pids = bench.redis_pids(redis_cluster.url)
+    assert sorted(pids) == sorted(proc.pid for proc in redis_cluster.procs.values())
+    assert bench.redis_pid(redis_cluster.url) in pids
