@@ -1,0 +1,192 @@
+"""The presence store on a JetStream key-value bucket: one JSON document per room and one
+per instance heartbeat, each changed by compare-and-set on its revision."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import nats.js.errors as jse
+
+from ..base import PresenceCount, PresenceMember, PresencePage
+from ._jet import Jet
+from ._names import decode_token, encode_token
+
+__all__ = ["NatsPresence"]
+
+_BUCKET = "presence"
+
+
+class NatsPresence:
+    """A [`PresenceStore`][wsevents.PresenceStore] on the bucket ``<prefix>presence``.
+
+    * ``r.<room>``: ``{"c": {connection id: [user, instance]}, "u": {user: [connections,
+      data]}}``; the store deletes it when the room empties.
+    * ``i.<instance>``: the instance's heartbeat expiry (Unix time, the hosts' clocks must
+      agree within a heartbeat).
+
+    Each add, remove and update is one compare-and-set of the room's document, so the first
+    and last connections of a user are decided once. A reap claims the instance by deleting
+    its heartbeat with compare-and-set (one reaper wins), then removes its connections room by
+    room.
+    """
+
+    def __init__(self, jet: Jet) -> None:
+        self.jet = jet
+
+    async def add(
+        self, room: str, connection_id: str, user: str, data: str | None, instance_id: str
+    ) -> bool:
+        """Add a connection; True when it is its user's first connection in ``room``."""
+
+        def change(doc: Any) -> tuple[Any, bool]:
+            doc = doc or {"c": {}, "u": {}}
+            if connection_id in doc["c"]:
+                return doc, False
+            new = {"c": dict(doc["c"]), "u": dict(doc["u"])}
+            new["c"][connection_id] = [user, instance_id]
+            known = new["u"].get(user)
+            if known is None:
+                new["u"][user] = [1, data]
+                return new, True
+            new["u"][user] = [known[0] + 1, known[1]]
+            return new, False
+
+        return await self.jet.modify(_BUCKET, "r." + encode_token(room), change)
+
+    async def remove(self, room: str, connection_id: str, instance_id: str) -> str | None:
+        """Remove a connection; its user when it was their last one in ``room``."""
+        return await self.jet.modify(
+            _BUCKET, "r." + encode_token(room), lambda doc: _removed(doc, {connection_id})
+        )
+
+    async def update(self, room: str, user: str, data: str | None) -> bool:
+        """Replace ``user``'s data in ``room``; False when the user is not there."""
+
+        def change(doc: Any) -> tuple[Any, bool]:
+            if doc is None or user not in doc["u"]:
+                return doc, False
+            new = {"c": doc["c"], "u": dict(doc["u"])}
+            new["u"][user] = [doc["u"][user][0], data]
+            return new, True
+
+        return await self.jet.modify(_BUCKET, "r." + encode_token(room), change)
+
+    async def _room(self, room: str) -> Any:
+        async def read() -> Any:
+            kv = await self.jet.bucket(_BUCKET)
+            return (await self.jet.read(kv, "r." + encode_token(room)))[0]
+
+        return await self.jet.call(f"presence of {room}", read)
+
+    async def count(self, room: str) -> PresenceCount:
+        """Connections and distinct users in ``room``."""
+        doc = await self._room(room)
+        if doc is None:
+            return PresenceCount(0, 0)
+        return PresenceCount(len(doc["c"]), len(doc["u"]))
+
+    async def members(self, room: str, offset: int, limit: int) -> PresencePage:
+        """Users of ``room`` ordered by user id (code point order), ``limit`` from ``offset``."""
+        doc = await self._room(room)
+        if doc is None:
+            return PresencePage(0, ())
+        users = doc["u"]
+        page = sorted(users)[offset : offset + limit] if limit > 0 else []
+        return PresencePage(
+            len(users), tuple(PresenceMember(u, users[u][1], users[u][0]) for u in page)
+        )
+
+    async def heartbeat(self, instance_id: str, ttl: float) -> bool:
+        """Mark ``instance_id`` alive for ``ttl`` seconds; True when the store did not know it."""
+        expiry = time.time() + ttl
+        return await self.jet.modify(
+            _BUCKET, "i." + encode_token(instance_id), lambda doc: (expiry, doc is None)
+        )
+
+    async def expired_instances(self) -> list[str]:
+        """Instances whose heartbeat expired and that nobody has reaped yet."""
+
+        async def scan() -> list[str]:
+            kv = await self.jet.bucket(_BUCKET)
+            now = time.time()
+            expired = []
+            for key in await _keys(kv, "i."):
+                expiry, _ = await self.jet.read(kv, key)
+                if isinstance(expiry, int | float) and expiry <= now:
+                    expired.append(decode_token(key[2:]))
+            return expired
+
+        return await self.jet.call("scan of the presence heartbeats", scan)
+
+    async def reap(self, instance_id: str, reaper_id: str) -> list[tuple[str, str]] | None:
+        """Remove every entry of ``instance_id`` and forget it; the ``(room, user)`` pairs
+        whose last connection that was, or None when another reaper claimed it first."""
+        key = "i." + encode_token(instance_id)
+
+        async def claim() -> bool:
+            kv = await self.jet.bucket(_BUCKET)
+            expiry, revision = await self.jet.read(kv, key)
+            if expiry is None:
+                return True  # unknown (never beat, or reaped): sweep what may be left
+            try:
+                await kv.delete(key, last=revision, validate_keys=False)
+            except jse.APIError as exc:
+                if exc.err_code in (10071, 10164):
+                    return False
+                raise
+            return True
+
+        if not await self.jet.call(f"claim of {instance_id}", claim):
+            return None
+
+        async def rooms() -> list[str]:
+            kv = await self.jet.bucket(_BUCKET)
+            return await _keys(kv, "r.")
+
+        left: list[tuple[str, str]] = []
+        for room_key in await self.jet.call("scan of the presence rooms", rooms):
+            room = decode_token(room_key[2:])
+
+            def change(doc: Any) -> tuple[Any, list[str]]:
+                if doc is None:
+                    return doc, []
+                mine = {cid for cid, (_, inst) in doc["c"].items() if inst == instance_id}
+                return _removed_all(doc, mine)
+
+            for user in await self.jet.modify(_BUCKET, room_key, change):
+                left.append((room, user))
+        return left
+
+
+def _removed_all(doc: Any, connections: set[str]) -> tuple[Any, list[str]]:
+    """``doc`` without ``connections``, and the users who left with them."""
+    if doc is None or not connections & doc["c"].keys():
+        return doc, []
+    new = {"c": dict(doc["c"]), "u": dict(doc["u"])}
+    gone = []
+    for cid in connections:
+        found = new["c"].pop(cid, None)
+        if found is None:
+            continue
+        user = found[0]
+        count, data = new["u"][user]
+        if count > 1:
+            new["u"][user] = [count - 1, data]
+        else:
+            del new["u"][user]
+            gone.append(user)
+    return (new if new["c"] else None), gone
+
+
+def _removed(doc: Any, connections: set[str]) -> tuple[Any, str | None]:
+    new, gone = _removed_all(doc, connections)
+    return new, (gone[0] if gone else None)
+
+
+async def _keys(kv: Any, pattern: str) -> list[str]:
+    try:
+        keys: list[str] = await kv.keys()
+    except jse.NoKeysError:
+        return []
+    return [key for key in keys if key.startswith(pattern)]
