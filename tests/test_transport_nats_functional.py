@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wsevents.exceptions import TransportError
 from wsevents.testing import check_capacity_store, check_presence_store, check_transport
 from wsevents.transports.nats import NatsTransport, decode_token, encode_token, redact_url
 
-from .nats_support import NATS_URL
+from .nats_support import NATS_URL, ThrowawayNats, free_port
 from .redis_support import wait_until
 
 pytest_plugins = ["tests.nats_fixtures"]
@@ -211,3 +212,60 @@ async def test_the_epoch_changes_when_the_stream_is_lost(transports: Any) -> Non
     position, entries = await store.since("lost", 1, first.epoch, 60.0)
     assert position == again
     assert entries is None
+
+
+# -- outages ---------------------------------------------------------------------------------
+
+
+async def test_a_restart_is_reported_and_the_subscriptions_come_back(
+    transports: Any, throwaway_nats: ThrowawayNats
+) -> None:
+    a = await transports(url=throwaway_nats.url, reconnect_delay=0.1)
+    b = await transports(url=throwaway_nats.url, reconnect_delay=0.1)
+    states: list[bool] = []
+    a.add_state_listener(states.append)
+    got: list[str] = []
+    await a.subscribe("ws:room:/r", got.append)
+    assert await a.health()
+    await b.publish("ws:room:/r", "before")
+    await wait_until(lambda: got == ["before"], what="the push before the restart")
+
+    await throwaway_nats.stop()
+    await wait_until(lambda: states == [False], what="the loss to be reported")
+    assert not a.connected
+    assert not await a.health()
+    with pytest.raises(TransportError, match="unavailable"):
+        await b.publish("ws:room:/r", "lost")
+    with pytest.raises(TransportError):
+        await b.locate_connection("anyone")
+    await a.subscribe("ws:room:/later", got.append)  # kept, made on reconnect
+
+    await throwaway_nats.start()
+    await wait_until(lambda: states == [False, True], timeout=10.0, what="the recovery")
+    await wait_until(lambda: b.connected, timeout=10.0, what="b's recovery")
+    assert a.reconnects == 1
+    assert await a.health()
+    await b.publish("ws:room:/r", "after")
+    await b.publish("ws:room:/later", "later")
+    await wait_until(lambda: len(got) >= 3, what="the pushes after the restart")
+    await b.publish("ws:room:/r", "barrier")
+    await wait_until(lambda: got[-1] == "barrier", what="the barrier")
+    assert got == ["before", "after", "later", "barrier"]  # nothing lost is replayed
+
+
+async def test_start_without_a_server(transports: Any) -> None:
+    port = free_port()
+    with pytest.raises(TransportError, match="did not answer") as caught:
+        await transports(
+            url=f"nats://user:secret@127.0.0.1:{port}", connect_timeout=0.5, fail_fast=True
+        )
+    assert "secret" not in str(caught.value)
+    lenient = await transports(url=f"nats://127.0.0.1:{port}", connect_timeout=0.5)
+    assert not lenient.connected
+    states: list[bool] = []
+    lenient.add_state_listener(states.append)
+    await lenient.subscribe("ws:broadcast", lambda payload: None)  # kept for later
+    with pytest.raises(TransportError):
+        await lenient.publish("ws:broadcast", "x")
+    assert lenient.publish_failures == 1
+    assert lenient.channels == frozenset({"ws:broadcast"})

@@ -385,7 +385,7 @@ class NatsTransport(BaseTransport):
             raise TransportError(f"NATS at {self.url} is unavailable")
         return self._js
 
-    async def _subscribe_live(self, channel: str) -> None:
+    async def _subscribe_live(self, channel: str, *, flush: bool = True) -> None:
         nc = self._nc
         known = self._subs.get(channel)
         if nc is None or not self._up or known is None or known[1] is not None:
@@ -408,7 +408,8 @@ class NatsTransport(BaseTransport):
                 await nats_sub.unsubscribe()
                 return
             self._subs[channel] = (sub, nats_sub)
-            await nc.flush(timeout=max(1, round(self.command_timeout)))
+            if flush:
+                await nc.flush(timeout=max(1, round(self.command_timeout)))
         except Exception as exc:
             log.warning("subscribing to %s at %s failed: %r", channel, self.url, exc)
 
@@ -445,12 +446,13 @@ class NatsTransport(BaseTransport):
         self._up = True
         if first:
             self._probe_sub = await nc.subscribe(self._probe_subject, cb=self._on_probe)
-            for channel in list(self._subs):
-                await self._subscribe_live(channel)
-        else:
-            # nats-py sent the subscriptions again; make sure the server has them.
-            with contextlib.suppress(Exception):
-                await nc.flush(timeout=max(1, round(self.command_timeout)))
+        # nats-py sent its subscriptions again; make those registered while down, and make
+        # sure the server has them all.
+        for channel, (_, nats_sub) in list(self._subs.items()):
+            if nats_sub is None:
+                await self._subscribe_live(channel, flush=False)
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=max(1, round(self.command_timeout)))
         self._up_event.set()
         self.last_error = None
         self._directory.wake()
