@@ -338,6 +338,28 @@ def _is_position(value: Any) -> bool:
 add_history(app)
 
 
+# -- recovery: sessions and idempotent calls -------------------------------------------------
+
+
+def add_sessions(ws: WsApp, *, ttl: float = 60.0) -> None:
+    """Sessions (``rpc /session``, ``?session=`` on reconnect) and a counter shared by every
+    instance (a function, so that tests can build several instances)."""
+    ws.sessions.enable(ttl=ttl)
+
+    @ws.on_message("rpc", "/counter/incr")
+    async def counter_incr() -> dict[str, int]:
+        """Add 1 to the counter ``data.key`` and return its new value (retry it with the
+        same ``idem``: it counts once)."""
+        data = use_ws_message().data
+        key = data.get("key") if isinstance(data, dict) else None
+        if not isinstance(key, str) or not 0 < len(key) <= 200:
+            raise WsError(400, "data.key must be a string of 1 to 200 characters")
+        return {"value": await ws.sessions.store.incr("counter:" + key)}
+
+
+add_sessions(app)
+
+
 # -- access and flow control: rate limits -----------------------------------------------------
 
 

@@ -51,9 +51,9 @@ def track_disconnects(ws: WsApp) -> asyncio.Queue[str]:
     done: asyncio.Queue[str] = asyncio.Queue()
     close_connection = ws._close_connection
 
-    async def tracked(conn: Any) -> None:
+    async def tracked(conn: Any, *, resumable: bool = False) -> None:
         try:
-            await close_connection(conn)
+            await close_connection(conn, resumable=resumable)
         finally:
             done.put_nowait(conn.id)
 

@@ -164,7 +164,7 @@ async def test_every_deadline_shares_one_timer(ws_client) -> None:
     clients = [await ws_client(ws) for _ in range(5)]
     for i, client in enumerate(clients):
         await client.call("rpc", "/login", {"user": f"u{i}", "ttl": 60 + i})
-    clock = ws._sessions
+    clock = ws._deadlines
     assert len(clock) == 10  # 5 authentication deadlines, 5 expiries
     assert clock._timer is not None and clock._timer_at < time.monotonic() + 31
 
@@ -193,6 +193,6 @@ def test_auth_timeout_must_be_positive() -> None:
 async def test_closing_the_app_stops_the_timer(ws_client) -> None:
     ws = auth_app(auth_timeout=30.0)
     await ws_client(ws)
-    assert ws._sessions._timer is not None
+    assert ws._deadlines._timer is not None
     await ws.close()
-    assert ws._sessions._timer is None
+    assert ws._deadlines._timer is None

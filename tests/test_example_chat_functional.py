@@ -10,8 +10,9 @@ from urllib.parse import quote
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from examples.chat.server import History, clean_name, create_app
+from examples.chat.server import clean_name, create_app
 from wsevents.client import Push, WsClient, WsClientError
+from wsevents.testing import WsTestClient
 
 pytestmark = pytest.mark.functional
 
@@ -54,7 +55,14 @@ async def test_join_notice_history_and_leave_notice(join: Any) -> None:
     notices = ada.pushes("system", "/chat/*")
     messages = ada.pushes("message", "/chat/*")
     first = await ada.subscribe("/chat/lobby")
-    assert first.reply == {"room": "lobby", "name": "Ada", "members": ["Ada"], "history": []}
+    assert first.reply == {
+        "room": "lobby",
+        "name": "Ada",
+        "members": ["Ada"],
+        "history": [],
+        "offset": 0,
+        "epoch": first.reply["epoch"],
+    }
     for text in ("one", "two", "three", "four"):
         assert await ada.call("message", "/chat/lobby", {"text": f"  {text} "}) == {"sent": True}
 
@@ -163,10 +171,86 @@ def test_clean_name_drops_control_characters() -> None:
     assert clean_name(None, "fallback") == "fallback"
 
 
-def test_history_forgets_the_least_recently_written_room() -> None:
-    history = History(size=2, max_rooms=2)
-    for room in ("a", "b", "a", "c"):
-        history.add(room, {"room": room})
-    assert history.recent("a") == [{"room": "a"}, {"room": "a"}]
-    assert history.recent("b") == []  # evicted: "a" was written after it
-    assert history.recent("c") == [{"room": "c"}]
+# -- recovery: a dropped connection resumes and gets what it missed, once ------------------
+
+
+def drop(client: WsTestClient) -> None:
+    """Cut the TCP connection without a close frame."""
+    response = client.ws._response
+    assert response.connection is not None and response.connection.transport is not None
+    response.connection.transport.abort()
+
+
+async def test_a_dropped_member_resumes_and_recovers_the_missed_messages_once(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    chat = await aiohttp_server(create_app(history_size=10))
+
+    async def join(name: str) -> WsClient:
+        client = WsClient(f"ws://127.0.0.1:{chat.port}/ws?name={name}")
+        await client.connect()
+        return client
+
+    async def next_chat_push(client: WsTestClient) -> dict[str, Any]:
+        """The next message or notice (presence pushes, in the stream too, skipped)."""
+        while True:
+            frame = await client.next_push()
+            if frame["event"] != "presence":
+                return frame
+
+    async with TestClient(chat) as http:
+        ada = WsTestClient(await http.ws_connect("/ws", params={"name": "Ada"}))
+        token = (await ada.call("rpc", "/session"))["session"]
+        joined = await ada.call("subscribe", "/chat/lobby")
+        await ada.call("message", "/chat/lobby", {"text": "before"})
+        assert (await next_chat_push(ada))["data"]["text"] == "before"
+        bob = await join("Bob")
+        notices = bob.pushes("system", "/chat/lobby")
+        await bob.subscribe("/chat/lobby")
+        seen = await next_chat_push(ada)
+        assert seen["data"]["text"] == "Bob joined"
+        drop(ada)
+        async with asyncio.timeout(5):
+            assert (await anext(notices)).data["text"] == "Ada left"
+        for text in ("missed 1", "missed 2"):
+            await bob.call("message", "/chat/lobby", {"text": text})
+        back = WsTestClient(await http.ws_connect("/ws", params={"name": "Ada", "session": token}))
+        assert await back.call("rpc", "/session") == {"session": token, "resumed": True}
+        since = {"offset": seen["offset"], "epoch": joined["epoch"]}
+        reply = await back.call("subscribe", "/chat/lobby", {"since": since})
+        assert reply["recovered"] is True and reply["history"] == []
+        assert reply["members"] == ["Ada", "Bob"]
+        # What Ada missed, each push once and in offset order, before the reply.
+        replayed = back.pending_messages()
+        offsets = [p["offset"] for p in replayed]
+        assert offsets == sorted(set(offsets)) and offsets[0] > seen["offset"]
+        assert offsets[-1] <= reply["offset"]
+        # "Ada left" is in the history, but it left Ada out: so does the replay.
+        assert [(p["event"], p["data"]["text"]) for p in replayed if p["event"] != "presence"] == [
+            ("message", "missed 1"),
+            ("message", "missed 2"),
+        ]
+        async with asyncio.timeout(5):
+            assert (await anext(notices)).data["text"] == "Ada joined"
+        await bob.call("message", "/chat/lobby", {"text": "live"})
+        live = await next_chat_push(back)  # Ada's return notice went to the others only
+        assert live["data"]["text"] == "live" and live["offset"] > reply["offset"]
+        await asyncio.sleep(0.2)
+        later = [p["offset"] for p in back.pending_messages()]
+        assert all(offset > live["offset"] for offset in later)
+        await back.close()
+        await bob.close()
+
+
+async def test_a_subscribe_with_a_lost_epoch_gets_the_recent_messages(join: Any) -> None:
+    ada = await join("Ada")
+    await ada.subscribe("/chat/lobby")
+    await ada.call("message", "/chat/lobby", {"text": "kept"})
+    bob = await join("Bob")
+    reply = await bob.call("subscribe", "/chat/lobby", {"since": {"offset": 3, "epoch": "old"}})
+    assert reply["recovered"] is False
+    assert [m["text"] for m in reply["history"]] == ["kept"]
+    for bad in ({"since": {"offset": -1, "epoch": "e"}}, {"since": {"offset": 1}}, 5):
+        with pytest.raises(WsClientError) as refused:
+            await bob.call("subscribe", "/chat/lobby", bad)
+        assert refused.value.code == 400

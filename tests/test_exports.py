@@ -27,7 +27,7 @@ MODULES = [
     "wsevents.rooms",
     "wsevents.routing",
     "wsevents.server",
-    "wsevents.sessions",
+    "wsevents.deadlines",
     "wsevents.testing",
     "wsevents.testing.client",
     "wsevents.testing.cluster",

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .ratelimit import RateLimit
     from .rooms import DeliveryReport, RoomManager
     from .routing import Guard, Route
+    from .sessions import Sessions
     from .transports import (
         BaseTransport,
         BroadcastTransport,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
         MemoryTransport,
         PresenceCount,
         PresenceStore,
+        SessionStore,
         StreamPosition,
     )
 
@@ -101,6 +103,8 @@ __all__ = [
     "RouteGroup",
     "RouteParams",
     "RoutingError",
+    "SessionStore",
+    "Sessions",
     "StreamJoin",
     "StreamPosition",
     "TransportError",
@@ -158,6 +162,8 @@ _EXPORTS: dict[str, str] = {
     "RouteGroup": ".app",
     "RouteParams": ".composables",
     "RoutingError": ".exceptions",
+    "SessionStore": ".transports",
+    "Sessions": ".sessions",
     "StreamJoin": ".history",
     "StreamPosition": ".transports",
     "TransportError": ".exceptions",

@@ -30,6 +30,7 @@ from .cluster import BROADCAST_CHANNEL, INSTANCE_CHANNEL_PREFIX
 from .composables import WsServer
 from .connection import DEFAULT_MAX_SEND_BUFFER, Connection
 from .contracts import PushChecker, PushSpec, compile_data_type
+from .deadlines import DeadlineClock
 from .dispatch import FALLBACK_PATTERN, Dispatcher, Endpoint, Handler, Interceptor
 from .exceptions import WsError
 from .history import History
@@ -38,7 +39,7 @@ from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec
 from .ratelimit import Limiter, RateLimit
 from .rooms import RoomManager
 from .routing import Guard, Route, Router, join_pattern
-from .sessions import SessionClock
+from .sessions import Sessions
 from .transports.base import BroadcastTransport
 
 if TYPE_CHECKING:
@@ -278,7 +279,7 @@ class WsApp(_MessageDecorators, WsServer):
             raise ValueError("auth_timeout must be > 0")
         self.auth_required = auth_required
         self.auth_timeout = float(auth_timeout)
-        self._sessions = SessionClock(self._connections)
+        self._deadlines = DeadlineClock(self._connections)
         # Join admission: room patterns -> (admit or None, admit is async, max_members).
         self._room_policies: Router[tuple[Callable[..., Any] | None, bool, int | None]] | None = (
             None
@@ -286,6 +287,9 @@ class WsApp(_MessageDecorators, WsServer):
         self.capacity = Capacity(rooms, self._max_members)
         """Room capacity: places taken in rooms with ``max_members``, on every instance
         (see [`room_policy`][])."""
+        self.sessions = Sessions(self)
+        """Sessions (resume after a dropped connection) and idempotent calls: see
+        [`Sessions`][wsevents.Sessions]."""
         # -- operability --
         self._metrics: Metrics | None = None
         self._metrics_sync: asyncio.Task[None] | None = None
@@ -755,7 +759,7 @@ class WsApp(_MessageDecorators, WsServer):
     async def _release(self) -> None:
         """Shut down and close the transport; the adapter's cleanup calls it."""
         await self.shutdown()
-        self._sessions.close()
+        self._deadlines.close()
         sync, self._metrics_sync = self._metrics_sync, None
         if sync is not None:
             sync.cancel()
@@ -796,12 +800,28 @@ class WsApp(_MessageDecorators, WsServer):
     # -- connection lifecycle (called by the adapter) ---------------------------------------
 
     async def _open_connection(self, conn: Connection) -> bool:
-        """Run ``on_connect`` hooks and register ``conn``; False when refused.
+        """Resume the session ``conn`` names (sessions enabled), run ``on_connect`` hooks,
+        register ``conn`` and re-join a resumed session's rooms; False when refused (a
+        claimed session is then kept again).
 
         The caller runs it in the connection's context (the adapter sets the app and
         connection context variables around the whole connection).
         """
-        conn._on_expiry = self._sessions.expiry
+        conn._on_expiry = self._deadlines.expiry
+        claimed = await self.sessions.claim(conn) if self.sessions.enabled else None
+        opened = False
+        try:
+            opened = await self._admit_connection(conn)
+        finally:
+            if claimed is not None and not opened:
+                # Refused (or the peer left): the session stays resumable.
+                _ = self._spawn(self.sessions.give_back(conn, claimed))
+        if opened and claimed is not None:
+            await self.sessions.restore_rooms(conn, claimed.rooms)
+        return opened
+
+    async def _admit_connection(self, conn: Connection) -> bool:
+        """Run ``on_connect`` hooks and register ``conn``; False when refused."""
         for hook in self._on_connect:
             try:
                 result = hook.fn()
@@ -842,7 +862,7 @@ class WsApp(_MessageDecorators, WsServer):
             return False
         self._connections[conn.id] = conn
         if self.auth_required and not conn.authenticated:
-            self._sessions.auth_deadline(conn, self.auth_timeout)
+            self._deadlines.auth_deadline(conn, self.auth_timeout)
         cluster = self.rooms.cluster
         if cluster.directory is not None:
             try:
@@ -852,8 +872,10 @@ class WsApp(_MessageDecorators, WsServer):
                 raise
         return True
 
-    async def _close_connection(self, conn: Connection) -> None:
-        """Run ``on_disconnect`` hooks, then leave every room and forget the connection."""
+    async def _close_connection(self, conn: Connection, *, resumable: bool = False) -> None:
+        """Run ``on_disconnect`` hooks, then leave every room and forget the connection;
+        keep its session when ``resumable`` (it ended without a clean close)."""
+        snapshot = None
         try:
             for hook in self._on_disconnect:
                 await await_hook(hook.fn, logger=log, message="on_disconnect failed")
@@ -861,9 +883,12 @@ class WsApp(_MessageDecorators, WsServer):
             self._connections.pop(conn.id, None)
             self._uncount_user(conn)
             try:
+                snapshot = self.sessions.snapshot(conn)
                 await self.rooms.leave_all(conn)
             finally:
                 await self.rooms.cluster.unregister(conn.id)
+                # Last: a resume waits for this, so the id is free everywhere by then.
+                await self.sessions.ended(conn, snapshot, resumable)
 
     def _count_user(self, conn: Connection) -> bool:
         """Count ``conn`` for its user; False (and ``conn`` closed) over the maximum."""

@@ -12,7 +12,8 @@ Channels (byte for byte, old and new instances interoperate):
 * ``ws:broadcast``: a server-wide broadcast;
 * ``ws:instance:<instance id>``: one instance's inbox, for ``send_to`` across instances;
 * ``ws:control``: instructions to every instance, e.g. close the connections of a user
-  (``{"op": "disconnect_user", "user", "code", "reason", "origin"}``).
+  (``{"op": "disconnect_user", "user", "code", "reason", "origin"}``), or drop a connection
+  whose session is resumed elsewhere (``{"op": "take_over", "connection", "origin"}``).
 """
 
 from __future__ import annotations
@@ -534,11 +535,24 @@ class Cluster:
             conn.close(code, reason)
         return len(doomed)
 
+    async def take_over(self, connection_id: str) -> None:
+        """Drop (without a closing handshake) the connection ``connection_id`` on whichever
+        other instance holds it: its session is resumed here (a failed publish is logged)."""
+        await self.publish_fields(CONTROL_CHANNEL, {"op": "take_over", "connection": connection_id})
+
     def _on_control_payload(self, payload: str) -> None:
         fields = _load(payload, self.instance_id)
         if fields is None:
             return
-        if fields.get("op") != "disconnect_user":
+        op = fields.get("op")
+        if op == "take_over":
+            cid = fields.get("connection")
+            conn = self._local.get(cid) if isinstance(cid, str) else None
+            if conn is not None and not conn.closed:
+                app_log.info("dropping %s: its session is resumed elsewhere", cid)
+                conn.abort()
+            return
+        if op != "disconnect_user":
             log.debug("dropped a control envelope with an unknown op")
             return
         user, code, reason = fields.get("user"), fields.get("code"), fields.get("reason")

@@ -75,6 +75,11 @@ class Connection:
             (or a login handler) sets it, e.g. ``use_ws_connection().user = "alice"``.
         expires_at: when the session ends (``time.monotonic()`` seconds), set by
             [`authenticate`][] with ``expires_in``; None: never.
+        session: the connection's session token (see [sessions](../recovery.md#sessions)):
+            set once the client asked for it, or when the connection resumed a session;
+            None otherwise.
+        resumed: True when the connection resumed a previous one (its id, user, state
+            and rooms are that connection's).
     """
 
     __slots__ = (
@@ -95,6 +100,8 @@ class Connection:
         "expires_at",
         "id",
         "request",
+        "resumed",
+        "session",
         "state",
         "subprotocol",
         "user",
@@ -116,12 +123,14 @@ class Connection:
         self.subprotocol = subprotocol
         self.state: dict[str, Any] = {}
         self.user: str = self.id
+        self.session: str | None = None
+        self.resumed = False
         # Rate-limit rejections, newest last (None: never rejected); see wsevents.dispatch.
         self._limit_strikes: deque[float] | None = None
         # -- authentication (see authenticate()) --
         self._authenticated = False
         self.expires_at: float | None = None
-        # Set by the app: schedules the close at a session's expiry (wsevents.sessions).
+        # Set by the app: schedules the close at a session's expiry (wsevents.deadlines).
         self._on_expiry: Callable[[Connection, float], None] | None = None
         self._socket = socket
         self._encode = codec.encode

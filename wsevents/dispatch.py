@@ -49,6 +49,7 @@ from .protocol import INTERNAL_ERROR, NOT_FOUND, ClientMessage, Codec, encode_er
 from .protocol import parse_client_message as _parse
 from .ratelimit import FLOOD_CLOSE_CODE, FLOOD_REASON, TOO_MANY_REQUESTS, Limiter
 from .routing import Guard, Route, Router, param_names
+from .sessions import INVALID_IDEM, is_idem
 
 if TYPE_CHECKING:
     from .app import WsApp
@@ -321,7 +322,7 @@ def _preparer(
             msg = scope.message
             # A new message: what an interceptor holds keeps the data as it was sent.
             scope.message = ClientMessage(
-                msg.event, msg.path, validate(msg.data), msg.id, msg.has_id, msg.raw
+                msg.event, msg.path, validate(msg.data), msg.id, msg.has_id, msg.raw, msg.idem
             )
 
     return prepare
@@ -476,6 +477,13 @@ class Dispatcher:
             if self._metrics is not None:
                 self._metrics.invalid_frames += 1
             return False
+        idem = msg.idem
+        if idem is not None and not is_idem(idem):
+            if msg.has_id:
+                conn.reply_error(msg.id, 400, INVALID_IDEM)
+            else:
+                log.debug("dropped a frame from %s: invalid idem", conn.id)
+            return False
         found = self._match(msg.event, msg.path)
         if found is None:
             handler = self._fallback
@@ -490,8 +498,10 @@ class Dispatcher:
             handler = found.handler
             params = found.params
         scope = MessageScope(msg, params, conn, self._app, handler.route)
-        if self._chain:
-            coro: Any = self._run_intercepted(handler, scope)
+        if idem is not None and msg.has_id:
+            coro: Any = self._run_idempotent(handler, scope, idem)
+        elif self._chain:
+            coro = self._run_intercepted(handler, scope)
         elif handler.is_async:
             coro = self._run_async(handler.fn, scope, handler.stats)
         else:
@@ -601,6 +611,73 @@ class Dispatcher:
             stats.error(404)
         else:
             stats.no_reply += 1
+
+    async def _run_idempotent(self, handler: Endpoint, scope: MessageScope, idem: str) -> None:
+        """Run a call with ``idem`` once per connection: a repeat gets the kept reply."""
+        message_var.set(scope)
+        msg = scope.message
+        conn = scope.connection
+        sessions = self._app.sessions
+        try:
+            try:
+                kept = await sessions.begin_call(conn, idem)
+            except WsError as exc:
+                conn.reply_error(msg.id, exc.code, exc.message)
+                return
+            if kept is not None:
+                self._send_body(conn, msg, kept)
+                return
+            body: dict[str, Any] | None = None
+            try:
+                try:
+                    if self._chain:
+                        result = await _call_chain(self._chain, 0, handler, scope)
+                    else:
+                        result = handler.fn()
+                        if handler.is_async:
+                            result = await result
+                except Exception as exc:
+                    body = self._error_body(scope, exc)
+                else:
+                    body = self._data_body(scope.message, result)
+            finally:
+                await sessions.end_call(conn, idem, body)
+            assert body is not None
+            self._send_body(conn, msg, body)
+        finally:
+            conn.end_task()
+
+    def _data_body(self, msg: ClientMessage, result: Any) -> dict[str, Any]:
+        """``{"data": result}``; a 500 error body when ``result`` cannot be encoded."""
+        body = {"data": result}
+        try:
+            self._encode(body)
+        except Exception:
+            log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
+            return {"error": {"code": 500, "message": INTERNAL_ERROR}}
+        return body
+
+    @staticmethod
+    def _error_body(scope: MessageScope, exc: Exception) -> dict[str, Any]:
+        """The error mapping of [`_fail`][], as a reply body."""
+        if not isinstance(exc, WsError):
+            msg = scope.message
+            log.error("handler failed: %s %s", msg.event, msg.path, exc_info=exc)
+            return {"error": {"code": 500, "message": INTERNAL_ERROR}}
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.details is not None:
+            error["details"] = exc.details
+        if exc.retry_after is not None:
+            error["retry_after"] = exc.retry_after
+        return {"error": error}
+
+    def _send_body(self, conn: Connection, msg: ClientMessage, body: Mapping[str, Any]) -> None:
+        try:
+            frame = self._encode({"id": msg.id, **body})
+        except Exception:
+            log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
+            frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
+        conn.send_frame(frame)
 
     @staticmethod
     def _fail(scope: MessageScope, exc: Exception, stats: RouteStats | None = None) -> None:

@@ -129,6 +129,9 @@ class History:
         self._patterns: Router[HistoryOptions] = Router(cache_size=1024)
         self._store: HistoryStore | None = None
         self._streams: dict[str, _Stream] = {}
+        # (room, connection id): the offset after which every push reached the member live.
+        self._joined_at: dict[tuple[str, str], int] = {}
+        self._holds: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._tasks = TaskSet()
 
     # -- configuration ------------------------------------------------------------------
@@ -193,6 +196,8 @@ class History:
             push["params"] = dict(params)
         if data is not None:
             push["data"] = data
+        if exclude_id is not None:
+            push["exclude"] = exclude_id  # a replay leaves it out too
         payload = bytes(_dumps(push)).decode()
         try:
             pos = await self.store.append(room, payload, options.size, options.ttl)
@@ -350,20 +355,21 @@ class History:
             return
         for entry in entries:
             if entry.offset >= nxt and entry.offset not in stream.pending:
-                frame = self._replay_frame(entry.payload, entry.offset)
+                frame, exclude_id = self._replay_frame(entry.payload, entry.offset)
                 if frame is not None:
-                    stream.pending[entry.offset] = (frame, None)
+                    stream.pending[entry.offset] = (frame, exclude_id)
         if nxt not in stream.pending:
             skipped_to = min(stream.pending)
             log.warning("history of %s: offsets %d to %d lost", room, nxt, skipped_to - 1)
             stream.next = skipped_to
         self._drain(room, stream)
 
-    def _replay_frame(self, payload: str, offset: int) -> bytes | None:
-        """The frame of a kept push, as it was sent the first time."""
+    def _replay_frame(self, payload: str, offset: int) -> tuple[bytes | None, str | None]:
+        """The frame of a kept push, as it was sent the first time, and the connection it
+        left out (None: nobody)."""
         try:
             push = _loads(payload)
-            return encode_stream_push(
+            frame = encode_stream_push(
                 push["event"],
                 push["path"],
                 push.get("data"),
@@ -373,7 +379,9 @@ class History:
             )
         except Exception:
             log.warning("dropped a kept history entry that cannot be decoded")
-            return None
+            return None, None
+        exclude_id = push.get("exclude")
+        return frame, exclude_id if isinstance(exclude_id, str) else None
 
     # -- joining ------------------------------------------------------------------------
 
@@ -384,9 +392,15 @@ class History:
         *,
         since: StreamPosition | Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        admitted: bool = False,
     ) -> StreamJoin:
         """Add ``conn`` to history room ``room``; with ``since``, first replay to it every
         kept push after ``since`` (see the module docs).
+
+        A member joining again with ``since`` (e.g. after resuming its session, which
+        re-joined its rooms) gets the pushes after ``since`` that it has not had: those
+        before it (re-)joined; the ones delivered to it since are not sent twice.
+        ``admitted=True`` skips the join policies.
 
         Raises:
             ValueError: ``room`` is not a history room, or ``since`` is malformed.
@@ -398,6 +412,8 @@ class History:
             raise ValueError(f"{room} is not a history room")
         start = _position(since) if since is not None else None
         cid = conn.id
+        if start is not None and conn.in_room(room) and not conn.closed:
+            return await self._catch_up(conn, room, start, options)
         if start is not None:
             # Before the member is registered: from now on its live pushes are held back.
             self._stream(room).recovering[cid] = []
@@ -405,7 +421,7 @@ class History:
         last = -1
         recovered: bool | None = None
         try:
-            await self.rooms.join(conn, room, data=data)
+            await self.rooms.join(conn, room, data=data, admitted=admitted)
             stream = self._stream(room)
             await stream.ready.wait()
             if stream.error is not None:
@@ -413,6 +429,7 @@ class History:
             nxt = stream.next
             assert nxt is not None
             if start is None:
+                self._joined_at[(room, cid)] = nxt - 1
                 return StreamJoin(room, nxt - 1, stream.epoch)
             try:
                 _, entries = await self.store.since(room, start.offset, start.epoch, options.ttl)
@@ -422,12 +439,58 @@ class History:
             if entries is not None:
                 last = start.offset
                 for entry in entries:
-                    frame = self._replay_frame(entry.payload, entry.offset)
-                    if frame is not None:
+                    frame, exclude_id = self._replay_frame(entry.payload, entry.offset)
+                    if frame is not None and exclude_id != cid:
                         conn.send_frame(frame)
                     last = entry.offset
         finally:
             last = self._stop_holding(room, cid, stream, last)
+        if conn.in_room(room):
+            self._joined_at[(room, cid)] = last
+        return StreamJoin(room, last, stream.epoch, recovered)
+
+    async def _catch_up(
+        self, conn: Connection, room: str, start: StreamPosition, options: HistoryOptions
+    ) -> StreamJoin:
+        """``join(since=...)`` of a member: replay what it missed before it (re-)joined."""
+        cid = conn.id
+        stream = self._stream(room)
+        await stream.ready.wait()
+        if stream.error is not None:
+            raise TransportError(f"history of {room} unavailable") from stream.error
+        timer = self._holds.pop((room, cid), None)
+        held = timer is not None and cid in stream.recovering
+        if timer is not None:
+            timer.cancel()
+        if not held:
+            stream.recovering[cid] = []  # live pushes wait until the replay is sent
+        last = -1
+        recovered = False
+        try:
+            nxt = stream.next
+            assert nxt is not None
+            # Every push after joined_at has reached the member live (up to nxt - 1), or
+            # waits in its held list when its session was just resumed (see hold()).
+            joined_at = self._joined_at.get((room, cid), nxt - 1)
+            try:
+                _, entries = await self.store.since(room, start.offset, start.epoch, options.ttl)
+            except Exception as exc:
+                raise TransportError(f"history read of {room} failed") from exc
+            last = joined_at if held else nxt - 1
+            if entries is not None:
+                recovered = True
+                for entry in entries:
+                    if entry.offset > joined_at:
+                        break
+                    frame, exclude_id = self._replay_frame(entry.payload, entry.offset)
+                    if frame is not None and exclude_id != cid:
+                        conn.send_frame(frame)
+                last = max(last, start.offset)
+            elif held:
+                last = -1  # not recovered: every held push follows
+        finally:
+            last = self._stop_holding(room, cid, stream, last)
+        self._joined_at[(room, cid)] = last
         return StreamJoin(room, last, stream.epoch, recovered)
 
     def _stop_holding(self, room: str, cid: str, stream: _Stream | None, last: int) -> int:
@@ -453,8 +516,36 @@ class History:
             stream.floors[cid] = last  # it has had pushes this instance has not delivered yet
         return last
 
-    def _left(self, conn: Connection, room: str) -> None:
+    def hold(self, conn: Connection, room: str, seconds: float) -> None:
+        """Hold back the live pushes of ``room`` for member ``conn`` until it joins again
+        with ``since`` (which then replays what it missed first, and sends the held pushes
+        after, in offset order), or for at most ``seconds``. A resumed session holds its
+        history rooms so, for its client to resubscribe."""
         stream = self._streams.get(room)
+        if stream is None or not conn.in_room(room) or conn.id in stream.recovering:
+            return
+        cid = conn.id
+        stream.recovering[cid] = []
+        loop = asyncio.get_running_loop()
+        self._holds[(room, cid)] = loop.call_later(seconds, self._release, room, cid)
+
+    def _release(self, room: str, cid: str) -> None:
+        """The hold of ``cid`` ran out: send what was held back (no resubscribe came)."""
+        self._holds.pop((room, cid), None)
+        stream = self._streams.get(room)
+        if stream is not None and cid in stream.recovering:
+            last = self._stop_holding(room, cid, stream, -1)
+            if (room, cid) in self._joined_at:
+                self._joined_at[(room, cid)] = last
+
+    def _left(self, conn: Connection, room: str) -> None:
+        self._joined_at.pop((room, conn.id), None)
+        timer = self._holds.pop((room, conn.id), None)
+        stream = self._streams.get(room)
+        if timer is not None:
+            timer.cancel()
+            if stream is not None:
+                stream.recovering.pop(conn.id, None)
         if stream is None:
             return
         stream.floors.pop(conn.id, None)
@@ -465,6 +556,9 @@ class History:
 
     async def close(self) -> None:
         """Stop the gap timers and wait for the reads in progress."""
+        for timer in self._holds.values():
+            timer.cancel()
+        self._holds.clear()
         for stream in self._streams.values():
             if stream.gap_timer is not None:
                 stream.gap_timer.cancel()

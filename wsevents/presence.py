@@ -258,6 +258,12 @@ class Presence:
             self._queue(room, entry.user, True, _decode_data(text))
         return True
 
+    def data_of(self, conn: Connection, room: str) -> Mapping[str, Any] | None:
+        """The member data ``conn`` joined presence room ``room`` with (None: none, or not
+        a member here)."""
+        entry = self._local.get((room, conn.id))
+        return _decode_data(entry.data) if entry is not None else None
+
     # -- the RoomManager's hooks ----------------------------------------------------------
 
     async def joined(self, conn: Connection, room: str, data: Mapping[str, Any] | None) -> None:

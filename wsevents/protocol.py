@@ -206,8 +206,9 @@ class ClientMessage:
 
     ``has_id`` is true when the frame carried an ``id`` key, whatever its value (also
     ``null``, ``false``, ``0`` or ``""``): such a message gets exactly one reply, which echoes
-    ``id`` verbatim. Treat it as read-only (it is not frozen only because frozen dataclasses
-    are slow to create, and one is created per message).
+    ``id`` verbatim. ``idem`` is the frame's top-level ``"idem"`` (None when absent or
+    ``null``): the key of an idempotent call. Treat it as read-only (it is not frozen only
+    because frozen dataclasses are slow to create, and one is created per message).
     """
 
     event: str
@@ -216,6 +217,7 @@ class ClientMessage:
     id: Any = None
     has_id: bool = False
     raw: str | bytes = b""
+    idem: Any = None
 
 
 def parse_client_message(
@@ -245,7 +247,9 @@ def parse_client_message(
     path = obj.get("path")
     if type(event) is not str or type(path) is not str:
         raise ProtocolError("message needs string 'event' and 'path'")
-    return ClientMessage(event, path, obj.get("data"), obj.get("id"), "id" in obj, raw)
+    return ClientMessage(
+        event, path, obj.get("data"), obj.get("id"), "id" in obj, raw, obj.get("idem")
+    )
 
 
 def _utf8_size(raw: str | bytes) -> int:

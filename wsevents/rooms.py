@@ -194,14 +194,20 @@ class RoomManager:
     # -- membership -------------------------------------------------------------------
 
     async def join(
-        self, conn: Connection, room: str, *, data: Mapping[str, Any] | None = None
+        self,
+        conn: Connection,
+        room: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        admitted: bool = False,
     ) -> None:
         """Add ``conn`` to ``room``; with a transport, return once the instance is subscribed.
 
         A closed connection joins nothing: its rooms are being (or have been) left, and a
         handler still running after the disconnect must not bring it back. In a presence
         room, ``data`` is the member data (see [`Presence`][wsevents.Presence]); elsewhere
-        it is ignored.
+        it is ignored. ``admitted=True`` skips the join policies (a resumed session
+        re-joins the rooms it was admitted to).
 
         In a room with a maximum of members, the connection takes a place after the join
         policies admitted it (see [`Capacity`][wsevents.Capacity]).
@@ -213,7 +219,7 @@ class RoomManager:
             return
         members = self._members.get(room)
         new = members is None or conn.id not in members
-        if new and self._join_policies:
+        if new and self._join_policies and not admitted:
             for policy in self._join_policies:
                 result = policy(conn, room)
                 if inspect.isawaitable(result):

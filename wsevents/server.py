@@ -85,6 +85,7 @@ class _AiohttpSocket:
         "_transport",
         "_writer_task",
         "_ws",
+        "peer_closed",
         "sent_code",
     )
 
@@ -99,6 +100,7 @@ class _AiohttpSocket:
         self._queued = 0
         self._writer_task: asyncio.Task[None] | None = None
         self.sent_code: int | None = None  # the close code of a close the server started
+        self.peer_closed = False  # the client sent a close frame
 
     @property
     def closed(self) -> bool:
@@ -426,7 +428,7 @@ def make_handler(ws_app: WsApp) -> Any:
                 # aiohttp cancels this handler when the peer leaves if handler_cancellation
                 # is on (its test server always is): the cleanup and the on_disconnect hooks
                 # run in a task of their own, to completion (shutdown waits for it too).
-                cleanup = ws_app._spawn(ws_app._close_connection(conn))
+                cleanup = ws_app._spawn(ws_app._close_connection(conn, resumable=_resumable(sock)))
                 try:
                     await asyncio.shield(cleanup)
                 finally:
@@ -463,7 +465,21 @@ async def _read_loop(
         elif kind is pong:
             continue
         else:  # CLOSE, CLOSING, CLOSED, ERROR
+            if kind is WSMsgType.CLOSE:
+                sock.peer_closed = True
             return
+
+
+_RESUMABLE_CODES = frozenset((WSCloseCode.ABNORMAL_CLOSURE, WSCloseCode.GOING_AWAY))
+"""Server-side ends that keep a session resumable: a dropped peer (heartbeat timeout, a
+resume taking over) and the shutdown (1001), so that a deploy does not end sessions."""
+
+
+def _resumable(sock: _AiohttpSocket) -> bool:
+    """Whether the connection ended without a clean close (see ``wsevents.sessions``)."""
+    if sock.sent_code is not None:
+        return sock.sent_code in _RESUMABLE_CODES
+    return not sock.peer_closed
 
 
 async def _heartbeat(ws_app: WsApp) -> None:

@@ -1,4 +1,5 @@
-"""A chat server: rooms, a name per connection, join/leave notices, recent history.
+"""A chat server: rooms, a name per connection, join/leave notices, recent history that
+survives a reconnect.
 
 Run it with ``python -m examples.chat.server --port 8080`` and open http://127.0.0.1:8080/
 in two browser tabs. One aiohttp application serves the page, the browser client module
@@ -8,13 +9,21 @@ Protocol (paths are ``/chat/<room>``, room names are 1-32 of ``A-Z a-z 0-9 _ -``
 
 - connect to ``/ws?name=<name>``: the name is cleaned (printable, 1-24 characters) or
   becomes ``guest-xxxx``;
-- ``subscribe`` joins and replies ``{room, name, members, history}`` (the last messages
-  of the room); the other members get a ``system`` push ``{kind: "join", name, text,
-  members}``. Subscribing again (as a client does after a reconnect) only replies: the
-  members as they are now;
+- ``subscribe`` joins and replies ``{room, name, members, history, offset, epoch}`` (the
+  last messages of the room, and the room's stream position); the other members get a
+  ``system`` push ``{kind: "join", name, text, members}``. Subscribing again (as a client
+  does after a reconnect) only replies: the members as they are now;
 - ``message`` with ``{"text"}`` (1-500 characters) pushes ``message`` ``{name, text, ts}``
-  to every member, the sender included, and keeps it in the room's history;
+  to every member, the sender included;
 - ``unsubscribe`` (or closing the tab) leaves; the others get ``{kind: "leave", ...}``.
+
+Every room is a history room: each push carries an ``offset`` and the last pushes are
+kept. Sessions are on (``rpc /session``, then reconnect with ``/ws?session=<token>``): a
+client whose connection dropped comes back as the same member, in its rooms, and a
+``subscribe`` with ``data.since = {"offset", "epoch"}`` (the last push it had) replays what
+it missed, each push once, in order, before the reply (``recovered: true``, and an empty
+``history``: the replay is the history). When the gap cannot be filled, ``recovered`` is
+false and ``history`` holds the recent messages again.
 
 Every notice carries the room's member list after the change, so a page shows the
 server's list rather than adding and removing names itself. The list comes from presence,
@@ -26,7 +35,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,42 +83,37 @@ class Notice(msgspec.Struct):
     members: list[str]
 
 
-class Joined(msgspec.Struct):
-    """The reply to ``subscribe``."""
+class Joined(msgspec.Struct, omit_defaults=True):
+    """The reply to ``subscribe``: ``recovered`` only for a ``subscribe`` with ``since``."""
 
     room: str
     name: str
     members: list[str]
     history: list[Entry]
+    offset: int
+    epoch: str
+    recovered: bool | None = None
 
 
 class Sent(msgspec.Struct):
     sent: bool
 
 
-class History:
-    """The last ``size`` messages of each room, for at most ``max_rooms`` rooms.
+class Since(msgspec.Struct):
+    """Where a client's copy of a room's stream ends: its last push's offset, and the epoch."""
 
-    Memory stays bounded: the room written to least recently is forgotten first.
-    """
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    epoch: Annotated[str, msgspec.Meta(max_length=64)]
 
-    def __init__(self, size: int = 50, max_rooms: int = 1000) -> None:
-        self.size = size
-        self.max_rooms = max_rooms
-        self._rooms: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
 
-    def add(self, room: str, entry: dict[str, Any]) -> None:
-        messages = self._rooms.get(room)
-        if messages is None:
-            messages = self._rooms[room] = deque(maxlen=self.size)
-            while len(self._rooms) > self.max_rooms:
-                self._rooms.popitem(last=False)
-        else:
-            self._rooms.move_to_end(room)
-        messages.append(entry)
+class Subscribe(msgspec.Struct):
+    """``subscribe`` data (optional): ``since`` to recover the pushes missed after it."""
 
-    def recent(self, room: str) -> list[dict[str, Any]]:
-        return list(self._rooms.get(room, ()))
+    since: Since | None = None
+
+
+SubscribeData = Subscribe | None
+"""``subscribe`` may come without data (as the browser client's subscribe sends it)."""
 
 
 def clean_name(raw: str | None, fallback: str) -> str:
@@ -122,14 +125,21 @@ def clean_name(raw: str | None, fallback: str) -> str:
 def create_app(
     *,
     history_size: int = 50,
-    max_rooms: int = 1000,
+    history_ttl: float = 3600.0,
+    session_ttl: float = 60.0,
     transport: BroadcastTransport | None = None,
 ) -> web.Application:
-    """The chat as an aiohttp application: ``/`` (page), ``/wsevents-client.js``, ``/ws``."""
+    """The chat as an aiohttp application: ``/`` (page), ``/wsevents-client.js``, ``/ws``.
+
+    Each room keeps its last ``history_size`` pushes (messages and notices) for
+    ``history_ttl`` seconds; a dropped connection can resume for ``session_ttl`` seconds.
+    """
     ws = create_ws_app(transport=transport)
     # Every room is a presence room: the member lists count every instance.
     ws.presence.track(ROOM, mode="list")
-    history = History(history_size, max_rooms)
+    # ... and a history room: pushes carry offsets, and a reconnecting client catches up.
+    ws.history.track(ROOM, size=history_size, ttl=history_ttl)
+    ws.sessions.enable(ttl=session_ttl)
     # Declared for the AsyncAPI export (python -m wsevents asyncapi examples.chat.server:app).
     ws.declare_push("message", ROOM, data=Entry, summary="A member's message")
     ws.declare_push("system", ROOM, data=Notice, summary="A member joined or left")
@@ -149,6 +159,18 @@ def create_app(
             offset += len(page.members)
             if not page.members or offset >= page.total:
                 return sorted(names)
+
+    async def recent(room: str, upto: int, epoch: str) -> list[dict[str, Any]]:
+        """The messages among the room's kept pushes up to offset ``upto`` (those after it
+        reach the member live), oldest first."""
+        start = max(0, upto - history_size)
+        _, entries = await ws.history.store.since(room, start, epoch, history_ttl)
+        messages = []
+        for entry in entries or ():
+            push = msgspec.json.decode(entry.payload)
+            if entry.offset <= upto and push.get("event") == "message":
+                messages.append(push["data"])
+        return messages
 
     async def notice(kind: str, name: str, room: str) -> dict[str, Any]:
         verb = "joined" if kind == "join" else "left"
@@ -175,20 +197,36 @@ def create_app(
             leave = await notice("leave", my_name(), room)
             await rooms.broadcast(room, "system", leave, exclude_id=conn.id)
 
-    @ws.on_message("subscribe", ROOM, reply=Joined)
+    @ws.on_message("subscribe", ROOM, data=SubscribeData, reply=Joined)
     async def join() -> dict[str, Any]:
-        """Join the room: its members and recent messages."""
+        """Join the room: its members and recent messages (or, with ``since``, the pushes
+        missed since then, replayed before the reply)."""
         room = use_ws_message().path
+        data = use_ws_data(SubscribeData)
+        since = data.since if data is not None else None
         rooms = use_ws_rooms()
-        if room not in rooms.rooms():
-            await rooms.join(data={"name": my_name()})
+        new = room not in rooms.rooms()
+        joined = await rooms.join_stream(
+            since={"offset": since.offset, "epoch": since.epoch} if since else None,
+            data={"name": my_name()},
+        )
+        # With since recovered, the replay was the history; otherwise (no since, or a gap
+        # that could not be filled) the recent messages, up to where live pushes start.
+        history = [] if joined.recovered else await recent(room, joined.offset, joined.epoch)
+        # A resumed member's first subscribe with since is its return: announce it too.
+        if new or (since is not None and use_ws_connection().resumed):
             await rooms.broadcast("system", await notice("join", my_name(), room))
-        return {
+        reply = {
             "room": use_route_params().get("room"),
             "name": my_name(),
             "members": await members(room),
-            "history": history.recent(room),
+            "history": history,
+            "offset": joined.offset,
+            "epoch": joined.epoch,
         }
+        if joined.recovered is not None:
+            reply["recovered"] = joined.recovered
+        return reply
 
     @ws.on_message("unsubscribe", ROOM)
     async def leave() -> dict[str, bool]:
@@ -210,7 +248,6 @@ def create_app(
         if not text.strip():
             raise WsError(400, "Invalid data: text: expected some visible characters")
         entry = {"name": my_name(), "text": text.strip(), "ts": int(time.time() * 1000)}
-        history.add(msg.path, entry)
         await rooms.broadcast("message", entry, exclude_self=False)
         return {"sent": True}
 
@@ -233,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="wsevents chat example")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--history", type=int, default=50, help="messages kept per room")
+    parser.add_argument("--history", type=int, default=50, help="pushes kept per room")
     parser.add_argument("--redis-url", help="share rooms and members with other instances")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -2,9 +2,9 @@
 
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
-- ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store`` and
-  ``check_capacity_store``, the suites every transport, presence store and capacity store
-  pass;
+- ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store``,
+  ``check_capacity_store`` and ``check_session_store``, the suites every transport,
+  presence store, capacity store and session store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from .conformance import (
         CapacityStoreFactory,
         PresenceStoreFactory,
+        SessionStoreFactory,
         TransportFactory,
         check_capacity_store,
         check_presence_store,
+        check_session_store,
         check_transport,
     )
     from .contexts import (
@@ -44,6 +46,7 @@ __all__ = [
     "CapacityStoreFactory",
     "PresenceStoreFactory",
     "RecordingSocket",
+    "SessionStoreFactory",
     "TestConnectionContext",
     "TestMessageContext",
     "TransportFactory",
@@ -52,6 +55,7 @@ __all__ = [
     "assert_delivered_once",
     "check_capacity_store",
     "check_presence_store",
+    "check_session_store",
     "check_transport",
     "prepare_test_ws_connection_context",
     "prepare_test_ws_message_context",
@@ -68,6 +72,7 @@ _HOME = {
     "ClusterFactory": "cluster",
     "PresenceStoreFactory": "conformance",
     "RecordingSocket": "contexts",
+    "SessionStoreFactory": "conformance",
     "TestConnectionContext": "contexts",
     "TestMessageContext": "contexts",
     "TransportFactory": "conformance",
@@ -76,6 +81,7 @@ _HOME = {
     "assert_delivered_once": "cluster",
     "check_capacity_store": "conformance",
     "check_presence_store": "conformance",
+    "check_session_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",
     "prepare_test_ws_message_context": "contexts",

@@ -1,8 +1,10 @@
-"""The conformance suites of broadcast transports, presence stores and capacity stores.
+"""The conformance suites of broadcast transports, presence stores, capacity stores and
+session stores.
 
 [`check_transport`][wsevents.testing.conformance.check_transport],
-[`check_presence_store`][wsevents.testing.conformance.check_presence_store] and
-[`check_capacity_store`][wsevents.testing.conformance.check_capacity_store] are plain
+[`check_presence_store`][wsevents.testing.conformance.check_presence_store],
+[`check_capacity_store`][wsevents.testing.conformance.check_capacity_store] and
+[`check_session_store`][wsevents.testing.conformance.check_session_store] are plain
 asyncio: they need no pytest, and report a failure as an ``AssertionError``.
 
 Absence is proven by order, never by waiting: the contract orders the payloads of one
@@ -26,14 +28,16 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from ..transports.base import BroadcastTransport, CapacityStore, PresenceStore
+    from ..transports.base import BroadcastTransport, CapacityStore, PresenceStore, SessionStore
 
 __all__ = [
     "CapacityStoreFactory",
     "PresenceStoreFactory",
+    "SessionStoreFactory",
     "TransportFactory",
     "check_capacity_store",
     "check_presence_store",
+    "check_session_store",
     "check_transport",
 ]
 
@@ -1183,3 +1187,178 @@ async def _from_factory(
             raise fail(f"the factory did not return within {timeout} s") from None
         raise fail(f"the factory raised {exc!r}") from exc
     return made
+
+
+# -- session stores -------------------------------------------------------------------------
+
+SessionStoreFactory = Callable[[], "SessionStore | Awaitable[SessionStore]"]
+"""Makes one more session store on the shared medium, as one more instance would see it
+(see [`check_session_store`][])."""
+
+_SESSION_METHODS = ("put", "get", "take", "delete", "incr")
+
+
+class _SessionRun:
+    """One check of [`check_session_store`][]: its stores, keys and failures."""
+
+    def __init__(self, factory: SessionStoreFactory, prefix: str, check: str, timeout: float):
+        self.factory = factory
+        self.prefix = prefix
+        self.check = check
+        self.timeout = timeout
+        self.keys: set[str] = set()
+        self._store: Any = None
+
+    def fail(self, text: str) -> AssertionError:
+        return AssertionError(f"check_session_store [{self.check}]: {text}")
+
+    def key(self, name: str) -> str:
+        key = f"{self.prefix}{self.check}:{name}"
+        self.keys.add(key)
+        return key
+
+    async def store(self) -> Any:
+        store = await _from_factory(self.factory, self.timeout, self.fail)
+        for method in _SESSION_METHODS:
+            fn = getattr(store, method, None)
+            if not callable(fn):
+                raise self.fail(f"the factory returned {store!r}, which has no {method}()")
+            if not inspect.iscoroutinefunction(fn):
+                raise self.fail(f"{method}() is not async (the SessionStore protocol is async)")
+        if self._store is None:
+            self._store = store
+        return store
+
+    async def call(self, store: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        what = f"{method}({', '.join(repr(a) for a in args)})"
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                return await getattr(store, method)(*args, **kwargs)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise self.fail(f"{what} did not return within {self.timeout} s") from None
+            raise self.fail(f"{what} raised {exc!r}") from exc
+
+    def expect(self, got: Any, expected: Any, what: str) -> None:
+        if got != expected:
+            raise self.fail(f"{what}: got {got!r}, expected {expected!r}")
+
+    async def close(self) -> None:
+        if self._store is not None:
+            for key in self.keys:
+                await self.call(self._store, "delete", key)
+
+
+async def _check_values(run: _SessionRun) -> None:
+    a, b = await run.store(), await run.store()
+    key = run.key("value")
+    run.expect(await run.call(a, "get", key), None, "get of a key never set")
+    run.expect(await run.call(a, "put", key, "one", 30.0), True, "put")
+    run.expect(await run.call(b, "get", key), "one", "get through another store")
+    run.expect(await run.call(b, "put", key, "two", None), True, "put over a value")
+    run.expect(await run.call(a, "get", key), "two", "get after an overwrite")
+    text = 'é{"x": [1, "\\u0000"]}' * 50
+    run.expect(await run.call(a, "put", key, text, 30.0), True, "put of a long text")
+    run.expect(await run.call(b, "get", key), text, "the text comes back unchanged")
+    await run.call(b, "delete", key)
+    run.expect(await run.call(a, "get", key), None, "get after delete")
+    await run.call(a, "delete", key)  # deleting nothing is fine
+
+
+async def _check_only_new(run: _SessionRun) -> None:
+    a, b = await run.store(), await run.store()
+    key = run.key("nx")
+    run.expect(await run.call(a, "put", key, "first", 30.0, only_new=True), True, "first put")
+    run.expect(await run.call(b, "put", key, "second", 30.0, only_new=True), False, "second")
+    run.expect(await run.call(b, "get", key), "first", "the first value stays")
+    race = run.key("nx-race")
+    stores = [await run.store() for _ in range(5)]
+    won = await asyncio.gather(
+        *(run.call(s, "put", race, f"v{i}", 30.0, only_new=True) for i, s in enumerate(stores))
+    )
+    run.expect(won.count(True), 1, f"concurrent puts with only_new that won ({won})")
+    winner = f"v{won.index(True)}"
+    run.expect(await run.call(a, "get", race), winner, "the winner's value")
+
+
+async def _check_take(run: _SessionRun) -> None:
+    a = await run.store()
+    key = run.key("take")
+    run.expect(await run.call(a, "take", key), None, "take of nothing")
+    await run.call(a, "put", key, "token", 30.0)
+    stores = [await run.store() for _ in range(5)]
+    got = await asyncio.gather(*(run.call(s, "take", key) for s in stores))
+    run.expect(sorted(got, key=str), [None, None, None, None, "token"], "concurrent takes")
+    run.expect(await run.call(a, "get", key), None, "get after take")
+
+
+async def _check_expiry(run: _SessionRun) -> None:
+    a, b = await run.store(), await run.store()
+    key, nx = run.key("ttl"), run.key("ttl-nx")
+    await run.call(a, "put", key, "short", 0.05)
+    await run.call(a, "put", nx, "short", 0.05, only_new=True)
+    await asyncio.sleep(0.3)
+    run.expect(await run.call(b, "get", key), None, "get after the ttl")
+    run.expect(await run.call(b, "take", key), None, "take after the ttl")
+    run.expect(
+        await run.call(b, "put", nx, "again", 30.0, only_new=True), True, "only_new after the ttl"
+    )
+
+
+async def _check_incr(run: _SessionRun) -> None:
+    a, b = await run.store(), await run.store()
+    key = run.key("counter")
+    run.expect(await run.call(a, "incr", key), 1, "incr of nothing")
+    run.expect(await run.call(b, "incr", key), 2, "incr through another store")
+    stores = [await run.store() for _ in range(5)]
+    got = await asyncio.gather(*(run.call(s, "incr", key) for s in stores for _ in range(4)))
+    run.expect(sorted(got), list(range(3, 23)), "concurrent incrs (each value once)")
+    run.expect(await run.call(a, "get", key), "22", "get of a counter")
+
+
+_SESSION_CHECKS: tuple[tuple[str, Callable[[_SessionRun], Awaitable[None]]], ...] = (
+    ("values", _check_values),
+    ("only-new", _check_only_new),
+    ("take", _check_take),
+    ("expiry", _check_expiry),
+    ("incr", _check_incr),
+)
+
+
+async def check_session_store(
+    factory: SessionStoreFactory,
+    *,
+    key_prefix: str = "wsevents-test:",
+    timeout: float = 5.0,
+) -> None:
+    """The conformance suite every [`SessionStore`][wsevents.SessionStore] must pass.
+
+    ``factory`` is called one or more times per check (sync or async); every store it
+    returns must share one medium, as the instances of a cluster do. Every method must be
+    ``async``.
+
+    On fresh keys under ``key_prefix`` plus a random run id, it checks: that a value put
+    through one store is read through another, unchanged (long and non-ASCII text too),
+    replaced by a later put, and gone after ``delete``; that of concurrent puts with
+    ``only_new`` exactly one wins and its value stays; that of concurrent ``take`` calls
+    exactly one gets the value, which is then gone; that values expire after their ttl
+    (0.05 s), also for ``only_new``; and that ``incr`` counts from 1 and gives each value
+    once under concurrency. Every key a check used is deleted at its end.
+
+    Raises:
+        AssertionError: the first check that fails, naming the check and what went wrong.
+
+    Example:
+        ``bus = MemoryBus(); await check_session_store(lambda: bus.sessions)``
+    """
+    prefix = f"{key_prefix}{uuid.uuid4().hex[:12]}:"
+    for name, check in _SESSION_CHECKS:
+        run = _SessionRun(factory, prefix, name, timeout)
+        try:
+            await check(run)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await run.close()
+            raise
+        await run.close()

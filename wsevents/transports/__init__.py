@@ -23,6 +23,7 @@ from .base import (
     PresenceMember,
     PresencePage,
     PresenceStore,
+    SessionStore,
     StateListener,
     StreamPosition,
     TransportStateEvents,
@@ -32,6 +33,7 @@ from .memory import (
     MemoryCapacityStore,
     MemoryHistoryStore,
     MemoryPresenceStore,
+    MemorySessionStore,
     MemoryTransport,
 )
 
@@ -51,6 +53,7 @@ __all__ = [
     "MemoryCapacityStore",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
+    "MemorySessionStore",
     "MemoryTransport",
     "NatsTransport",
     "PayloadHandler",
@@ -59,6 +62,7 @@ __all__ = [
     "PresencePage",
     "PresenceStore",
     "RedisTransport",
+    "SessionStore",
     "StateListener",
     "StreamPosition",
     "TransportStateEvents",

@@ -27,6 +27,7 @@ __all__ = [
     "PresenceMember",
     "PresencePage",
     "PresenceStore",
+    "SessionStore",
     "StateListener",
     "StreamPosition",
     "TransportStateEvents",
@@ -270,6 +271,42 @@ class CapacityStore(Protocol):
         ...
 
 
+# -- sessions: small shared values with a TTL ---------------------------------------------
+
+
+class SessionStore(Protocol):
+    """Small text values shared by every instance, each with an optional time to live:
+    session snapshots, the kept replies of idempotent calls, counters.
+
+    Keys are plain strings chosen by wsevents (``session:<token>``,
+    ``idem:<connection id>:<idem>``) or by the application (``counter:<name>``); a store
+    may put a prefix of its own before them. Every method is atomic: of two instances
+    calling [`take`][] on one key, one gets the value; of two calling [`put`][] with
+    ``only_new``, one succeeds.
+    """
+
+    async def put(self, key: str, value: str, ttl: float | None, *, only_new: bool = False) -> bool:
+        """Set ``key`` to ``value`` for ``ttl`` seconds (None: no expiry); with
+        ``only_new``, only when ``key`` holds nothing. True when it was set."""
+        ...
+
+    async def get(self, key: str) -> str | None:
+        """The value of ``key``, or None (never set, deleted or expired)."""
+        ...
+
+    async def take(self, key: str) -> str | None:
+        """Get and delete ``key`` at once (None when it holds nothing)."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        ...
+
+    async def incr(self, key: str) -> int:
+        """Add 1 to the integer at ``key`` (0 when it holds nothing; no expiry) and return it."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a transport offers beyond pub/sub; each field is the implementing object or None.
@@ -280,6 +317,8 @@ class Capabilities:
         presence: who is in which presence room on every instance.
         history: the recent pushes of history rooms, with offsets and epochs.
         capacity: the places taken in rooms with a maximum of members, on every instance.
+        sessions: small shared values with a TTL: session snapshots, the kept replies of
+            idempotent calls, counters.
     """
 
     directory: ConnectionDirectory | None = None
@@ -287,6 +326,7 @@ class Capabilities:
     presence: PresenceStore | None = None
     history: HistoryStore | None = None
     capacity: CapacityStore | None = None
+    sessions: SessionStore | None = None
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ __all__ = [
     "MemoryCapacityStore",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
+    "MemorySessionStore",
     "MemoryTransport",
 ]
 
@@ -292,11 +293,74 @@ class MemoryCapacityStore:
         return known
 
 
+# -- sessions -----------------------------------------------------------------------------
+
+
+class MemorySessionStore:
+    """A [`SessionStore`][wsevents.transports.base.SessionStore] in this process: a dict of
+    values with expiry times. It never awaits, so every method is atomic; expired values are
+    dropped when read and, every 1000 writes, all at once."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[str, float]] = {}  # key: value, monotonic expiry
+        self._writes = 0
+
+    def _live(self, key: str) -> str | None:
+        found = self._values.get(key)
+        if found is None:
+            return None
+        if found[1] <= time.monotonic():
+            del self._values[key]
+            return None
+        return found[0]
+
+    async def put(self, key: str, value: str, ttl: float | None, *, only_new: bool = False) -> bool:
+        """Set ``key`` for ``ttl`` seconds; with ``only_new``, only when it holds nothing."""
+        if only_new and self._live(key) is not None:
+            return False
+        self._values[key] = (value, time.monotonic() + ttl if ttl is not None else _NEVER)
+        self._writes += 1
+        if self._writes % 1000 == 0:
+            now = time.monotonic()
+            for k in [k for k, (_, at) in self._values.items() if at <= now]:
+                del self._values[k]
+        return True
+
+    async def get(self, key: str) -> str | None:
+        """The value of ``key``, or None."""
+        return self._live(key)
+
+    async def take(self, key: str) -> str | None:
+        """Get and delete ``key``."""
+        value = self._live(key)
+        self._values.pop(key, None)
+        return value
+
+    async def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        self._values.pop(key, None)
+
+    async def incr(self, key: str) -> int:
+        """Add 1 to the integer at ``key`` and return it.
+
+        Raises:
+            ValueError: ``key`` holds something else than an integer.
+        """
+        found = self._live(key)
+        value = int(found) + 1 if found is not None else 1
+        expiry = self._values[key][1] if found is not None else _NEVER
+        self._values[key] = (str(value), expiry)
+        return value
+
+
+_NEVER = float("inf")
+
+
 class MemoryBus:
     """The shared medium of [`MemoryTransport`][] instances (one per simulated cluster).
 
-    It also keeps the cluster's connection directory, presence store, history store and
-    capacity store.
+    It also keeps the cluster's connection directory, presence store, history store,
+    capacity store and session store.
     """
 
     def __init__(self) -> None:
@@ -305,6 +369,7 @@ class MemoryBus:
         self.presence = MemoryPresenceStore()
         self.history = MemoryHistoryStore()
         self.capacity = MemoryCapacityStore()
+        self.sessions = MemorySessionStore()
         self.published = 0
 
     def subscriber_count(self, channel: str) -> int:
@@ -369,13 +434,14 @@ class MemoryTransport(BaseTransport):
             await self.unsubscribe(channel)
 
     def capabilities(self) -> Capabilities:
-        """A connection directory, a presence store, a history store and a capacity store,
-        kept on the bus."""
+        """A connection directory, a presence store, a history store, a capacity store and a
+        session store, kept on the bus."""
         return Capabilities(
             directory=self,
             presence=self.bus.presence,
             history=self.bus.history,
             capacity=self.bus.capacity,
+            sessions=self.bus.sessions,
         )
 
     async def register_connection(self, connection_id: str, instance_id: str) -> None:

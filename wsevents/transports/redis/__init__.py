@@ -28,6 +28,8 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
   and an epoch per history room, hash-tagged ``{<room>}``;
 * ``<prefix>ws:capacity:...``: the capacity store (see ``_capacity``), the places and the
   instances' leases per capped room, hash-tagged ``{<room>}``.
+* ``<prefix>ws:kv:<key>``: the session store (see ``_sessions``): session snapshots, the
+  kept replies of idempotent calls, counters.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ._directory import RedisDirectory
 from ._history import RedisHistory
 from ._presence import RedisPresence
 from ._pubsub import PubSub
+from ._sessions import RedisSessions
 from ._url import describe_client, redact_url
 
 __all__ = ["RedisTransport", "StateListener", "redact_url"]
@@ -59,8 +62,8 @@ log = logging.getLogger("wsevents.transports.redis")
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events and a
-    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore] and
-    a [`CapacityStore`][wsevents.CapacityStore].
+    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore], a
+    [`CapacityStore`][wsevents.CapacityStore] and a [`SessionStore`][wsevents.SessionStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -163,6 +166,7 @@ class RedisTransport(BaseTransport):
         self._capacity = RedisCapacity(
             client, prefix=prefix, command_timeout=self.command_timeout, pubsub=self._pubsub
         )
+        self._sessions = RedisSessions(client, prefix=prefix, command_timeout=self.command_timeout)
         # Rewrite the directory whenever the connection comes up: Redis may have
         # restarted empty.
         self._pubsub.on_up = self._directory.wake
@@ -330,13 +334,14 @@ class RedisTransport(BaseTransport):
 
     def capabilities(self) -> Capabilities:
         """The connection directory, the backend state events, the presence store, the
-        history store and the capacity store, each its own object."""
+        history store, the capacity store and the session store, each its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self._pubsub,
             presence=self._presence,
             history=self._history,
             capacity=self._capacity,
+            sessions=self._sessions,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------
