@@ -165,6 +165,7 @@ LAYER_ORDER = [
     "transports.nats._presence",
     "transports.nats._capacity",
     "transports.nats._history",
+    "transports.nats._sessions",
     "transports.nats",
     "transports",
     "connection",

@@ -12,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsevents.exceptions import TransportError
-from wsevents.testing import check_capacity_store, check_presence_store, check_transport
+from wsevents.testing import (
+    check_capacity_store,
+    check_presence_store,
+    check_session_store,
+    check_transport,
+)
 from wsevents.transports.nats import NatsTransport, decode_token, encode_token, redact_url
 
 from .nats_support import NATS_URL, ThrowawayNats, free_port
@@ -53,6 +58,13 @@ async def test_the_capacity_store_passes_the_conformance_suite(transports: Any) 
         return (await transports()).capabilities().capacity
 
     await check_capacity_store(store)
+
+
+async def test_the_session_store_passes_the_conformance_suite(transports: Any) -> None:
+    async def store() -> Any:
+        return (await transports()).capabilities().sessions
+
+    await check_session_store(store)
 
 
 # -- names -----------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ JetStream name may not hold replaced by ``_``):
   the live instance;
 * key-value buckets ``Npresence`` and ``Ncapacity``: one JSON document per room (and per
   instance heartbeat), updated by compare-and-set on the key's revision;
+* key-value bucket ``Nsessions``: session snapshots, kept replies of idempotent calls and
+  counters, one JSON document per key with its expiry;
 * stream ``Nhistory`` on subjects ``P.h.<room>``: the history rooms' pushes, the offset
   and epoch of each in its headers.
 """
@@ -46,6 +48,7 @@ from ._history import NatsHistory
 from ._jet import Jet
 from ._names import decode_token, encode_token, stream_safe
 from ._presence import NatsPresence
+from ._sessions import NatsSessions
 
 __all__ = ["NatsTransport", "decode_token", "encode_token", "redact_url"]
 
@@ -70,8 +73,9 @@ def redact_url(url: str) -> str:
 class NatsTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over core NATS, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events, a
-    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore] and
-    a [`CapacityStore`][wsevents.CapacityStore] on JetStream.
+    [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore], a
+    [`CapacityStore`][wsevents.CapacityStore] and a [`SessionStore`][wsevents.SessionStore] on
+    JetStream.
 
     One NATS connection per transport. nats-py reconnects by itself and restores the
     subscriptions; the transport reports the outage to the state listeners and, until the
@@ -177,6 +181,7 @@ class NatsTransport(BaseTransport):
         self._directory = NatsDirectory(self._jet, ttl=float(directory_ttl), owner=self)
         self._presence = NatsPresence(self._jet)
         self._capacity = NatsCapacity(self._jet)
+        self._sessions = NatsSessions(self._jet)
         self._history = NatsHistory(
             self._jet, max_age=float(history_max_age), max_size=int(history_max_size)
         )
@@ -303,13 +308,14 @@ class NatsTransport(BaseTransport):
 
     def capabilities(self) -> Capabilities:
         """The connection directory, the backend state events, the presence store, the
-        history store and the capacity store, each its own object."""
+        history store, the capacity store and the session store, each its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self,
             presence=self._presence,
             history=self._history,
             capacity=self._capacity,
+            sessions=self._sessions,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------------
