@@ -1,0 +1,203 @@
+"""Three WsApp instances on one real NATS (in process, ``serve_cluster``): exactly-once
+delivery, send_to, presence and history across instances, and a NATS restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from examples.reference_app import add_history, add_presence
+from wsevents import WsApp
+from wsevents.testing import WsCluster, WsTestClient, assert_delivered_once, serve_cluster
+from wsevents.transports.nats import NatsTransport
+
+from .nats_support import NATS_URL, ThrowawayNats
+from .redis_support import wait_until
+from .test_cluster_memory_functional import build as build_chat
+from .test_history_functional import publish, push, subscribe
+
+pytest_plugins = ["tests.nats_fixtures"]
+
+pytestmark = pytest.mark.functional
+
+Serve = Callable[..., Awaitable[WsCluster]]
+
+
+def build(transport: Any) -> WsApp:
+    ws = build_chat(transport)
+    add_presence(ws)
+    add_history(ws)
+    return ws
+
+
+@pytest.fixture
+async def serve(aiohttp_client: Any, nats_prefix: str) -> AsyncIterator[Serve]:
+    clusters: list[WsCluster] = []
+
+    async def make(url: str = NATS_URL, instances: int = 3, **options: Any) -> WsCluster:
+        options.setdefault("prefix", nats_prefix)
+        cluster = await serve_cluster(
+            aiohttp_client,
+            build,
+            lambda: NatsTransport.from_url(url, **options),
+            instances=instances,
+        )
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        await cluster.close()
+
+
+def chat_push(room: str, data: Any) -> dict[str, Any]:
+    return {
+        "event": "message",
+        "path": room,
+        "params": {"room": room.rsplit("/", 1)[1]},
+        "data": data,
+    }
+
+
+async def joined(cluster: WsCluster, count: int, room: str) -> list[WsTestClient]:
+    clients = await cluster.connect_spread(count)
+    for client in clients:
+        assert await client.call("subscribe", room) == {"subscribed": True}
+    return clients
+
+
+async def test_room_and_server_broadcasts_reach_each_connection_once(serve: Serve) -> None:
+    cluster = await serve()
+    room = f"/chat/rooms/{uuid.uuid4().hex[:8]}"
+    clients = await joined(cluster, 6, room)
+    sender, *others = clients
+    assert (await sender.call("message", room, {"n": 1}))["sent"] is True
+    await assert_delivered_once(others, chat_push(room, {"n": 1}), excluded=[sender])
+    for n in range(100):  # order, from one sender, on every instance
+        await sender.send("message", room, {"seq": n})
+    for member in others:
+        got = [(await member.next_push())["data"]["seq"] for _ in range(100)]
+        assert got == list(range(100))
+    assert await others[0].call("rpc", "/announce", {"all": 1}) == {"sent": True}
+    announcement = {"event": "announcement", "path": "/announce", "data": {"all": 1}}
+    await assert_delivered_once(clients, announcement)
+
+
+async def test_send_to_reaches_a_connection_on_another_instance_once(serve: Serve) -> None:
+    cluster = await serve()
+    a = await cluster.connect(0)
+    b = await cluster.connect(2)
+    bystander = await cluster.connect(1)
+    target = await b.call("rpc", "/whoami")
+    assert cluster.apps[0].server is not None
+    assert await cluster.apps[0].server.send_to(target, "notification", "/private", "psst")
+    frame = {"event": "notification", "path": "/private", "data": "psst"}
+    await assert_delivered_once([b], frame, excluded=[a, bystander])
+    assert not await cluster.apps[1].server.send_to(str(uuid.uuid4()), "n", "/p", 1)
+
+
+async def test_presence_counts_and_lists_every_instance(serve: Serve) -> None:
+    cluster = await serve()
+    room = f"/presence/rooms/{uuid.uuid4().hex[:8]}"
+    clients = [
+        await cluster.connect(i % 3, query={"user": user})
+        for i, user in enumerate(["ada", "ada", "bob", "cy"])
+    ]
+    for client in clients:
+        assert await client.call("join", room, {"name": "n"}) == {"joined": True}
+    for client in clients[:3]:  # asked on every instance
+        assert await client.call("rpc", "/presence/count", {"room": room}) == {
+            "connections": 4,
+            "users": 3,
+        }
+    listing = await clients[2].call("rpc", "/presence/list", {"room": room})
+    assert listing["total"] == 3
+    assert [(m["user"], m["connections"]) for m in listing["members"]] == [
+        ("ada", 2),
+        ("bob", 1),
+        ("cy", 1),
+    ]
+    await clients[3].close()
+    await wait_until(
+        lambda: _count(clients[0], room, {"connections": 3, "users": 2}),
+        what="cy's leave to be counted everywhere",
+    )
+
+
+async def _count(client: WsTestClient, room: str, expected: dict[str, int]) -> bool:
+    return bool(await client.call("rpc", "/presence/count", {"room": room}) == expected)
+
+
+async def test_history_offsets_are_one_order_for_every_instance(serve: Serve) -> None:
+    cluster = await serve()
+    room = f"/feed/rooms/{uuid.uuid4().hex[:8]}"
+    readers = [await cluster.connect(i) for i in range(3)]
+    start = [await subscribe(reader, room) for reader in readers]
+    assert len({(s["offset"], s["epoch"]) for s in start}) == 1
+    publishers = [await cluster.connect(i) for i in range(3)]
+    offsets = await asyncio.gather(*(publish(publishers[n % 3], room, n) for n in range(30)))
+    assert sorted(offsets) == list(range(1, 31))
+    for reader in readers:
+        got = [await reader.next_push() for _ in range(30)]
+        assert [frame["offset"] for frame in got] == list(range(1, 31))
+    # Recovery on another instance: what was missed, in order, then live.
+    away = start[0]
+    back = await cluster.connect(2)
+    reply = await subscribe(back, room, {"offset": away["offset"], "epoch": away["epoch"]})
+    assert reply["recovered"] is True
+    assert reply["offset"] == 30
+    replayed = back.pending_messages()
+    assert [frame["offset"] for frame in replayed] == list(range(1, 31))
+    by_offset = dict(zip(offsets, range(30), strict=True))
+    assert replayed == [push(room, by_offset[o], o) for o in range(1, 31)]
+
+
+async def test_a_nats_restart_brings_delivery_back_without_duplicates(
+    serve: Serve, throwaway_nats: ThrowawayNats
+) -> None:
+    cluster = await serve(url=throwaway_nats.url, reconnect_delay=0.1)
+    room = f"/chat/rooms/{uuid.uuid4().hex[:8]}"
+    clients = await joined(cluster, 3, room)
+    sender, *others = clients
+    await sender.call("message", room, {"n": "before"})
+    await assert_delivered_once(others, chat_push(room, {"n": "before"}), excluded=[sender])
+
+    await throwaway_nats.stop()
+    transports = [app.transport for app in cluster.apps]
+    await wait_until(
+        lambda: not any(t.connected for t in transports), what="every instance to see the loss"
+    )
+    report = await sender.call("message", room, {"n": "lost"})
+    assert report["published"] is False  # refused while down, never sent late
+    stopped = time.monotonic()
+    await throwaway_nats.start()
+    await wait_until(
+        lambda: all(t.connected for t in transports), timeout=10.0, what="every instance back"
+    )
+    # Delivery is back within 10 s of the restart.
+    deadline = stopped + 10.0
+    n = 0
+    while True:
+        n += 1
+        await sender.call("message", room, {"n": f"after-{n}"})
+        try:
+            await assert_delivered_once(
+                others, chat_push(room, {"n": f"after-{n}"}), excluded=[sender], timeout=1.0
+            )
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+    assert time.monotonic() - stopped < 10.0
+    # Exactly once from now on: a fresh push, then nothing else pending but earlier tries.
+    await sender.call("message", room, {"n": "final"})
+    await assert_delivered_once(others, chat_push(room, {"n": "final"}), excluded=[sender])
+    for member in others:
+        leftovers = [f["data"]["n"] for f in member.pending_messages()]
+        assert "lost" not in leftovers
+        assert len(leftovers) == len(set(leftovers))
