@@ -29,7 +29,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 from examples import reference_app
 from examples.chat.server import create_app as create_chat_app
 from wsevents import WsApp
+from wsevents.client import WsClient
 from wsevents.server import add_client_route
+
+from .tcp_proxy import TcpProxy
+from .test_client_recovery_functional import repeating_app
+from .test_client_resume_functional import SessionServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or (
@@ -1013,3 +1018,327 @@ return out;
     assert result["aliceState"] == "open"
     assert result["idle"] == [4408, "Authentication timeout", "disconnected"]
     assert result["mallory"] == [True, 401, "Unauthorized", "disconnected"]
+
+
+# -- recovery: history rooms and sessions across connections cut by a TCP relay ---------------
+
+
+class ProxyThread:
+    """A [`TcpProxy`][] in front of ``upstream``, run from its own loop in a thread.
+
+    The page is loaded through it too, so that its origin is the proxy's (the server
+    checks the WebSocket's Origin against its Host).
+    """
+
+    def __init__(self, upstream: int) -> None:
+        self._upstream = upstream
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._proxy: TcpProxy | None = None
+
+    def url(self, path: str = "/") -> str:
+        assert self._proxy is not None
+        return f"http://127.0.0.1:{self._proxy.port}{path}"
+
+    def __enter__(self) -> ProxyThread:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("the proxy did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "the proxy did not stop"
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with TcpProxy(self._upstream) as proxy:
+            self._proxy = proxy
+            self._ready.set()
+            await self._stop.wait()
+
+    def _run(self, action: Callable[[TcpProxy], Any]) -> Any:
+        assert self._loop is not None and self._proxy is not None
+        proxy = self._proxy
+
+        async def run() -> Any:
+            return action(proxy)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def cut(self) -> int:
+        """Reset every relayed connection (no close frame) and refuse new ones."""
+
+        def cut(proxy: TcpProxy) -> int:
+            proxy.refuse = True
+            return proxy.drop()
+
+        return int(self._run(cut))
+
+    def restore(self) -> None:
+        self._run(lambda proxy: setattr(proxy, "refuse", False))
+
+    def stall(self) -> None:
+        """Hold back what the server sends (a reply lost on the way) until the cut."""
+        self._run(lambda proxy: proxy.stall())
+
+
+def wait_js(driver: WebDriver, condition: str) -> None:
+    """Wait (in the page, up to 20 s) until the JS expression ``condition`` holds."""
+    run_js(
+        driver,
+        f"const end = Date.now() + 20000;\n"
+        f"while (!({condition})) {{\n"
+        f"  if (Date.now() > end) throw new Error({json.dumps('not in time: ' + condition)});\n"
+        f"  await new Promise((resolve) => setTimeout(resolve, 10));\n"
+        f"}}",
+    )
+
+
+def publish_feed(port: int, room: str, texts: list[str]) -> list[int]:
+    """Publish ``texts`` to history room ``room`` from Python, straight to the server."""
+
+    async def publish() -> list[int]:
+        async with WsClient(f"ws://127.0.0.1:{port}/ws") as bob:
+            return [(await bob.call("publish", room, text))["offset"] for text in texts]
+
+    return asyncio.run(publish())
+
+
+RECOVERING_CLIENT_JS = """
+const failed = [];
+const got = [];
+const client = new WsClient(URL, { reconnect: true, baseDelay: 10, maxDelay: 50, OPTIONS
+  onRecoveryFailed: (path) => failed.push(path) });
+client.on("message", "*", (p) => got.push([p.offset, p.data]));
+window.t = Object.assign(window.t || {}, { NAME: { client, got, failed } });
+"""
+
+
+def recovering_client(name: str, url: str, options: str = "") -> str:
+    return (
+        RECOVERING_CLIENT_JS.replace("NAME", name)
+        .replace("URL", json.dumps(url))
+        .replace("OPTIONS", options)
+    )
+
+
+def test_history_room_recovered_in_the_browser_after_a_cut(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    room = f"/feed/rooms/browser-{os.getpid()}-{id(driver)}"
+    with ProxyThread(reference_server.port) as proxy:
+        driver.get(proxy.url())
+        start = run_js(
+            driver,
+            recovering_client("alice", "/ws")
+            + f"return (await t.alice.client.subscribe({json.dumps(room)})).reply;",
+        )
+        sent = publish_feed(reference_server.port, room, ["m1", "m2"])
+        wait_js(driver, "t.alice.got.length === 2")
+        assert proxy.cut() >= 1
+        wait_js(driver, 't.alice.client.state === "connecting"')
+        sent += publish_feed(reference_server.port, room, ["m3", "m4", "m5"])
+        proxy.restore()
+        wait_js(driver, 't.alice.client.state === "open" && t.alice.got.length === 5')
+        sent += publish_feed(reference_server.port, room, ["m6"])
+        wait_js(driver, "t.alice.got.length === 6")
+        result = run_js(
+            driver,
+            """
+await new Promise((resolve) => setTimeout(resolve, 50)); // a duplicate would come now
+const out = { got: t.alice.got, failed: t.alice.failed,
+              positions: Object.fromEntries(t.alice.client.positions) };
+t.alice.client.close();
+return out;
+""",
+        )
+    assert result["got"] == [[offset, f"m{i}"] for i, offset in enumerate(sent, 1)]
+    assert result["failed"] == []
+    assert result["positions"] == {room: {"offset": sent[-1], "epoch": start["epoch"]}}
+
+
+def recovery_web_app(sessions: SessionServer) -> web.Application:
+    app = web.Application()
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=TEST_PAGE, content_type="text/html")
+
+    app.router.add_get("/", page)
+    add_client_route(app)
+    sessions.app.attach(app, "/ws")
+    repeating_app().attach(app, "/dup")
+    return app
+
+
+def test_repeats_dropped_and_lost_history_reported_in_the_browser(driver: WebDriver) -> None:
+    sessions = SessionServer()
+    with (
+        ServerThread(lambda: recovery_web_app(sessions)) as server,
+        ProxyThread(server.port) as proxy,
+    ):
+        driver.get(proxy.url())
+        run_js(
+            driver,
+            recovering_client("dup", "/dup")
+            + """
+await t.dup.client.subscribe("/dup/a");
+await t.dup.client.call("rpc", "/dup/push", { path: "/dup/a", offsets: [4, 5] });
+""",
+        )
+        wait_js(driver, "t.dup.got.length === 2")
+        proxy.cut()
+        wait_js(driver, 't.dup.client.state === "connecting"')
+        proxy.restore()  # the replay: 4, 5, 7, 6, 7, 5
+        wait_js(driver, 't.dup.client.state === "open"')
+        run_js(
+            driver, 'await t.dup.client.call("rpc", "/dup/push", { path: "/dup/a", offsets: [8] });'
+        )
+        wait_js(driver, "t.dup.got.length >= 5")
+        run_js(driver, 'await t.dup.client.call("rpc", "/dup/epoch");')
+        proxy.cut()
+        wait_js(driver, 't.dup.client.state === "connecting"')
+        proxy.restore()  # another epoch: 2, 1, 2 and "recovered": false
+        wait_js(driver, 't.dup.client.state === "open" && t.dup.failed.length === 1')
+        result = run_js(
+            driver,
+            """
+await new Promise((resolve) => setTimeout(resolve, 50));
+const out = { got: t.dup.got, failed: t.dup.failed,
+              positions: Object.fromEntries(t.dup.client.positions) };
+t.dup.client.close();
+return out;
+""",
+        )
+    assert result["got"] == [
+        [4, "m4"],
+        [5, "m5"],
+        [6, "m6"],
+        [7, "m7"],
+        [8, "m8"],
+        [1, "m1"],
+        [2, "m2"],
+    ]
+    assert result["failed"] == ["/dup/a"]
+    assert result["positions"] == {"/dup/a": {"offset": 2, "epoch": "e2"}}
+
+
+def test_resume_and_a_call_cut_off_in_flight_in_the_browser(driver: WebDriver) -> None:
+    sessions = SessionServer()
+    with (
+        ServerThread(lambda: recovery_web_app(sessions)) as server,
+        ProxyThread(server.port) as proxy,
+    ):
+        driver.get(proxy.url())
+        first = run_js(
+            driver,
+            recovering_client("alice", "/ws?name=ada", "resume: true,")
+            + """
+const c = t.alice.client;
+await c.ready(5000);
+const me = await c.call("rpc", "/whoami");
+t.alice.pending = c.call("rpc", "/counter/incr", { delay: 0.3 });
+const errorOf = async (p) => {
+  try { await p; return null; } catch (e) { return [e.name, e.message]; }
+};
+return { session: c.sessionToken, resumed: c.resumed, me,
+         bad: [await errorOf(c.call("rpc", "/counter/incr", null, { idem: "" })),
+               await errorOf(c.call("rpc", "/counter/incr", null, { idem: "x".repeat(65) }))] };
+""",
+        )
+        for _ in range(200):
+            if sessions.runs:
+                break
+            threading.Event().wait(0.01)
+        assert sessions.runs == 1
+        proxy.cut()
+        wait_js(driver, 't.alice.client.state === "connecting"')
+        proxy.restore()
+        result = run_js(
+            driver,
+            """
+const c = t.alice.client;
+const value = await t.alice.pending;
+const out = { value, session: c.sessionToken, resumed: c.resumed,
+              me: await c.call("rpc", "/whoami"),
+              next: await c.call("rpc", "/counter/incr", null, { idem: "order-7" }),
+              again: await c.call("rpc", "/counter/incr", null, { idem: "order-7" }) };
+c.close();
+out.afterClose = c.sessionToken;
+return out;
+""",
+        )
+    assert isinstance(first["session"], str) and first["resumed"] is False
+    assert first["bad"] == [["RangeError", "idem must be a string of 1 to 64 characters"]] * 2
+    assert result["value"] == {"value": 1}
+    assert sessions.runs == 2  # the cut-off call ran once; the "order-7" pair once
+    assert result["next"] == result["again"] == {"value": 2}
+    assert result["session"] == first["session"] and result["resumed"] is True
+    assert result["me"] == first["me"]
+    assert result["afterClose"] is None
+    auto = sessions.idems[0]
+    # The repeat of "order-7" may be answered before the handler (a server keeping replies).
+    assert sessions.idems[:3] == [auto, auto, "order-7"] and len(auto) == 32
+    assert set(sessions.idems) == {auto, "order-7"}
+    assert sessions.handshakes[0] == {"name": "ada"}
+    assert sessions.handshakes[-1] == {"name": "ada", "session": first["session"]}
+
+
+def test_resume_on_the_reference_app_keeps_the_id_and_runs_a_cut_off_call_once(
+    driver: WebDriver, reference_server: ServerThread
+) -> None:
+    key = f"browser-{os.getpid()}-{id(driver)}"
+    store = reference_app.app.sessions.store
+
+    def counted() -> Any:
+        assert reference_server._loop is not None
+        return asyncio.run_coroutine_threadsafe(
+            store.get("counter:" + key), reference_server._loop
+        ).result(10)
+
+    with ProxyThread(reference_server.port) as proxy:
+        driver.get(proxy.url())
+        first = run_js(
+            driver,
+            recovering_client("alice", "/ws", "resume: true,")
+            + """
+const c = t.alice.client;
+await c.subscribe("/chat/rooms/browser-resume");
+return { session: c.sessionToken, resumed: c.resumed, me: await c.call("rpc", "/whoami") };
+""",
+        )
+        proxy.stall()
+        run_js(
+            driver,
+            f"t.alice.pending = t.alice.client.call('rpc', '/counter/incr', {{ key: '{key}' }});",
+        )
+        for _ in range(500):
+            if counted() == "1":
+                break
+            threading.Event().wait(0.01)
+        assert counted() == "1"  # the server ran it; its reply is lost on the way
+        proxy.cut()
+        wait_js(driver, 't.alice.client.state === "connecting"')
+        proxy.restore()
+        result = run_js(
+            driver,
+            f"""
+const c = t.alice.client;
+const out = {{ value: await t.alice.pending, resumed: c.resumed, session: c.sessionToken,
+              me: await c.call("rpc", "/whoami"), rooms: await c.call("rpc", "/rooms"),
+              next: await c.call("rpc", "/counter/incr", {{ key: "{key}" }}) }};
+c.close();
+return out;
+""",
+        )
+    assert isinstance(first["session"], str) and first["resumed"] is False
+    assert result["value"] == {"value": 1}
+    assert result["next"] == {"value": 2}
+    assert result["resumed"] is True and result["session"] == first["session"]
+    assert result["me"] == first["me"]
+    assert "/chat/rooms/browser-resume" in result["rooms"]

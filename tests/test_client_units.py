@@ -16,6 +16,7 @@ from wsevents.client import Push, WsClientError
 from wsevents.client._backoff import Backoff
 from wsevents.client._client import PushStream
 from wsevents.client._listeners import Listeners
+from wsevents.client._recovery import Recovery, reply_position, with_since
 from wsevents.client._rpc import Reply, RpcTracker, build_message, parse_server_message
 
 # -- _backoff ----------------------------------------------------------------------------
@@ -388,3 +389,166 @@ def test_error_reply_retry_after_reaches_the_error(retry_after: Any, expected: A
     assert reply.error is not None
     assert reply.error.retry_after == expected
     assert reply.error.code == 429
+
+
+# -- _recovery: history rooms across reconnects ---------------------------------------------
+
+
+def feed(offset: int | None, path: str = "/feed/a") -> Push:
+    return Push("message", path, {}, f"m{offset}", offset)
+
+
+def offsets(pushes: list[Push]) -> list[int | None]:
+    return [p.offset for p in pushes]
+
+
+def followed(reply_offset: int = 3, epoch: str = "e1") -> Recovery:
+    recovery = Recovery()
+    assert recovery.begin("/feed/a") is True
+    recovery.subscribed(
+        "/feed/a", None, {"subscribed": True, "offset": reply_offset, "epoch": epoch}
+    )
+    return recovery
+
+
+def test_push_frames_carry_their_offset_when_it_is_a_valid_int() -> None:
+    assert parse_server_message({"event": "e", "path": "/p", "offset": 7}) == Push(
+        "e", "/p", {}, None, 7
+    )
+    for bad in (-1, "7", 7.0, True, None):
+        push = parse_server_message({"event": "e", "path": "/p", "offset": bad})
+        assert isinstance(push, Push) and push.offset is None, bad
+
+
+def test_build_message_carries_idem_only_when_given() -> None:
+    assert build_message("rpc", "/p", None, 1, "k") == {
+        "event": "rpc",
+        "path": "/p",
+        "id": 1,
+        "idem": "k",
+    }
+    assert "idem" not in build_message("rpc", "/p", None, 1)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ({"offset": 0, "epoch": "e"}, (0, "e")),
+        ({"offset": 5, "epoch": "e", "recovered": True}, (5, "e")),
+        ({"offset": -1, "epoch": "e"}, None),
+        ({"offset": True, "epoch": "e"}, None),
+        ({"offset": 1, "epoch": ""}, None),
+        ({"offset": 1}, None),
+        ({"subscribed": True}, None),
+        ("text", None),
+        (None, None),
+    ],
+)
+def test_reply_position_needs_an_int_offset_and_an_epoch(reply: Any, expected: Any) -> None:
+    assert reply_position(reply) == expected
+
+
+def test_with_since_keeps_the_subscribe_data() -> None:
+    since = {"offset": 3, "epoch": "e"}
+    assert with_since(None, since) == {"since": since}
+    assert with_since({"a": 1, "since": {"offset": 0, "epoch": "old"}}, since) == {
+        "a": 1,
+        "since": since,
+    }
+
+
+def test_a_subscribe_reply_with_a_position_is_followed_and_others_are_not() -> None:
+    recovery = followed(3)
+    assert recovery.positions() == {"/feed/a": (3, "e1")}
+    recovery.begin("/chat/a")
+    recovery.subscribed("/chat/a", None, {"subscribed": True})
+    recovery.begin("/feed/text")
+    recovery.subscribed("/feed/text", "not a mapping", {"offset": 1, "epoch": "e"})
+    assert recovery.positions() == {"/feed/a": (3, "e1")}
+    assert recovery.since("/chat/a") is None and recovery.since("/feed/text") is None
+    assert recovery.since("/feed/a") == {"offset": 3, "epoch": "e1"}
+
+
+def test_pushes_before_the_first_reply_count_for_the_position() -> None:
+    recovery = Recovery()
+    recovery.begin("/feed/a")
+    assert offsets(recovery.push(feed(4))) == [4]  # handed over: nothing to compare with
+    recovery.subscribed("/feed/a", {}, {"offset": 3, "epoch": "e1"})
+    assert recovery.positions() == {"/feed/a": (4, "e1")}
+
+
+def test_live_pushes_move_the_position_and_pass_through_untracked_paths() -> None:
+    recovery = followed(3)
+    assert offsets(recovery.push(feed(4))) == [4]
+    assert offsets(recovery.push(feed(5))) == [5]
+    assert offsets(recovery.push(feed(None))) == [None]  # no offset: untouched
+    assert offsets(recovery.push(feed(1, "/other"))) == [1]
+    assert recovery.positions() == {"/feed/a": (5, "e1")}
+
+
+def test_a_live_offset_going_back_is_a_restarted_stream_not_a_duplicate() -> None:
+    recovery = followed(500)
+    assert offsets(recovery.push(feed(1))) == [1]
+    assert recovery.positions() == {"/feed/a": (1, "e1")}
+
+
+def test_a_recovery_hands_over_held_pushes_sorted_once_and_after_the_position() -> None:
+    recovery = followed(3)
+    recovery.hold()
+    assert recovery.holding("/feed/a")
+    # A resumed connection: live pushes first, then the replay, with repeats.
+    for offset in (7, 8, 2, 3, 4, 5, 5, 6, 7):
+        assert recovery.push(feed(offset)) == []
+    assert offsets(recovery.push(feed(None))) == [None]  # no offset: never held
+    out, failed = recovery.recovered("/feed/a", {"offset": 8, "epoch": "e1", "recovered": True})
+    assert (offsets(out), failed) == ([4, 5, 6, 7, 8], False)
+    assert [p.data for p in out] == ["m4", "m5", "m6", "m7", "m8"]
+    assert not recovery.holding("/feed/a")
+    assert recovery.positions() == {"/feed/a": (8, "e1")}
+    assert offsets(recovery.push(feed(9))) == [9]
+
+
+def test_a_failed_recovery_hands_over_every_held_push_and_takes_the_new_position() -> None:
+    recovery = followed(300)
+    recovery.hold()
+    for offset in (2, 1, 2):  # a new epoch: its offsets start again
+        recovery.push(feed(offset))
+    out, failed = recovery.recovered("/feed/a", {"offset": 2, "epoch": "e2", "recovered": False})
+    assert (offsets(out), failed) == ([1, 2], True)
+    assert recovery.positions() == {"/feed/a": (2, "e2")}
+    recovery.hold()
+    out, failed = recovery.recovered("/feed/a", {"offset": 2, "epoch": "e2"})  # no "recovered"
+    assert (out, failed) == ([], True)
+
+
+def test_a_recovery_reply_without_a_position_stops_following() -> None:
+    recovery = followed(3)
+    recovery.hold()
+    recovery.push(feed(4))
+    out, failed = recovery.recovered("/feed/a", {"subscribed": True, "recovered": True})
+    assert (offsets(out), failed) == ([4], False)
+    assert recovery.positions() == {}
+    assert recovery.recovered("/feed/a", {}) == ([], False)  # not followed: nothing
+
+
+def test_release_after_an_error_hands_over_what_is_after_the_position() -> None:
+    recovery = followed(3)
+    recovery.hold()
+    recovery.hold()  # a second socket before the reply: still one hold
+    for offset in (5, 3, 4):
+        recovery.push(feed(offset))
+    assert offsets(recovery.release_all()) == [4, 5]
+    assert recovery.release("/feed/a") == []
+    assert recovery.positions() == {"/feed/a": (5, "e1")}
+
+
+def test_forget_and_clear_drop_positions_and_held_pushes() -> None:
+    recovery = followed(3)
+    recovery.hold()
+    recovery.push(feed(4))
+    recovery.forget("/feed/a")
+    assert recovery.positions() == {} and recovery.release_all() == []
+    recovery = followed(3)
+    recovery.clear()
+    assert recovery.positions() == {}
+    assert recovery.begin("/feed/a") is True and recovery.begin("/feed/a") is False

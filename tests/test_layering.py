@@ -185,6 +185,7 @@ LAYER_ORDER = [
     "client._backoff",
     "client._listeners",
     "client._rpc",
+    "client._recovery",
     "client._presence",
     "client._client",
     "client",

@@ -2,8 +2,9 @@
 
 It speaks the wsevents protocol (the ``@wooksjs/event-ws`` one) over
 ``aiohttp.ClientSession``: RPC calls with ids and timeouts, fire-and-forget sends with a
-bounded offline queue, subscriptions replayed after reconnects, push listeners and
-iterators, reconnects with jittered backoff. See ``docs/python-client.md``.
+bounded offline queue, subscriptions replayed after reconnects (history rooms recovered
+with ``since``), push listeners and iterators, reconnects with jittered backoff, sessions
+resumed with retried idempotent calls (``resume=True``). See ``docs/python-client.md``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._client import (
     PushHandler,
     PushStream,
     ReconnectHook,
+    RecoveryFailedHook,
     Subscription,
     TokenProvider,
     WsClient,
@@ -38,6 +40,7 @@ __all__ = [
     "PushHandler",
     "PushStream",
     "ReconnectHook",
+    "RecoveryFailedHook",
     "RoomPresence",
     "Subscription",
     "TokenProvider",

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from enum import Enum
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -21,6 +23,7 @@ from ..protocol import JsonCodec
 from ._backoff import Backoff, BackoffStrategy
 from ._listeners import Listeners, Push
 from ._presence import RoomPresence
+from ._recovery import Recovery, with_since
 from ._rpc import Reply, RpcTracker, build_message, parse_server_message
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "PushHandler",
     "PushStream",
     "ReconnectHook",
+    "RecoveryFailedHook",
     "Subscription",
     "TokenProvider",
     "WsClient",
@@ -46,6 +50,10 @@ ErrorHook = Callable[[Exception], Awaitable[None] | None]
 ReconnectHook = Callable[[int], Awaitable[None] | None]
 TokenProvider = Callable[[], Awaitable[str] | str]
 """``token()``, sync or async: the token to log in (or refresh) with."""
+RecoveryFailedHook = Callable[[str], Awaitable[None] | None]
+"""``on_recovery_failed(path)``: the missed pushes of history room ``path`` are lost."""
+
+MAX_IDEM_LENGTH = 64
 
 FINAL_CLOSE_CODES = frozenset({4401, 4403, 4408, 4429})
 """Close codes after which the client does not reconnect by itself: token expired,
@@ -265,6 +273,25 @@ class WsClient:
         login_path: the path of the login RPC.
         refresh_path: the path of the refresh RPC.
         refresh_before: seconds before the expiry at which the client refreshes.
+        resume: keep the server's session across reconnects: on every connect, after
+            the login, the client calls ``rpc session_path`` and keeps the token of the
+            reply ``{"session", "resumed"}``; reconnects open the url with
+            ``?session=<token>``, so the server may resume the connection (same id, user,
+            rooms). Every [`call`][] but a ``subscribe`` then carries an ``idem`` (a
+            random hex string unless given), and a call whose connection drops before the
+            reply is sent again after the reconnect, with the same ``idem``: the server
+            answers it from its kept reply instead of running it twice. A ``subscribe``
+            cut off is sent again as it is (joining twice is harmless, and a kept reply
+            would not repeat a replay with ``since``).
+        session_path: the path of the session RPC.
+        on_recovery_failed: ``on_recovery_failed(path)``: after a reconnect the
+            server could not replay what history room ``path`` missed (its reply has
+            ``"recovered": false``): reload that state another way.
+
+    History rooms are recovered by themselves: a [`subscribe`][] whose reply carries
+    ``offset`` and ``epoch`` is followed (see [`positions`][]); after every reconnect it
+    is sent again with ``since`` = the last push's offset and epoch, and the pushes are
+    handed over in offset order, each once.
 
     After a close with one of ``FINAL_CLOSE_CODES`` (4401 token expired, 4403 revoked,
     4408 authentication timeout, 4429 rate limit exceeded) the client does not reconnect,
@@ -301,6 +328,9 @@ class WsClient:
         login_path: str = "/auth/login",
         refresh_path: str = "/auth/refresh",
         refresh_before: float = 5.0,
+        resume: bool = False,
+        session_path: str = "/session",
+        on_recovery_failed: RecoveryFailedHook | None = None,
     ) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
@@ -348,6 +378,13 @@ class WsClient:
         self._refresher: asyncio.Task[None] | None = None
         self.last_close: tuple[int, str] | None = None
         """``(code, reason)`` of the last connection that ended (None: none yet)."""
+        # -- recovery and sessions --
+        self.resume = resume
+        self.session_path = session_path
+        self.on_recovery_failed = on_recovery_failed
+        self._recovery = Recovery()
+        self._session_token: str | None = None
+        self._resumed = False
 
     def __repr__(self) -> str:
         return f"<WsClient {self.url} {self._state.value}>"
@@ -384,6 +421,23 @@ class WsClient:
     def subscriptions(self) -> dict[str, Any]:
         """Remembered subscriptions (path → data), replayed after every reconnect; a copy."""
         return dict(self._subscriptions)
+
+    @property
+    def positions(self) -> dict[str, tuple[int, str]]:
+        """History rooms followed (path → ``(offset, epoch)`` of the last push handed
+        over, or the position given at subscribe); a copy."""
+        return self._recovery.positions()
+
+    @property
+    def session_token(self) -> str | None:
+        """The session token (``resume=True``) of the current or last connection; None
+        without one (``resume`` off, a server without sessions, or after [`close`][])."""
+        return self._session_token
+
+    @property
+    def resumed(self) -> bool:
+        """True when the current connection resumed the previous one (``resume=True``)."""
+        return self._resumed
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -451,6 +505,8 @@ class WsClient:
         was_open = self._state is _State.OPEN
         self._state = _State.CLOSED
         self._queue.clear()
+        self._session_token = None  # a clean close ends the session on the server
+        self._recovery.clear()
         self._rpc.fail_all(503, "Connection closed")
         self._release_waiters()
         current = asyncio.current_task()
@@ -505,38 +561,96 @@ class WsClient:
         return False
 
     async def call(
-        self, event: str, path: str, data: Any = None, timeout: float | None = None
+        self,
+        event: str,
+        path: str,
+        data: Any = None,
+        timeout: float | None = None,
+        *,
+        idem: str | None = None,
     ) -> Any:
         """Send an RPC (ids 1, 2, 3, … per client) and return the reply's ``data``.
 
         While the client is connecting or reconnecting, the call waits for the connection
         within the same ``timeout``.
 
+        ``idem`` (1 to 64 characters) is sent as the frame's ``idem``: a server with
+        idempotent calls answers a repeated ``idem`` with the kept reply. With
+        ``resume=True`` every call has one (``uuid4().hex`` unless given), and a call
+        whose connection is lost before the reply is sent again, with the same ``idem``,
+        once reconnected (within ``timeout``).
+
         Raises:
+            ValueError: ``idem`` is not a string of 1 to 64 characters.
             WsClientError: the server's error reply (its code and message); 408 when no
                 reply came within ``timeout`` (default ``rpc_timeout``); 503 when not
                 connected (and not reconnecting, or not within ``timeout``), when the
                 connection is lost before the reply, or when the client is closed.
         """
+        if idem is None:
+            # Never on a subscribe: a kept reply would not repeat the pushes its first run
+            # sent (a replay with since); joining again is harmless, so it is retried as is.
+            if self.resume and event != "subscribe":
+                idem = uuid.uuid4().hex
+        elif not isinstance(idem, str) or not 1 <= len(idem) <= MAX_IDEM_LENGTH:  # type: ignore[redundant-expr]
+            raise ValueError(f"idem must be a string of 1 to {MAX_IDEM_LENGTH} characters")
         if timeout is None:
             timeout = self.rpc_timeout
-        deadline = asyncio.get_running_loop().time() + timeout
-        ws = await self._ready_socket(deadline)
-        return await self._request(ws, event, path, data, deadline)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        retry = self.resume and (idem is not None or event == "subscribe")
+        lost: WsClientError | None = None  # a send of this call lost with its connection
+        while True:
+            try:
+                ws = await self._ready_socket(deadline)
+            except WsClientError:
+                if lost is None:
+                    raise
+                if loop.time() >= deadline:
+                    # The server may have run it: a timeout, not "never sent".
+                    raise WsClientError(408, "RPC timeout") from None
+                raise lost from None
+            try:
+                return await self._request(ws, event, path, data, deadline, idem)
+            except WsClientError as exc:
+                if not retry or exc.code != 503 or not self.reconnect or self.closed:
+                    raise
+                lost = exc
+                reader = self._reader
+                if self._ws is ws and reader is not None and not reader.done():
+                    # The send failed before the reader saw the loss: wait for it.
+                    await asyncio.wait([reader], timeout=max(0.0, deadline - loop.time()))
 
     async def subscribe(
-        self, path: str, data: Any = None, timeout: float | None = None
+        self,
+        path: str,
+        data: Any = None,
+        timeout: float | None = None,
+        *,
+        idem: str | None = None,
     ) -> Subscription:
         """``call("subscribe", path, data)``, remembered and replayed after every reconnect.
 
         One subscription is remembered per path: subscribing to a path again replaces its
         data. A subscribe the server refuses raises and is not remembered.
 
+        When the reply carries ``offset`` and ``epoch`` (a history room) and ``data`` is
+        None or a mapping, the room is recovered after reconnects: the replay carries
+        ``since`` and the pushes are handed over in offset order, each once.
+
         Raises:
+            ValueError: as [`call`][].
             WsClientError: as [`call`][].
         """
-        reply = await self.call("subscribe", path, data, timeout)
+        new = self._recovery.begin(path)
+        try:
+            reply = await self.call("subscribe", path, data, timeout, idem=idem)
+        except BaseException:
+            if new:
+                self._recovery.forget(path)
+            raise
         self._subscriptions[path] = data
+        self._recovery.subscribed(path, data, reply)
         return Subscription(self, path, data, reply)
 
     async def presence(
@@ -615,12 +729,24 @@ class WsClient:
         assert self._session is not None
         # autoping off: the reader answers pings itself and sees the pong of _confirm.
         return await self._session.ws_connect(
-            self.url,
+            self._dial_url(),
             headers=self.headers,
             heartbeat=self.heartbeat,
             autoping=False,
             protocols=self.protocols,
         )
+
+    def _dial_url(self) -> str:
+        """The url, with ``session=<token>`` in the query when there is a session."""
+        token = self._session_token
+        if not self.resume or token is None:
+            return self.url
+        parts = urlsplit(self.url)
+        query = [
+            (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "session"
+        ]
+        query.append(("session", token))
+        return urlunsplit(parts._replace(query=urlencode(query)))
 
     async def _connect_once(self) -> None:
         try:
@@ -729,12 +855,18 @@ class WsClient:
             TimeoutError: no pong within ``connect_timeout``.
         """
         self._ws = ws
+        self._resumed = False
+        # Before the reader starts: what history rooms get from now on waits for their
+        # resubscribe with since (a resumed connection gets live pushes at once).
+        self._recovery.hold()
         self._reader = self._spawn(self._read(ws))
         if self.confirm_connect:
             await self._confirm(ws)
         self._backoff.reset()
         if self.token is not None:
             await self._login(ws)
+        if self.resume:
+            await self._start_session(ws)
         if not await self._flush(ws):
             return False
         await self._replay(ws)
@@ -744,6 +876,34 @@ class WsClient:
             return False
         self._state = _State.OPEN
         return True
+
+    # -- internals: sessions -------------------------------------------------------------
+
+    async def _start_session(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Ask for the session token of a fresh socket (``{"session", "resumed"}``).
+
+        A server without sessions (an error reply) leaves the client without a token:
+        reported to ``on_error``, and the connection goes on.
+
+        Raises:
+            WsClientError: 503, the socket went away (an ordinary failed attempt).
+        """
+        deadline = asyncio.get_running_loop().time() + self.rpc_timeout
+        try:
+            reply = await self._request(ws, "rpc", self.session_path, None, deadline)
+        except WsClientError as exc:
+            if exc.code == 503:
+                raise
+            self._session_token = None
+            await self._fire(self.on_error, exc)
+            return
+        token = reply.get("session") if isinstance(reply, Mapping) else None
+        if isinstance(token, str) and token:
+            self._session_token = token
+            self._resumed = reply.get("resumed") is True
+        else:
+            self._session_token = None
+            log.warning("the session reply of %s has no token: not resumable", self.url)
 
     # -- internals: authentication after connect ------------------------------------------
 
@@ -840,11 +1000,22 @@ class WsClient:
         if not subs:
             return
         deadline = asyncio.get_running_loop().time() + self.rpc_timeout
+        recovery = self._recovery
+        sinces = [recovery.since(path) for path, _ in subs]
         results = await asyncio.gather(
-            *(self._request(ws, "subscribe", path, data, deadline) for path, data in subs),
+            *(
+                self._request(
+                    ws,
+                    "subscribe",
+                    path,
+                    data if since is None else with_since(data, since),
+                    deadline,
+                )
+                for (path, data), since in zip(subs, sinces, strict=True)
+            ),
             return_exceptions=True,
         )
-        for (path, data), result in zip(subs, results, strict=True):
+        for (path, data), since, result in zip(subs, sinces, results, strict=True):
             if path not in self._subscriptions:
                 # Unsubscribed while the replay was in flight: undo it on the server.
                 if not isinstance(result, BaseException) and self._ws is ws:
@@ -855,9 +1026,20 @@ class WsClient:
                 # The server refuses it now: forget it, as a refused first subscribe.
                 if self._subscriptions.get(path) is data:
                     del self._subscriptions[path]
+                    self._deliver(recovery.release(path))
+                    recovery.forget(path)
                 await self._fire(self.on_error, result)
             elif isinstance(result, BaseException):
                 log.debug("replaying subscribe %s failed: %r", path, result)
+            elif since is not None:
+                pushes, failed = recovery.recovered(path, result)
+                if failed:
+                    self._fire_nowait(self.on_recovery_failed, path)
+                self._deliver(pushes)
+            else:
+                recovery.subscribed(path, data, result)
+        if self._ws is ws and not ws.closed:
+            self._deliver(recovery.release_all())  # timed out: go on live
 
     # -- internals: traffic ---------------------------------------------------------------
 
@@ -898,9 +1080,10 @@ class WsClient:
         path: str,
         data: Any,
         deadline: float,
+        idem: str | None = None,
     ) -> Any:
         message_id = self._rpc.next_id()
-        frame = _encode(build_message(event, path, data, message_id))
+        frame = _encode(build_message(event, path, data, message_id, idem))
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._rpc.track(message_id, reply)
         try:
@@ -934,6 +1117,7 @@ class WsClient:
 
     async def _unsubscribe(self, path: str) -> None:
         self._subscriptions.pop(path, None)
+        self._recovery.forget(path)
         ws = self._ws
         if self._state is _State.OPEN and ws is not None:
             with contextlib.suppress(Exception):
@@ -983,9 +1167,14 @@ class WsClient:
             if not self._rpc.resolve(msg):
                 log.debug("dropped a reply nobody waits for: id %r", msg.id)
         elif msg is not None:
-            self._dispatch(msg)
+            for push in self._recovery.push(msg):
+                self._dispatch(push)
         else:
             log.debug("dropped a frame that is neither a reply nor a push")
+
+    def _deliver(self, pushes: list[Push]) -> None:
+        for push in pushes:
+            self._dispatch(push)
 
     def _dispatch(self, push: Push) -> None:
         for handler in self._listeners.match(push.event, push.path):

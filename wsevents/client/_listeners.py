@@ -13,15 +13,17 @@ H = TypeVar("H")
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """A message the server pushed: ``{"event", "path", "params"?, "data"?}``.
+    """A message the server pushed: ``{"event", "path", "params"?, "data"?, "offset"?}``.
 
-    ``params`` is empty and ``data`` None when the server left them out.
+    ``params`` is empty and ``data`` None when the server left them out. ``offset`` is the
+    push's position in a history room (an int), None for other pushes.
     """
 
     event: str
     path: str
     params: Mapping[str, str] = field(default_factory=dict)
     data: Any = None
+    offset: int | None = None
 
 
 class _Entry(Generic[H]):

@@ -36,14 +36,17 @@ class Reply:
 
 
 def build_message(
-    event: str, path: str, data: Any = None, message_id: Any = None
+    event: str, path: str, data: Any = None, message_id: Any = None, idem: str | None = None
 ) -> dict[str, Any]:
-    """The frame object ``{"event", "path", "data"?, "id"?}``; None values are left out."""
+    """The frame object ``{"event", "path", "data"?, "id"?, "idem"?}``; None values are
+    left out."""
     msg: dict[str, Any] = {"event": event, "path": path}
     if data is not None:
         msg["data"] = data
     if message_id is not None:
         msg["id"] = message_id
+    if idem is not None:
+        msg["idem"] = idem
     return msg
 
 
@@ -84,7 +87,10 @@ def parse_server_message(obj: Any) -> Reply | Push | None:
     params: dict[str, str] = {}
     if isinstance(raw_params, Mapping):
         params = {str(k): str(v) for k, v in raw_params.items()}
-    return Push(event, path, params, obj.get("data"))
+    offset = obj.get("offset")
+    if type(offset) is not int or offset < 0:
+        offset = None  # absent or malformed: an ordinary push
+    return Push(event, path, params, obj.get("data"), offset)
 
 
 class RpcTracker:

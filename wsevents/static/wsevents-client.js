@@ -12,7 +12,10 @@
  * timeouts, fire-and-forget sends with a bounded offline queue, subscriptions replayed
  * after reconnects, push listeners by exact path or trailing-"*" prefix, reconnects with
  * full-jitter backoff, presence rooms (client.presence(room, join): members, onChange,
- * count, list; resynchronised after reconnects). Durations are milliseconds.
+ * count, list; resynchronised after reconnects), history rooms recovered after reconnects
+ * (resubscribed with `since`, pushes handed over once and in offset order), and with
+ * `resume: true` sessions resumed with `?session=` and calls retried with their `idem`.
+ * Durations are milliseconds.
  */
 
 const DEFAULT_RPC_TIMEOUT = 10000;
@@ -20,6 +23,7 @@ const DEFAULT_QUEUE_SIZE = 1000;
 const DEFAULT_ACCEPT_WINDOW = 100;
 const CLIENT_CLOSE_REASON = "Client closed";
 const DEFAULT_REFRESH_BEFORE = 5000;
+const MAX_IDEM_LENGTH = 64;
 
 /**
  * Close codes after which the client does not reconnect by itself: 4401 token expired,
@@ -141,6 +145,149 @@ function remove(list, item) {
   return true;
 }
 
+/**
+ * History rooms as the client sees them: per path the offset of the last push handed to
+ * the application and the stream's epoch (from a subscribe reply carrying both). From a
+ * new socket until the resubscribe with `since` answers, a room's pushes with an offset
+ * are held; the reply releases them sorted, each offset once, only those after the
+ * position (all of them when the reply's `recovered` is not true). Outside a recovery a
+ * push whose offset is not above the last one means the stream restarted: it is handed
+ * over and the position follows it.
+ */
+class Recovery {
+  constructor() {
+    this.streams = new Map(); // path -> {offset, epoch, held}
+  }
+
+  positions() {
+    const out = new Map();
+    for (const [path, s] of this.streams) {
+      if (s.epoch !== null && s.offset >= 0) out.set(path, { offset: s.offset, epoch: s.epoch });
+    }
+    return out;
+  }
+
+  begin(path) {
+    if (this.streams.has(path)) return false;
+    this.streams.set(path, { offset: -1, epoch: null, held: null });
+    return true;
+  }
+
+  subscribed(path, data, reply) {
+    const position = replyPosition(reply);
+    if (position === null || !(data === undefined || data === null || isPlainObject(data))) {
+      this.streams.delete(path);
+      return;
+    }
+    let stream = this.streams.get(path);
+    if (!stream) this.streams.set(path, (stream = { offset: -1, epoch: null, held: null }));
+    if (stream.epoch !== null && stream.epoch !== position.epoch) stream.offset = position.offset;
+    else stream.offset = Math.max(stream.offset, position.offset);
+    stream.epoch = position.epoch;
+  }
+
+  forget(path) {
+    this.streams.delete(path);
+  }
+
+  clear() {
+    this.streams.clear();
+  }
+
+  hold() {
+    for (const s of this.streams.values()) {
+      if (s.epoch !== null && s.held === null) s.held = [];
+    }
+  }
+
+  since(path) {
+    const s = this.streams.get(path);
+    if (!s || s.epoch === null || s.offset < 0) return null;
+    return { offset: s.offset, epoch: s.epoch };
+  }
+
+  /** The reply to a resubscribe with since: [pushes to hand over, recovery failed]. */
+  recovered(path, reply) {
+    const s = this.streams.get(path);
+    if (!s) return [[], false];
+    const failed = !(isPlainObject(reply) && reply.recovered === true);
+    const held = (s.held || []).sort((a, b) => a.offset - b.offset);
+    s.held = null;
+    let last = failed ? -1 : s.offset;
+    const out = [];
+    for (const push of held) {
+      if (push.offset > last) {
+        out.push(push);
+        last = push.offset;
+      }
+    }
+    const position = replyPosition(reply);
+    if (position === null) {
+      this.streams.delete(path);
+    } else {
+      s.offset = Math.max(last, position.offset);
+      s.epoch = position.epoch;
+    }
+    return [out, failed];
+  }
+
+  release(path) {
+    const s = this.streams.get(path);
+    if (!s || s.held === null) return [];
+    const held = s.held.sort((a, b) => a.offset - b.offset);
+    s.held = null;
+    const out = [];
+    for (const push of held) {
+      if (push.offset > s.offset) {
+        out.push(push);
+        s.offset = push.offset;
+      }
+    }
+    return out;
+  }
+
+  releaseAll() {
+    const out = [];
+    for (const [path, s] of [...this.streams]) if (s.held !== null) out.push(...this.release(path));
+    return out;
+  }
+
+  /** A push arrived: the pushes to hand over now (none while held). */
+  push(push) {
+    if (push.offset === null) return [push];
+    const s = this.streams.get(push.path);
+    if (!s) return [push];
+    if (s.held !== null) {
+      s.held.push(push);
+      return [];
+    }
+    s.offset = s.epoch === null ? Math.max(s.offset, push.offset) : push.offset;
+    return [push];
+  }
+}
+
+function isPlainObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function replyPosition(reply) {
+  if (!isPlainObject(reply)) return null;
+  const { offset, epoch } = reply;
+  if (!Number.isInteger(offset) || offset < 0 || typeof epoch !== "string" || !epoch) return null;
+  return { offset, epoch };
+}
+
+function withSince(data, since) {
+  return { ...(isPlainObject(data) ? data : {}), since: { ...since } };
+}
+
+function newIdem() {
+  // 128 random bits as 32 hex digits (crypto.randomUUID needs a secure context).
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function resolveUrl(url) {
   if (typeof location === "undefined" || /^wss?:\/\//i.test(url)) return url;
   const resolved = new URL(url, location.href);
@@ -170,7 +317,19 @@ function normalizeReconnect(opts) {
  * backoff ("exponential" | "linear"), queueSize (1000), rpcTimeout (10000), protocols,
  * acceptWindow (100), messageParser, messageSerializer, onOpen(), onClose(code, reason),
  * onError(err), onReconnect(attempt), token, loginPath ("/auth/login"), refreshPath
- * ("/auth/refresh"), refreshBefore (5000).
+ * ("/auth/refresh"), refreshBefore (5000), resume (false), sessionPath ("/session"),
+ * onRecoveryFailed(path).
+ *
+ * History rooms: a subscribe whose reply carries `offset` and `epoch` is followed
+ * (`positions`); after every reconnect it is sent again with `since` = the last push's
+ * offset and epoch, and the pushes are handed over in offset order, each once. A reply
+ * with `recovered` not true (the history was lost) fires onRecoveryFailed(path).
+ *
+ * Sessions (`resume: true`): on every connect, after the login, the client calls rpc
+ * sessionPath and keeps the token of the reply {session, resumed}; reconnects open the
+ * url with ?session=<token>. Every call then carries an `idem` (random unless given) and
+ * a call whose connection drops before the reply is sent again after the reconnect with
+ * the same idem, within its timeout.
  *
  * Authentication after connect: with `token` (a function returning the token or a promise
  * of it), every socket first calls rpc loginPath {token} before the queue and the
@@ -222,7 +381,7 @@ export class WsClient {
     this._timer = null;
     this._everReady = false; // a connection of this client was ready once
     this._refusal = null; // the WsConnectionRefused of the last refused socket
-    this._hooks = { open: [], close: [], error: [], reconnect: [] };
+    this._hooks = { open: [], close: [], error: [], reconnect: [], recoveryFailed: [] };
     // -- authentication after connect --
     this.token = opts.token ?? null;
     this.loginPath = opts.loginPath ?? "/auth/login";
@@ -231,6 +390,13 @@ export class WsClient {
     this._refreshTimer = null;
     /** {code, reason} of the last socket that closed, or null. */
     this.lastClose = null;
+    // -- recovery and sessions --
+    this.resume = Boolean(opts.resume);
+    this.sessionPath = opts.sessionPath ?? "/session";
+    this._recovery = new Recovery();
+    this._session = null;
+    this._resumed = false;
+    if (opts.onRecoveryFailed) this.onRecoveryFailed(opts.onRecoveryFailed);
     if (opts.onOpen) this.onOpen(opts.onOpen);
     if (opts.onClose) this.onClose(opts.onClose);
     if (opts.onError) this.onError(opts.onError);
@@ -267,6 +433,21 @@ export class WsClient {
     return new Map(this._subscriptions);
   }
 
+  /** History rooms followed: path -> {offset, epoch} of the last push handed over; a copy. */
+  get positions() {
+    return this._recovery.positions();
+  }
+
+  /** The session token (resume: true) of the current or last connection, or null. */
+  get sessionToken() {
+    return this._session;
+  }
+
+  /** True when the current connection resumed the previous one (resume: true). */
+  get resumed() {
+    return this._resumed;
+  }
+
   // -- public API -------------------------------------------------------------------------
 
   /**
@@ -294,14 +475,48 @@ export class WsClient {
    * connecting or reconnecting the call waits for the connection within its timeout.
    * Rejects with WsClientError: the server's code and message; 408 when no reply came in
    * time; 503 when not connected (in time), when the connection is lost first, or when
-   * the client is closed. `options` is a timeout in ms or `{ timeout }`.
+   * the client is closed. `options` is a timeout in ms or `{ timeout, idem }`.
+   *
+   * `idem` (a string of 1 to 64 characters; a RangeError otherwise) goes out as the
+   * frame's `idem`: a server with idempotent calls answers a repeat with the kept reply.
+   * With `resume: true` every call has one (random unless given), and a call whose
+   * connection drops before the reply is sent again once reconnected, within its timeout;
+   * when the timeout runs out after such a loss it rejects with 408 (the server may have
+   * run it).
    */
   async call(event, path, data, options) {
     const timeout =
       typeof options === "number" ? options : (options?.timeout ?? this.rpcTimeout);
+    let idem = typeof options === "object" && options !== null ? options.idem : undefined;
+    if (idem === undefined || idem === null) {
+      // Never on a subscribe: a kept reply would not repeat the pushes its first run sent
+      // (a replay with since); joining again is harmless, so it is retried as is.
+      idem = this.resume && event !== "subscribe" ? newIdem() : undefined;
+    } else if (typeof idem !== "string" || idem.length < 1 || idem.length > MAX_IDEM_LENGTH) {
+      throw new RangeError(`idem must be a string of 1 to ${MAX_IDEM_LENGTH} characters`);
+    }
     const deadline = Date.now() + timeout;
-    await this._whenOpen(deadline);
-    return this._request(event, path, data, deadline);
+    const retry = this.resume && (idem !== undefined || event === "subscribe");
+    let lost = null; // a send of this call lost with its connection
+    for (;;) {
+      try {
+        await this._whenOpen(deadline);
+      } catch (err) {
+        if (lost === null) throw err;
+        if (Date.now() >= deadline) throw new WsClientError(408, "RPC timeout");
+        throw lost;
+      }
+      const ws = this._ws;
+      try {
+        return await this._request(event, path, data, deadline, idem);
+      } catch (err) {
+        const retryable = err instanceof WsClientError && err.code === 503;
+        if (!retry || !retryable || !this.reconnect || this._state === "closed") throw err;
+        lost = err;
+        // The socket failed before its close event: wait for it (never spin).
+        if (this._ws === ws && ws && ws.readyState !== 3) await closedOrTimeout(ws, deadline);
+      }
+    }
   }
 
   /**
@@ -311,13 +526,22 @@ export class WsClient {
    * A refused subscribe rejects and is not remembered.
    */
   async subscribe(path, data, options) {
-    const reply = await this.call("subscribe", path, data, options);
+    const fresh = this._recovery.begin(path);
+    let reply;
+    try {
+      reply = await this.call("subscribe", path, data, options);
+    } catch (err) {
+      if (fresh) this._recovery.forget(path);
+      throw err;
+    }
     this._subscriptions.set(path, data);
+    this._recovery.subscribed(path, data, reply);
     let active = true;
     const unsubscribe = () => {
       if (!active) return;
       active = false;
       this._subscriptions.delete(path);
+      this._recovery.forget(path);
       if (this._state === "open") this._ws.send(this.serialize(message("unsubscribe", path)));
     };
     unsubscribe.path = path;
@@ -373,6 +597,8 @@ export class WsClient {
   close() {
     if (this._state === "closed") return;
     this._state = "closed";
+    this._session = null; // a clean close ends the session on the server
+    this._recovery.clear();
     this._stopRefresh();
     clearTimeout(this._timer);
     this._timer = null;
@@ -399,12 +625,28 @@ export class WsClient {
     return this._hook("reconnect", handler);
   }
 
+  /** handler(path): after a reconnect, what history room `path` missed is lost. */
+  onRecoveryFailed(handler) {
+    return this._hook("recoveryFailed", handler);
+  }
+
   // -- connecting -------------------------------------------------------------------------
+
+  _dialUrl() {
+    if (!this.resume || this._session === null) return this.url;
+    const url = new URL(this.url);
+    url.searchParams.set("session", this._session);
+    return url.href;
+  }
 
   _open() {
     let ws;
+    // Held until their resubscribe with since answers (a resumed socket gets live pushes
+    // at once).
+    this._recovery.hold();
+    this._resumed = false;
     try {
-      ws = new WebSocket(this.url, this.protocols);
+      ws = new WebSocket(this._dialUrl(), this.protocols);
     } catch (err) {
       // A malformed URL or a blocked port: there is no socket to wait for.
       this._emit("error", err);
@@ -485,6 +727,19 @@ export class WsClient {
       }
       this._scheduleRefresh(ws, reply);
     }
+    if (this.resume && stillCurrent()) {
+      try {
+        const reply = await this._request("rpc", this.sessionPath, undefined,
+          Date.now() + this.rpcTimeout);
+        const token = isPlainObject(reply) ? reply.session : undefined;
+        this._session = typeof token === "string" && token ? token : null;
+        this._resumed = this._session !== null && reply.resumed === true;
+      } catch (err) {
+        if (this._ws !== ws || !(err instanceof WsClientError) || err.code === 503) return;
+        this._session = null; // a server without sessions: go on without
+        this._emit("error", err);
+      }
+    }
     if (!stillCurrent() || !this._flush(ws)) return;
     await this._replay(ws);
     if (!stillCurrent() || !this._flush(ws)) return;
@@ -534,8 +789,12 @@ export class WsClient {
     const subs = [...this._subscriptions];
     if (!subs.length) return;
     const deadline = Date.now() + this.rpcTimeout;
+    const recovery = this._recovery;
+    const sinces = subs.map(([path]) => recovery.since(path));
     const results = await Promise.allSettled(
-      subs.map(([path, data]) => this._request("subscribe", path, data, deadline)),
+      subs.map(([path, data], i) =>
+        this._request("subscribe", path, sinces[i] ? withSince(data, sinces[i]) : data, deadline),
+      ),
     );
     results.forEach((result, i) => {
       const [path, data] = subs[i];
@@ -549,10 +808,21 @@ export class WsClient {
       const err = result.reason;
       if (err instanceof WsClientError && err.code !== 408 && err.code !== 503) {
         // The server refuses it now: forget it, as a refused first subscribe.
-        if (this._subscriptions.get(path) === data) this._subscriptions.delete(path);
+        if (this._subscriptions.get(path) === data) {
+          this._subscriptions.delete(path);
+          this._deliver(recovery.release(path));
+          recovery.forget(path);
+        }
         this._emit("error", err);
+      } else if (result.status === "fulfilled" && sinces[i]) {
+        const [pushes, failed] = recovery.recovered(path, result.value);
+        if (failed) this._emit("recoveryFailed", path);
+        this._deliver(pushes);
+      } else if (result.status === "fulfilled") {
+        recovery.subscribed(path, data, result.value);
       }
     });
+    if (this._ws === ws && ws.readyState === 1) this._deliver(recovery.releaseAll());
   }
 
   _scheduleOrGiveUp() {
@@ -611,9 +881,9 @@ export class WsClient {
     for (const waiter of waiters) waiter();
   }
 
-  _request(event, path, data, deadline) {
+  _request(event, path, data, deadline, idem) {
     const id = this._nextId++;
-    const frame = this.serialize(message(event, path, data, id));
+    const frame = this.serialize(message(event, path, data, id, idem));
     return new Promise((resolve, reject) => {
       if (!this._ws || this._ws.readyState !== 1) {
         reject(new WsClientError(503, "Connection lost"));
@@ -680,7 +950,18 @@ export class WsClient {
       return;
     }
     if (typeof msg.event !== "string" || typeof msg.path !== "string") return;
-    const push = { event: msg.event, path: msg.path, params: msg.params ?? {}, data: msg.data };
+    const offset = Number.isInteger(msg.offset) && msg.offset >= 0 ? msg.offset : null;
+    const push = {
+      event: msg.event, path: msg.path, params: msg.params ?? {}, data: msg.data, offset,
+    };
+    this._deliver(this._recovery.push(push));
+  }
+
+  _deliver(pushes) {
+    for (const push of pushes) this._dispatch(push);
+  }
+
+  _dispatch(push) {
     for (const handler of this._listeners.match(push.event, push.path)) {
       try {
         const result = handler(push);
@@ -868,10 +1149,24 @@ function settle(ws, ms) {
   });
 }
 
-function message(event, path, data, id) {
+/** Resolves once `ws` closed, or at `deadline` (ms since the epoch). */
+function closedOrTimeout(ws, deadline) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      ws.removeEventListener("close", done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.max(0, deadline - Date.now()));
+    ws.addEventListener("close", done);
+  });
+}
+
+function message(event, path, data, id, idem) {
   const msg = { event, path };
   if (data !== undefined) msg.data = data;
   if (id !== undefined) msg.id = id;
+  if (idem !== undefined) msg.idem = idem;
   return msg;
 }
 
