@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,13 @@ from wsevents.testing import (
     check_session_store,
     check_transport,
 )
-from wsevents.transports.nats import NatsTransport, decode_token, encode_token, redact_url
+from wsevents.transports.nats import (
+    NatsTransport,
+    _presence,
+    decode_token,
+    encode_token,
+    redact_url,
+)
 
 from .nats_support import NATS_URL, ThrowawayNats, free_port
 from .redis_support import wait_until
@@ -281,3 +288,31 @@ async def test_start_without_a_server(transports: Any) -> None:
         await lenient.publish("ws:broadcast", "x")
     assert lenient.publish_failures == 1
     assert lenient.channels == frozenset({"ws:broadcast"})
+
+
+# -- presence: reapers -------------------------------------------------------------------------
+
+
+async def test_a_stalled_reapers_claim_is_taken_over(
+    transports: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    presence = (await transports()).capabilities().presence
+    await presence.heartbeat("dead", 0.05)
+    assert await presence.add("/room", "c1", "ada", None, "dead") is True
+    await asyncio.sleep(0.1)
+    assert "dead" in await presence.expired_instances()
+    # A reaper claimed it and stalled (it died before removing anything).
+    key = "i." + encode_token("dead")
+    await presence.jet.modify(
+        "presence", key, lambda doc: ({**doc, "r": "stalled", "t": time.time()}, None)
+    )
+    assert "dead" not in await presence.expired_instances()
+    assert await presence.reap("dead", "other") is None
+    assert (await presence.count("/room")).connections == 1
+    monkeypatch.setattr(_presence, "CLAIM_TIMEOUT", 0.05)
+    await asyncio.sleep(0.1)
+    assert "dead" in await presence.expired_instances()
+    assert await presence.reap("dead", "other") == [("/room", "ada")]
+    assert (await presence.count("/room")).connections == 0
+    assert await presence.heartbeat("dead", 60.0) is True  # reaped: unknown again
+    assert await presence.reap("dead", "dead") == []

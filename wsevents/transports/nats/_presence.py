@@ -22,13 +22,14 @@ class NatsPresence:
 
     * ``r.<room>``: ``{"c": {connection id: [user, instance]}, "u": {user: [connections,
       data]}}``; the store deletes it when the room empties.
-    * ``i.<instance>``: the instance's heartbeat expiry (Unix time, the hosts' clocks must
-      agree within a heartbeat).
+    * ``i.<instance>``: ``{"e": heartbeat expiry}`` (Unix time, the hosts' clocks must
+      agree within a heartbeat), with ``"r"`` (the reaper) and ``"t"`` (since when) while a
+      reaper removes its entries.
 
     Each add, remove and update is one compare-and-set of the room's document, so the first
-    and last connections of a user are decided once. A reap claims the instance by deleting
-    its heartbeat with compare-and-set (one reaper wins), then removes its connections room by
-    room.
+    and last connections of a user are decided once. A reap claims the instance by marking
+    its heartbeat with compare-and-set (one reaper wins), removes its connections room by
+    room, then deletes the heartbeat.
     """
 
     def __init__(self, jet: Jet) -> None:
@@ -101,7 +102,9 @@ class NatsPresence:
         """Mark ``instance_id`` alive for ``ttl`` seconds; True when the store did not know it."""
         expiry = time.time() + ttl
         return await self.jet.modify(
-            _BUCKET, "i." + encode_token(instance_id), lambda doc: (expiry, doc is None)
+            _BUCKET,
+            "i." + encode_token(instance_id),
+            lambda doc: ({"e": expiry}, doc is None or "r" in doc),
         )
 
     async def expired_instances(self) -> list[str]:
@@ -112,8 +115,8 @@ class NatsPresence:
             now = time.time()
             expired = []
             for key in await _keys(kv, "i."):
-                expiry, _ = await self.jet.read(kv, key)
-                if isinstance(expiry, int | float) and expiry <= now:
+                doc, _ = await self.jet.read(kv, key)
+                if doc is not None and doc["e"] <= now and not _claimed(doc, now):
                     expired.append(decode_token(key[2:]))
             return expired
 
@@ -121,23 +124,23 @@ class NatsPresence:
 
     async def reap(self, instance_id: str, reaper_id: str) -> list[tuple[str, str]] | None:
         """Remove every entry of ``instance_id`` and forget it; the ``(room, user)`` pairs
-        whose last connection that was, or None when another reaper claimed it first."""
+        whose last connection that was, or None when another reaper claimed it first.
+
+        The reaper claims the instance by marking its heartbeat (compare-and-set), removes
+        its connections room by room, then deletes the heartbeat. A claim whose reaper
+        stalled for ``CLAIM_TIMEOUT`` seconds may be taken over.
+        """
         key = "i." + encode_token(instance_id)
 
-        async def claim() -> bool:
-            kv = await self.jet.bucket(_BUCKET)
-            expiry, revision = await self.jet.read(kv, key)
-            if expiry is None:
-                return True  # unknown (never beat, or reaped): sweep what may be left
-            try:
-                await kv.delete(key, last=revision, validate_keys=False)
-            except jse.APIError as exc:
-                if exc.err_code in (10071, 10164):
-                    return False
-                raise
-            return True
+        def claim(doc: Any) -> tuple[Any, bool]:
+            now = time.time()
+            if doc is None:
+                return doc, True  # unknown (never beat, or reaped): sweep what may be left
+            if _claimed(doc, now):
+                return doc, False
+            return {"e": doc["e"], "r": reaper_id, "t": now}, True
 
-        if not await self.jet.call(f"claim of {instance_id}", claim):
+        if not await self.jet.modify(_BUCKET, key, claim):
             return None
 
         async def rooms() -> list[str]:
@@ -156,7 +159,22 @@ class NatsPresence:
 
             for user in await self.jet.modify(_BUCKET, room_key, change):
                 left.append((room, user))
+
+        def forget(doc: Any) -> tuple[Any, None]:
+            if doc is not None and doc.get("r") == reaper_id:
+                return None, None
+            return doc, None  # it beat again meanwhile: it is back
+
+        await self.jet.modify(_BUCKET, key, forget)
         return left
+
+
+CLAIM_TIMEOUT = 30.0
+"""Seconds a reaper's claim on a dead instance holds before another reaper may take over."""
+
+
+def _claimed(doc: Any, now: float) -> bool:
+    return "r" in doc and doc["t"] > now - CLAIM_TIMEOUT
 
 
 def _removed_all(doc: Any, connections: set[str]) -> tuple[Any, list[str]]:
