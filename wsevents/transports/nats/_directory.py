@@ -18,6 +18,8 @@ __all__ = ["NatsDirectory"]
 
 log = logging.getLogger("wsevents.transports.nats")
 
+_REFRESH_BATCH = 200  # entries written concurrently by the refresh
+
 
 class NatsDirectory:
     """A [`ConnectionDirectory`][wsevents.ConnectionDirectory] on a JetStream key-value bucket.
@@ -122,13 +124,19 @@ class NatsDirectory:
             self._wakeup.clear()
             if self.closed:
                 return
-            for cid, instance in list(self._local.items()):
-                if self._local.get(cid) != instance:
-                    continue
+            snapshot = list(self._local.items())
+            for start in range(0, len(snapshot), _REFRESH_BATCH):
+                batch = snapshot[start : start + _REFRESH_BATCH]
                 try:
                     await self.jet.call(
-                        "directory refresh", functools.partial(self._put, cid, instance)
+                        "directory refresh", functools.partial(self._put_many, batch)
                     )
                 except TransportError as exc:
                     log.debug("directory refresh failed: %s", exc)
                     break
+
+    async def _put_many(self, entries: list[tuple[str, str]]) -> None:
+        """Write ``entries`` again, those still open, concurrently."""
+        await asyncio.gather(
+            *(self._put(cid, inst) for cid, inst in entries if self._local.get(cid) == inst)
+        )
