@@ -316,3 +316,29 @@ async def test_a_stalled_reapers_claim_is_taken_over(
     assert (await presence.count("/room")).connections == 0
     assert await presence.heartbeat("dead", 60.0) is True  # reaped: unknown again
     assert await presence.reap("dead", "dead") == []
+
+
+# -- sessions: expired values are swept ----------------------------------------------------------
+
+
+async def test_expired_session_values_are_swept_by_one_instance(transports: Any) -> None:
+    a = await transports(sessions_sweep_interval=0.2)
+    b = await transports(sessions_sweep_interval=0.2)
+    store = a.capabilities().sessions
+    for n in range(5):
+        assert await store.put(f"idem:c:{n}", "reply", 0.05)
+    assert await store.put("session:kept", "state", 60.0)
+    assert await store.incr("counter:kept") == 1
+    kv = await a._jet.bucket("sessions")
+
+    async def expired_gone() -> bool:
+        keys = {key for key, _, _ in await a._jet.documents(kv)}
+        return not any(key.startswith(encode_token("idem:c:")) for key in keys)
+
+    await wait_until(expired_gone, timeout=5.0, what="the expired values to be swept")
+    assert a._sessions.swept + b._sessions.swept == 5
+    assert await store.get("session:kept") == "state"
+    assert await b.capabilities().sessions.incr("counter:kept") == 2
+    # Sweeping again finds nothing; a value written with a revision the sweep did not read
+    # is never deleted by it.
+    assert await a._sessions.sweep() == 0

@@ -99,6 +99,8 @@ class NatsTransport(BaseTransport):
             ``ttl`` is applied on reading, below it).
         history_max_size: pushes the stream keeps per room at most (the apps' own ``size``
             is applied on reading, below it).
+        sessions_sweep_interval: seconds between two deletions of the expired session values
+            and idempotent replies (by one instance at a time).
         fail_fast: make [`start`][] raise [`TransportError`][wsevents.TransportError] when
             the first connection is not made within ``connect_timeout``.
         nats_options: more keyword arguments for ``nats.connect`` (``user_credentials``,
@@ -127,6 +129,7 @@ class NatsTransport(BaseTransport):
         directory_ttl: float = 30.0,
         history_max_age: float = 86400.0,
         history_max_size: int = 10_000,
+        sessions_sweep_interval: float = 60.0,
         fail_fast: bool = False,
         **nats_options: Any,
     ) -> None:
@@ -134,6 +137,8 @@ class NatsTransport(BaseTransport):
             raise ValueError("intervals and timeouts must be > 0")
         if directory_ttl < 0.01:
             raise ValueError("directory_ttl must be at least 0.01 s")
+        if sessions_sweep_interval <= 0:
+            raise ValueError("sessions_sweep_interval must be > 0")
         if history_max_age <= 0 or history_max_size < 1:
             raise ValueError("history_max_age and history_max_size must be > 0")
         if isinstance(servers, str):
@@ -170,6 +175,7 @@ class NatsTransport(BaseTransport):
         self._probe_sub: Any = None
         self._tasks = TaskSet()
         self._connect_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self.last_error: BaseException | None = None
         self._jet = Jet(
             context=self._context,
@@ -181,7 +187,7 @@ class NatsTransport(BaseTransport):
         self._directory = NatsDirectory(self._jet, ttl=float(directory_ttl), owner=self)
         self._presence = NatsPresence(self._jet)
         self._capacity = NatsCapacity(self._jet)
-        self._sessions = NatsSessions(self._jet)
+        self._sessions = NatsSessions(self._jet, sweep_interval=float(sessions_sweep_interval))
         self._history = NatsHistory(
             self._jet, max_age=float(history_max_age), max_size=int(history_max_size)
         )
@@ -292,6 +298,7 @@ class NatsTransport(BaseTransport):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        self._sweep_task = None  # cancelled with the other tasks below
         for sub, _ in self._subs.values():
             sub.cancel()
         self._subs.clear()
@@ -452,6 +459,8 @@ class NatsTransport(BaseTransport):
         self._up = True
         if first:
             self._probe_sub = await nc.subscribe(self._probe_subject, cb=self._on_probe)
+            if self._sweep_task is None:
+                self._sweep_task = self._tasks.spawn(self._sessions.sweep_forever())
         # nats-py sent its subscriptions again; make those registered while down, and make
         # sure the server has them all.
         for channel, (_, nats_sub) in list(self._subs.items()):

@@ -114,6 +114,21 @@ class Jet:
         value = entry.value
         return (json.loads(value) if value else None), entry.revision or 0
 
+    async def documents(self, kv: KeyValue, prefix: str = "") -> list[tuple[str, Any, int]]:
+        """Every live key under ``prefix`` with its JSON document and revision, read in one
+        pass over the bucket's stream (an ordered consumer), not a request per key."""
+        watcher: Any = await kv.watchall(ignore_deletes=True)
+        found: list[tuple[str, Any, int]] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what the bucket holds now
+                    break
+                if entry.key.startswith(prefix) and entry.value:
+                    found.append((entry.key, json.loads(entry.value), entry.revision or 0))
+        finally:
+            await watcher.stop()
+        return found
+
     async def modify(
         self,
         bucket: str,

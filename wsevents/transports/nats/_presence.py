@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import nats.js.errors as jse
-
 from ..base import PresenceCount, PresenceMember, PresencePage
 from ._jet import Jet
 from ._names import decode_token, encode_token
@@ -113,12 +111,11 @@ class NatsPresence:
         async def scan() -> list[str]:
             kv = await self.jet.bucket(_BUCKET)
             now = time.time()
-            expired = []
-            for key in await _keys(kv, "i."):
-                doc, _ = await self.jet.read(kv, key)
-                if doc is not None and doc["e"] <= now and not _claimed(doc, now):
-                    expired.append(decode_token(key[2:]))
-            return expired
+            return [
+                decode_token(key[2:])
+                for key, doc, _ in await self.jet.documents(kv, "i.")
+                if doc["e"] <= now and not _claimed(doc, now)
+            ]
 
         return await self.jet.call("scan of the presence heartbeats", scan)
 
@@ -145,7 +142,11 @@ class NatsPresence:
 
         async def rooms() -> list[str]:
             kv = await self.jet.bucket(_BUCKET)
-            return await _keys(kv, "r.")
+            return [
+                key
+                for key, doc, _ in await self.jet.documents(kv, "r.")
+                if any(inst == instance_id for _, inst in doc["c"].values())
+            ]
 
         left: list[tuple[str, str]] = []
         for room_key in await self.jet.call("scan of the presence rooms", rooms):
@@ -200,11 +201,3 @@ def _removed_all(doc: Any, connections: set[str]) -> tuple[Any, list[str]]:
 def _removed(doc: Any, connections: set[str]) -> tuple[Any, str | None]:
     new, gone = _removed_all(doc, connections)
     return new, (gone[0] if gone else None)
-
-
-async def _keys(kv: Any, pattern: str) -> list[str]:
-    try:
-        keys: list[str] = await kv.keys()
-    except jse.NoKeysError:
-        return []
-    return [key for key in keys if key.startswith(pattern)]
