@@ -483,6 +483,7 @@ class NatsTransport(BaseTransport):
         self._up = False
         self._up_event.clear()
         self._jet.forget()
+        self._history.forget()
         if self._state is not False:
             if self._state is True:
                 log.warning("NATS connection to %s lost (%r); reconnecting", self.url, exc)

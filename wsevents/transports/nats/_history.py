@@ -21,6 +21,8 @@ _OFFSET = "Wsevents-Offset"
 _EPOCH = "Wsevents-Epoch"
 _SIZE = "Wsevents-Size"
 _EXPECT = "Nats-Expected-Last-Subject-Sequence"
+_KNOWN_ROOMS = 10_000  # rooms whose last message is remembered
+_KNOWN_FOR = 2.0  # seconds it is trusted (a stream recreated meanwhile restarts sequences)
 
 
 class _Last:
@@ -43,9 +45,10 @@ class NatsHistory:
     ``max_size`` messages per subject, none older than ``max_age`` seconds. Each message
     carries its offset, the room's epoch and the room's ``size`` in headers.
 
-    ``append`` reads the room's last message and publishes the next one with JetStream's
-    expected-last-subject-sequence check: of concurrent appends, one wins each offset, the
-    others read again and take the next. A room without a message (new, trimmed by age, or
+    ``append`` publishes the room's next message with JetStream's
+    expected-last-subject-sequence check, after the last message it knows (the one it wrote
+    last, or else the one it reads): of concurrent appends, one wins each offset, the others
+    read again and take the next. A room without a message (new, trimmed by age, or
     lost with the stream) starts a new epoch: its first message is a marker of offset 0,
     written by [`position`][] or by the first ``append``, so every instance sees the same
     epoch. The epoch thus changes whenever the room's stream is lost (the stream deleted or
@@ -62,6 +65,14 @@ class NatsHistory:
         self.max_size = max_size
         self._ready = False
         self._lock = asyncio.Lock()
+        # subject: the last message this instance wrote, and when
+        self._known: dict[str, tuple[float, _Last]] = {}
+
+    def forget(self) -> None:
+        """Forget what this instance knows of the stream (the connection was lost: the
+        server may have lost the stream too)."""
+        self._ready = False
+        self._known.clear()
 
     @property
     def stream(self) -> str:
@@ -119,8 +130,9 @@ class NatsHistory:
         }
         try:
             data = b"" if payload is None else payload.encode("utf-8")
-            await js.publish(subject, data, headers=headers)
+            ack = await js.publish(subject, data, headers=headers)
         except Exception as exc:
+            self._known.pop(subject, None)  # read the room's last message again
             if wrong_last_sequence(exc):
                 return None
             if isinstance(exc, jse.NoStreamResponseError) and self._ready:
@@ -128,6 +140,9 @@ class NatsHistory:
                 await self._ensure()
                 return None
             raise
+        if len(self._known) >= _KNOWN_ROOMS:
+            self._known.clear()
+        self._known[subject] = (time.monotonic(), _Last(ack.seq, offset, epoch, size))
         return StreamPosition(offset, epoch)
 
     async def append(self, room: str, payload: str, size: int, ttl: float) -> StreamPosition:
@@ -137,7 +152,13 @@ class NatsHistory:
         async def run() -> StreamPosition:
             js = await self._ensure()
             for _ in range(CAS_ATTEMPTS):
-                last = await self._last(js, subject)
+                # The room's last message as this instance wrote it, if it did: when no other
+                # instance wrote since, the publish succeeds without reading first.
+                known = self._known.get(subject)
+                if known is not None and known[0] > time.monotonic() - _KNOWN_FOR:
+                    last = known[1]
+                else:
+                    last = await self._last(js, subject)
                 position = await self._put(js, subject, last, payload, size)
                 if position is None:
                     continue
@@ -186,24 +207,25 @@ class NatsHistory:
                 return position, None  # trimmed by size
             cutoff = time.time() - ttl
             entries: list[HistoryEntry] = []
-            seq = 1
-            while True:
-                try:
-                    msg = await js.get_msg(self.stream, seq=seq, subject=subject, next=True)
-                except jse.NotFoundError:
-                    break
-                seq = msg.seq + 1
-                headers = msg.headers or {}
-                found = int(headers.get(_OFFSET, 0))
-                if found <= offset or headers.get(_EPOCH) != last.epoch:
-                    continue
-                if not entries and found != offset + 1:
-                    return position, None  # trimmed (by the stream's limits, or purged)
-                if msg.time is not None and msg.time.timestamp() < cutoff:
-                    return position, None  # trimmed by age
-                entries.append(HistoryEntry(found, msg.data.decode("utf-8")))
-                if msg.seq >= last.seq:
-                    break
+            # One ordered consumer over the room's subject: the kept messages stream in, in
+            # sequence order, without a request each.
+            sub = await js.subscribe(subject, stream=self.stream, ordered_consumer=True)
+            try:
+                while True:
+                    msg = await sub.next_msg(timeout=self.jet.command_timeout)
+                    seq = msg.metadata.sequence.stream
+                    headers = msg.headers or {}
+                    found = int(headers.get(_OFFSET, 0))
+                    if found > offset and headers.get(_EPOCH) == last.epoch:
+                        if not entries and found != offset + 1:
+                            return position, None  # trimmed (by the stream's limits, or purged)
+                        if msg.metadata.timestamp.timestamp() < cutoff:
+                            return position, None  # trimmed by age
+                        entries.append(HistoryEntry(found, msg.data.decode("utf-8")))
+                    if seq >= last.seq:
+                        break
+            finally:
+                await sub.unsubscribe()
             if not entries or entries[-1].offset != last.offset:
                 return position, None
             return position, entries
