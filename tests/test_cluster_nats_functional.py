@@ -172,6 +172,9 @@ async def test_a_nats_restart_brings_delivery_back_without_duplicates(
     await wait_until(
         lambda: not any(t.connected for t in transports), what="every instance to see the loss"
     )
+    await wait_until(
+        lambda: not any(app.transport_up for app in cluster.apps), what="on_transport_down"
+    )
     report = await sender.call("message", room, {"n": "lost"})
     assert report["published"] is False  # refused while down, never sent late
     stopped = time.monotonic()
@@ -179,6 +182,7 @@ async def test_a_nats_restart_brings_delivery_back_without_duplicates(
     await wait_until(
         lambda: all(t.connected for t in transports), timeout=10.0, what="every instance back"
     )
+    await wait_until(lambda: all(app.transport_up for app in cluster.apps), what="transport up")
     # Delivery is back within 10 s of the restart.
     deadline = stopped + 10.0
     n = 0
