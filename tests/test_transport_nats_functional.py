@@ -342,3 +342,21 @@ async def test_expired_session_values_are_swept_by_one_instance(transports: Any)
     # Sweeping again finds nothing; a value written with a revision the sweep did not read
     # is never deleted by it.
     assert await a._sessions.sweep() == 0
+
+
+async def test_a_closed_transport_starts_again(transports: Any) -> None:
+    transport = await transports()
+    got: list[str] = []
+    await transport.subscribe("ws:broadcast", got.append)
+    await transport.close()
+    assert not transport.connected
+    with pytest.raises(TransportError, match="closed"):
+        await transport.publish("ws:broadcast", "x")
+    with pytest.raises(TransportError, match="closed"):
+        await transport.locate_connection("c")
+    await transport.start()
+    assert transport.connected
+    assert await transport.health()
+    await transport.subscribe("ws:broadcast", got.append)
+    await transport.publish("ws:broadcast", "again")
+    await wait_until(lambda: got == ["again"], what="delivery after a restart of the transport")

@@ -304,9 +304,11 @@ class NatsTransport(BaseTransport):
         self._subs.clear()
         nc, self._nc = self._nc, None
         self._js = None
+        self._probe_sub = None
         self._up = False
         self._state = None
         self._jet.forget()
+        self._history.forget()
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
@@ -457,10 +459,13 @@ class NatsTransport(BaseTransport):
         if nc is None:
             return
         self._up = True
-        if first:
-            self._probe_sub = await nc.subscribe(self._probe_subject, cb=self._on_probe)
-            if self._sweep_task is None:
-                self._sweep_task = self._tasks.spawn(self._sessions.sweep_forever())
+        if self._probe_sub is None:
+            try:
+                self._probe_sub = await nc.subscribe(self._probe_subject, cb=self._on_probe)
+            except Exception as exc:  # lost again at once: the reconnection comes back here
+                log.debug("subscribing the health probe failed: %r", exc)
+        if first and self._sweep_task is None:
+            self._sweep_task = self._tasks.spawn(self._sessions.sweep_forever())
         # nats-py sent its subscriptions again; make those registered while down, and make
         # sure the server has them all.
         for channel, (_, nats_sub) in list(self._subs.items()):
