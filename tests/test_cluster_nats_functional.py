@@ -19,11 +19,34 @@ from wsevents.transports.nats import NatsTransport
 from .nats_support import NATS_URL, ThrowawayNats
 from .redis_support import wait_until
 from .test_cluster_memory_functional import build as build_chat
+from .test_cluster_memory_functional import (  # the memory suite's tests, on NATS (below)
+    test_a_member_excluded_by_id_on_another_instance_gets_nothing,
+    test_disconnect_notice_reaches_the_members_on_other_instances_once,
+    test_fifty_clients_twenty_broadcasts_no_duplicate_no_loss,
+    test_room_broadcast_including_the_sender_reaches_it_once,
+    test_room_broadcast_reaches_each_member_on_every_instance_once_never_the_sender,
+    test_send_to_a_connection_on_another_instance_delivers_once,
+    test_send_to_an_unknown_connection_returns_false_everywhere,
+    test_server_broadcast_reaches_every_connection_of_every_instance_once,
+    test_two_hundred_messages_from_one_sender_arrive_in_order_on_every_instance,
+)
 from .test_history_functional import publish, push, subscribe
 
 pytest_plugins = ["tests.nats_fixtures"]
 
 pytestmark = pytest.mark.functional
+
+__all__ = [  # the tests of the memory suite that need no MemoryBus run here on NATS
+    "test_a_member_excluded_by_id_on_another_instance_gets_nothing",
+    "test_disconnect_notice_reaches_the_members_on_other_instances_once",
+    "test_fifty_clients_twenty_broadcasts_no_duplicate_no_loss",
+    "test_room_broadcast_including_the_sender_reaches_it_once",
+    "test_room_broadcast_reaches_each_member_on_every_instance_once_never_the_sender",
+    "test_send_to_a_connection_on_another_instance_delivers_once",
+    "test_send_to_an_unknown_connection_returns_false_everywhere",
+    "test_server_broadcast_reaches_every_connection_of_every_instance_once",
+    "test_two_hundred_messages_from_one_sender_arrive_in_order_on_every_instance",
+]
 
 Serve = Callable[..., Awaitable[WsCluster]]
 
@@ -53,6 +76,12 @@ async def serve(aiohttp_client: Any, nats_prefix: str) -> AsyncIterator[Serve]:
     yield make
     for cluster in clusters:
         await cluster.close()
+
+
+@pytest.fixture
+async def cluster(serve: Serve) -> WsCluster:
+    """The memory suite's three instances, on NATS."""
+    return await serve()
 
 
 def chat_push(room: str, data: Any) -> dict[str, Any]:

@@ -363,3 +363,16 @@ async def test_a_closed_transport_starts_again(transports: Any) -> None:
     await transport.subscribe("ws:broadcast", got.append)
     await transport.publish("ws:broadcast", "again")
     await wait_until(lambda: got == ["again"], what="delivery after a restart of the transport")
+
+
+async def test_concurrent_subscriptions_of_one_channel_deliver_once(transports: Any) -> None:
+    a, b = await transports(), await transports()
+    first: list[str] = []
+    second: list[str] = []
+    await asyncio.gather(
+        b.subscribe("ws:room:/same", first.append), b.subscribe("ws:room:/same", second.append)
+    )
+    await a.publish("ws:room:/same", "one")
+    await a.publish("ws:room:/same", "barrier")
+    await wait_until(lambda: "barrier" in first + second, what="the barrier")
+    assert sorted(first + second) == ["barrier", "one"]  # once, to the latest handler

@@ -170,6 +170,7 @@ class NatsTransport(BaseTransport):
         self._state: bool | None = None
         self._listeners: list[StateListener] = []
         self._subs: dict[str, tuple[Subscription, Any]] = {}  # channel: (handler, nats sub)
+        self._inflight: dict[str, asyncio.Future[None]] = {}  # subscriptions being made
         self._probes: dict[str, asyncio.Future[None]] = {}
         self._probe_subject = f"{self._subject_prefix}.p.{uuid.uuid4().hex}"
         self._probe_sub: Any = None
@@ -401,9 +402,22 @@ class NatsTransport(BaseTransport):
         return self._js
 
     async def _subscribe_live(self, channel: str, *, flush: bool = True) -> None:
+        """Make ``channel``'s NATS subscription (once, however many callers ask at once) and,
+        with ``flush``, return once the server has it."""
+        waited = False
+        while (inflight := self._inflight.get(channel)) is not None:
+            # Another caller is making it (maybe for a handler unsubscribed meanwhile).
+            waited = True
+            with contextlib.suppress(Exception):
+                await asyncio.shield(inflight)
         nc = self._nc
         known = self._subs.get(channel)
-        if nc is None or not self._up or known is None or known[1] is not None:
+        if nc is None or not self._up or known is None:
+            return
+        if known[1] is not None:
+            if waited and flush:  # made by a caller that did not wait for the server
+                with contextlib.suppress(Exception):
+                    await nc.flush(timeout=max(1, round(self.command_timeout)))
             return
         sub = known[0]
 
@@ -417,6 +431,8 @@ class NatsTransport(BaseTransport):
             if current is not None and current[0] is sub:  # not unsubscribed meanwhile
                 sub.deliver(payload)
 
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[channel] = done
         try:
             nats_sub = await nc.subscribe(self.subject(channel), cb=deliver)
             if self._subs.get(channel, (None,))[0] is not sub:  # unsubscribed meanwhile
@@ -427,6 +443,9 @@ class NatsTransport(BaseTransport):
                 await nc.flush(timeout=max(1, round(self.command_timeout)))
         except Exception as exc:
             log.warning("subscribing to %s at %s failed: %r", channel, self.url, exc)
+        finally:
+            del self._inflight[channel]
+            done.set_result(None)
 
     async def _connect_forever(self) -> None:
         """Make the first connection (nats-py reconnects by itself afterwards)."""
