@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("nats", reason="the NATS engine needs nats-py: pip install 'wsevents[nats]'")
+
 from examples.reference_app import add_history, add_presence
 from wsevents import WsApp
 from wsevents.testing import WsCluster, WsTestClient, assert_delivered_once, serve_cluster

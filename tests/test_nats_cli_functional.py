@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+pytest.importorskip("nats", reason="the NATS engine needs nats-py: pip install 'wsevents[nats]'")
+
 from examples.multi_instance.demo import cross
 from wsevents.testing import WsTestClient, assert_delivered_once
 

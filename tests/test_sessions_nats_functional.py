@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+
+pytest.importorskip("nats", reason="the NATS engine needs nats-py: pip install 'wsevents[nats]'")
 from aiohttp import web
 
 from examples.reference_app import add_capped_rooms

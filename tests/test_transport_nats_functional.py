@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+pytest.importorskip("nats", reason="the NATS engine needs nats-py: pip install 'wsevents[nats]'")
 from hypothesis import given
 from hypothesis import strategies as st
 
