@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from wsevents import WsApp, create_ws_app, use_ws_message
+from wsevents import WsApp, create_ws_app, use_ws_connection, use_ws_message
 
 
 def _tagged_echo(tag: str) -> WsApp:
@@ -16,6 +16,10 @@ def _tagged_echo(tag: str) -> WsApp:
     @ws.on_message("rpc", "/echo")
     def echo() -> dict[str, Any]:
         return {"tag": tag, "data": use_ws_message().data}
+
+    @ws.on_message("rpc", "/ip")
+    def ip() -> str | None:
+        return use_ws_connection().ip
 
     return ws
 

@@ -336,6 +336,7 @@ def test_run_help_shows_every_option_with_its_default() -> None:
         "(default: info)",
         "(default: asyncio)",
         "--allow-origin ORIGIN",
+        "--trusted-proxy ADDRESS",
         "--redis-url URL",
         "--redis-fail-fast",
         "--nats-url URL",
@@ -376,6 +377,44 @@ async def test_serving_is_logged_only_once_the_socket_listens(
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- --trusted-proxy ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ((), "127.0.0.1"),  # not trusted: the header is ignored
+        (("--trusted-proxy", "10.0.0.0/8"), "127.0.0.1"),
+        (("--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1"), "203.0.113.7"),
+    ],
+)
+async def test_trusted_proxy_gives_the_forwarded_client_ip(
+    start_server: Callable[..., Server],
+    session: aiohttp.ClientSession,
+    flags: tuple[str, ...],
+    expected: str,
+) -> None:
+    server = start_server("tests.cli_targets:make_ws_app", *flags)
+    await server.wait_ready()
+    headers = {"X-Forwarded-For": "203.0.113.7, 10.1.2.3"}
+    async with session.ws_connect(server.url("/ws"), headers=headers) as ws:
+        assert await rpc(ws, "/ip", None) == {"id": 1, "data": expected}
+
+
+def test_trusted_proxy_that_is_no_address_is_one_line_error() -> None:
+    line = one_line_error(
+        run_cli("run", "examples.reference_app:app", "--trusted-proxy", "proxy.local")
+    )
+    assert "'proxy.local' is not an IP address or network" in line
+
+
+def test_trusted_proxy_with_an_aiohttp_app_without_ws_app_is_one_line_error() -> None:
+    line = one_line_error(
+        run_cli("run", "tests.cli_targets:make_plain_aiohttp_app", "--trusted-proxy", "::1")
+    )
+    assert "--trusted-proxy needs a WsApp" in line
 
 
 # -- --allow-origin -------------------------------------------------------------------------
@@ -652,7 +691,7 @@ async def test_metrics_of_several_processes_add_up_in_multiprocess_mode(
             assert (await rpc(b, "/echo", n, n))["data"] == n
         samples = await scrape()
         for _ in range(100):  # the second process writes its counters every second
-            if samples.get(echo) == 5:
+            if samples.get(echo) == samples.get(ok) == samples.get(count) == 5:
                 break
             await asyncio.sleep(0.1)
             samples = await scrape()

@@ -74,3 +74,37 @@ def test_a_direct_envelope_without_a_target_is_dropped_silently(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         assert decode_envelope('{"event":"e","path":"/p","origin":"o"}', "me", "direct") is None
     assert caplog.records == []
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_trace_context_travels_before_origin_and_only_when_set() -> None:
+    traced = Envelope("o", "room", "/r", "e", "/r", 1, traceparent=TRACEPARENT, tracestate="v=1")
+    wire = (
+        '{"event":"e","path":"/r","data":1,'
+        f'"traceparent":"{TRACEPARENT}","tracestate":"v=1","origin":"o"}}'
+    )
+    assert traced.encode() == wire
+    assert decode_envelope(wire, "me", "room", "/r") == traced
+    no_state = dataclasses.replace(traced, tracestate=None)
+    assert '"tracestate"' not in no_state.encode()
+    assert decode_envelope(no_state.encode(), "me", "room", "/r") == no_state
+    assert '"trace' not in Envelope("o", "room", "/r", "e", "/r").encode()
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"traceparent": 7, "tracestate": "v=1"}, (None, None)),
+        ({"traceparent": "x" * 257}, (None, None)),
+        ({"traceparent": TRACEPARENT, "tracestate": ["v=1"]}, (TRACEPARENT, None)),
+        ({"traceparent": TRACEPARENT, "tracestate": "v" * 1025}, (TRACEPARENT, None)),
+        ({"tracestate": "v=1"}, (None, None)),
+    ],
+)
+def test_odd_trace_fields_are_ignored_not_fatal(fields, expected) -> None:
+    wire = orjson.dumps({"event": "e", "path": "/r", **fields, "origin": "o"})
+    envelope = decode_envelope(wire, "me", "room", "/r")
+    assert envelope is not None
+    assert (envelope.traceparent, envelope.tracestate) == expected

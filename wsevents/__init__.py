@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .presence import Presence, PresenceChange, PresenceUser, PresenceUsers
     from .protocol import ClientMessage, Codec, JsonCodec
     from .ratelimit import RateLimit
-    from .rooms import DeliveryReport, RoomManager
+    from .rooms import Admit, DeliveryReport, RoomManager
     from .routing import Guard, Route
     from .sessions import Sessions
     from .transports import (
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         MemoryTransport,
         PresenceCount,
         PresenceStore,
+        RateLimitStore,
         SessionStore,
         StreamPosition,
     )
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Admit",
     "BaseTransport",
     "BroadcastTransport",
     "CallNext",
@@ -98,6 +100,7 @@ __all__ = [
     "PresenceUsers",
     "ProtocolError",
     "RateLimit",
+    "RateLimitStore",
     "RoomManager",
     "Route",
     "RouteGroup",
@@ -127,6 +130,7 @@ __all__ = [
 
 # Where each public name lives (relative to this package).
 _EXPORTS: dict[str, str] = {
+    "Admit": ".rooms",
     "BaseTransport": ".transports",
     "BroadcastTransport": ".transports",
     "CallNext": ".dispatch",
@@ -157,6 +161,7 @@ _EXPORTS: dict[str, str] = {
     "PresenceUsers": ".presence",
     "ProtocolError": ".exceptions",
     "RateLimit": ".ratelimit",
+    "RateLimitStore": ".transports",
     "RoomManager": ".rooms",
     "Route": ".routing",
     "RouteGroup": ".app",

@@ -8,6 +8,7 @@ import asyncio
 import errno
 import importlib
 import inspect
+import ipaddress
 import logging
 import os
 import socket
@@ -69,6 +70,16 @@ def _origin(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an origin; an origin looks like https://{text}"
         )
+    return text
+
+
+def _proxy(text: str) -> str:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address or network (e.g. 10.0.0.1 or 10.0.0.0/8)"
+        ) from None
     return text
 
 
@@ -149,6 +160,14 @@ def _parser() -> argparse.ArgumentParser:
         help="browser origin allowed to connect, e.g. https://app.example.com; repeat it for "
         "several, or give '*' for any (default: an Origin must match the Host)",
     )
+    run.add_argument(
+        "--trusted-proxy",
+        action="append",
+        type=_proxy,
+        metavar="ADDRESS",
+        help="address or network (CIDR) of a reverse proxy whose X-Forwarded-For is believed "
+        "for the client's IP address; repeat it for several (default: none)",
+    )
     engine = run.add_mutually_exclusive_group()
     engine.add_argument(
         "--redis-url",
@@ -186,6 +205,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit with status 2 when NATS does not answer at start, instead of serving "
         "alone and retrying in the background",
+    )
+    run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT, so that several processes can listen on the same port "
+        "(the kernel spreads new connections over them; Linux, BSD)",
+    )
+    run.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry spans for every message (pip install 'wsevents[tracing]'), to "
+        "the global tracer provider, or to one made from the OTEL_* environment variables "
+        "when none is set (OTEL_TRACES_EXPORTER: otlp, console or none)",
     )
     asyncapi = sub.add_parser(
         "asyncapi",
@@ -351,6 +383,25 @@ def plug_operability(target: Any, *, metrics: bool = False, admin_token: str | N
     return app
 
 
+def plug_tracing(target: Any) -> None:
+    """Trace the target's WsApp (see ``wsevents.tracing.provider_from_env``).
+
+    Raises:
+        TargetError: no WsApp to trace.
+        UsageError: OpenTelemetry, or the exporter the environment names, is missing.
+    """
+    ws_app = _ws_app_of(target, "--tracing")
+    try:
+        from .tracing import provider_from_env
+    except ImportError:
+        raise UsageError("--tracing needs OpenTelemetry: pip install 'wsevents[tracing]'") from None
+    try:
+        provider = provider_from_env()
+    except ValueError as exc:
+        raise UsageError(f"--tracing: {exc}") from None
+    ws_app.enable_tracing(provider)
+
+
 def plug_origins(target: Any, origins: Sequence[str]) -> None:
     """Set the browser origins allowed to connect to the target's WsApp (``"*"``: any).
 
@@ -360,6 +411,17 @@ def plug_origins(target: Any, origins: Sequence[str]) -> None:
     ws_app = _ws_app_of(target, "--allow-origin")
     # Normalised as WsApp(allowed_origins=...) does.
     ws_app.allowed_origins = tuple(o.rstrip("/").lower() for o in origins)
+
+
+def plug_trusted_proxies(target: Any, proxies: Sequence[str]) -> None:
+    """Set the reverse proxies whose ``X-Forwarded-For`` the target's WsApp believes.
+
+    Raises:
+        TargetError: no WsApp to apply them to.
+    """
+    ws_app = _ws_app_of(target, "--trusted-proxy")
+    # As WsApp(trusted_proxies=...) has them (each checked by _proxy).
+    ws_app.trusted_proxies = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in proxies)
 
 
 def _file_path_hint(module_name: str, attr: str) -> str | None:
@@ -454,15 +516,19 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Bind a listening-to-be socket per address of ``host``, as aiohttp would.
 
     Binding before serving turns a port in use into an error before anything starts, and
-    lets "serving" be logged only once the sockets are bound.
+    lets "serving" be logged only once the sockets are bound. With ``reuse_port``, the
+    sockets get ``SO_REUSEPORT``: other processes that set it too may bind the same port.
 
     Raises:
-        UsageError: the host does not resolve or an address cannot be bound.
+        UsageError: the host does not resolve, an address cannot be bound, or
+            ``reuse_port`` is not supported here.
     """
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("--reuse-port is not supported on this platform")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
@@ -477,6 +543,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -585,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop: asyncio.AbstractEventLoop | None = None
     try:
         loop = _new_loop(args.loop)  # serving runs on it, then closes it
-        socks = bind(args.host, args.port)
+        socks = bind(args.host, args.port, reuse_port=args.reuse_port)
         target = load_target(args.target, loop)
         if args.metrics:
             _require_prometheus()
@@ -593,6 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_metrics_port(target, args.host, args.metrics_port)
         if args.allow_origin:
             plug_origins(target, args.allow_origin)
+        if args.tracing:
+            plug_tracing(target)
+        if args.trusted_proxy:
+            plug_trusted_proxies(target, args.trusted_proxy)
         if args.redis_url:
             plug_redis(
                 target,

@@ -52,6 +52,8 @@ class MessageScope:
         typed_params: the params with the route's declared ``params=`` types converted
             (set after the guards, before the handler); ``None`` until then, or when the
             route declares none.
+        span: the message's OpenTelemetry span while tracing is on
+            ([`WsApp.enable_tracing`][wsevents.WsApp.enable_tracing]); None otherwise.
 
     A route with a declared ``data=`` type replaces ``message`` (after the guards) by a
     copy whose ``data`` is the validated value; ``raw`` stays the frame as received.
@@ -63,6 +65,7 @@ class MessageScope:
     app: WsApp
     route: Route = _NO_ROUTE
     typed_params: Mapping[str, Any] | None = None
+    span: Any = None
 
 
 current_connection: ContextVarExt[Connection] = ContextVarExt("wsevents.connection")

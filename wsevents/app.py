@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import copy_context
 from dataclasses import replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,13 +38,14 @@ from .history import History
 from .presence import Presence, PresenceListener
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, INTERNAL_ERROR, Codec, JsonCodec, is_token
 from .ratelimit import Limiter, RateLimit
-from .rooms import RoomManager
+from .rooms import Admit, RoomManager
 from .routing import Guard, Route, Router, join_pattern
 from .sessions import Sessions
-from .transports.base import BroadcastTransport
+from .transports.base import BroadcastTransport, RateLimitStore
 
 if TYPE_CHECKING:
     from aiohttp import web
+    from opentelemetry.trace import TracerProvider
 
     from .metrics import Metrics
 
@@ -52,6 +54,7 @@ __all__ = [
     "INSTANCE_CHANNEL_PREFIX",
     "SHUTDOWN_CLOSE_CODE",
     "Adapter",
+    "DefaultRoom",
     "RouteGroup",
     "WsApp",
     "create_ws_app",
@@ -64,6 +67,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 PL = TypeVar("PL", bound=PresenceListener)
 IC = TypeVar("IC", bound=Interceptor)
 G = TypeVar("G", bound=Guard)
+
+DefaultRoom = str | Callable[[Connection], "Iterable[str] | Awaitable[Iterable[str]]"]
+"""A default room: a room name, or a function of the connection returning names."""
 
 SHUTDOWN_CLOSE_CODE = 1001
 SHUTDOWN_REASON = "Server shutting down"
@@ -176,6 +182,18 @@ class WsApp(_MessageDecorators, WsServer):
             ``"Unauthorized"``.
         auth_timeout: with ``auth_required``, seconds a connection has to authenticate
             before it is closed with 4408 ``"Authentication timeout"``.
+        default_rooms: rooms every connection joins once ``on_connect`` accepted it,
+            before its first message is read: room names, and functions of the
+            [`Connection`][wsevents.Connection] (sync or ``async``) returning names, e.g.
+            ``lambda conn: [f"/users/{conn.user}"]``. Each join goes through the normal
+            join path (room policies apply); a refused join or a failing function is
+            logged and skipped, the connection stays.
+        trusted_proxies: addresses and networks (``"10.0.0.0/8"``, ``"::1"``) of the
+            reverse proxies in front of the app. When the peer of an upgrade request is
+            one of them, the client's address is taken from ``X-Forwarded-For``: the
+            right-most hop that is not a trusted proxy. It is
+            [`Connection.ip`][wsevents.Connection], what the ``"ip"`` rate-limit key
+            and the handshake limit count. Other peers' headers are ignored.
     """
 
     def __init__(
@@ -202,6 +220,8 @@ class WsApp(_MessageDecorators, WsServer):
         max_connections_per_user: int | None = None,
         auth_required: bool = False,
         auth_timeout: float = 10.0,
+        default_rooms: Iterable[DefaultRoom] = (),
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         if heartbeat < 0 or heartbeat_timeout <= 0:
             raise ValueError("heartbeat must be >= 0 and heartbeat_timeout > 0")
@@ -267,8 +287,15 @@ class WsApp(_MessageDecorators, WsServer):
         # -- access and flow control --
         if max_connections_per_user is not None and max_connections_per_user <= 0:
             raise ValueError("max_connections_per_user must be > 0")
-        self._limiter = Limiter(rate_limit) if rate_limit is not None else None
-        self.handshake_limiter = Limiter(handshake_rate) if handshake_rate is not None else None
+        self._limiter = Limiter(rate_limit, "app") if rate_limit is not None else None
+        self.handshake_limiter = (
+            Limiter(handshake_rate, "handshake") if handshake_rate is not None else None
+        )
+        # Cluster-wide limits by identity; they get the backend's buckets at start().
+        self._shared_limiters: dict[int, Limiter] = {}
+        self._rate_limit_store: RateLimitStore | None = None
+        if self._limiter is not None and rate_limit is not None and rate_limit.cluster:
+            self._shared_limiters[id(self._limiter)] = self._limiter
         """The buckets of ``handshake_rate`` (None: no handshake limit); the adapter
         takes a token per upgrade request."""
         self.max_connections_per_user = max_connections_per_user
@@ -290,6 +317,15 @@ class WsApp(_MessageDecorators, WsServer):
         self.sessions = Sessions(self)
         """Sessions (resume after a dropped connection) and idempotent calls: see
         [`Sessions`][wsevents.Sessions]."""
+        self.trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = tuple(
+            _network(proxy) for proxy in trusted_proxies
+        )
+        """The networks whose ``X-Forwarded-For`` is believed (see the option)."""
+        self.default_rooms: tuple[DefaultRoom, ...] = tuple(default_rooms)
+        """What every connection joins on connect (see the option)."""
+        for room in self.default_rooms:
+            if not isinstance(room, str) and not callable(room):
+                raise TypeError(f"a default room is a name or a function, got {room!r}")
         # -- operability --
         self._metrics: Metrics | None = None
         self._metrics_sync: asyncio.Task[None] | None = None
@@ -438,7 +474,7 @@ class WsApp(_MessageDecorators, WsServer):
                 reply,
                 _params(params),
                 summary=_summary(handler),
-                rate_limits=_limiters(rate_limit),
+                rate_limits=_limiters(rate_limit, f"route {event} {pattern}"),
                 public=public,
             )
         )
@@ -474,6 +510,10 @@ class WsApp(_MessageDecorators, WsServer):
         """Register ``route`` (every registration, by the app or a group, ends here)."""
         if self._limiter is not None:
             route = replace(route, rate_limits=(self._limiter, *route.rate_limits))
+        for limiter in route.rate_limits:
+            if limiter.limit.cluster:
+                self._shared_limiters[id(limiter)] = limiter
+                limiter.store = self._rate_limit_store
         require_auth = self.auth_required and not route.public
         endpoint = self._dispatcher.meter(Endpoint.of(route, require_auth=require_auth))
         self.router.add(route.event, route.pattern, endpoint)
@@ -546,7 +586,7 @@ class WsApp(_MessageDecorators, WsServer):
             RoutingError: ``prefix`` does not start with ``/``.
             TypeError: a guard is not callable.
         """
-        return RouteGroup(self, prefix, guards, _limiters(rate_limit))
+        return RouteGroup(self, prefix, guards, _limiters(rate_limit, f"group {prefix}"))
 
     def room_policy(
         self,
@@ -561,8 +601,15 @@ class WsApp(_MessageDecorators, WsServer):
 
         ``admit`` runs before a connection joins such a room (sync or ``async``; in a
         handler, composables such as [`use_ws_message`][wsevents.use_ws_message] work):
-        returning ``False`` refuses the join with 403 ``"Forbidden"``, raising
-        [`WsError`][wsevents.WsError] refuses it with that error; anything else admits.
+
+        * ``True`` or ``None`` admits;
+        * [`Admit(data)`][wsevents.Admit] or a mapping admits with member data: merged
+          over the join's own ``data`` (the admitted keys win), kept as the member's data
+          ([`RoomManager.member_data`][wsevents.RoomManager.member_data]) and, in a
+          presence room, the presence member data;
+        * ``False`` refuses the join with 403 ``"Forbidden"``, raising
+          [`WsError`][wsevents.WsError] refuses it with that error; any other return
+          value is a bug: the join is refused (500 ``"Internal Error"``, logged).
 
         With ``max_members``, an admitted connection then takes a place in the room,
         counted on every instance (see [`Capacity`][wsevents.Capacity]); when all are
@@ -592,24 +639,73 @@ class WsApp(_MessageDecorators, WsServer):
         if max_members is not None:
             self.rooms.capacity_hooks = self.capacity
 
-    async def _admit(self, conn: Connection, room: str) -> None:
+    async def _admit(self, conn: Connection, room: str) -> Mapping[str, Any] | None:
         policies = self._room_policies
         found = policies.match("join", room) if policies is not None else None
         if found is None:
-            return
+            return None
         admit, admit_async, _ = found.handler
         if admit is None:
-            return
+            return None
         verdict = admit(conn, room)
         if admit_async:
             verdict = await verdict
+        if verdict is None or verdict is True:
+            return None
         if verdict is False:
             raise WsError(403, "Forbidden")
+        if isinstance(verdict, Admit):
+            return verdict.data
+        if isinstance(verdict, Mapping):
+            return verdict
+        raise TypeError(
+            f"admit of {found.pattern} returned {type(verdict).__name__}: expected True, "
+            "None, False, Admit or a mapping"
+        )
 
     def _max_members(self, room: str) -> int | None:
         policies = self._room_policies
         found = policies.match("join", room) if policies is not None else None
         return found.handler[2] if found is not None else None
+
+    def enable_tracing(
+        self, tracer_provider: TracerProvider | None = None, *, client_context: bool = True
+    ) -> None:
+        """Trace every message with OpenTelemetry (needs ``pip install 'wsevents[tracing]'``).
+
+        Each routed message gets a span ``ws <event> <route pattern>`` around its handler
+        (current while it runs, so the handler's own spans are its children), with the
+        route pattern, event, path, connection id and reply code; a 5xx sets the error
+        status. Broadcasts and ``send_to`` to other instances carry the trace context in
+        their envelope, so their delivery there makes a span of the same trace. See the
+        [tracing guide](../tracing.md).
+
+        Until it is called, OpenTelemetry is not even imported. Calling it again replaces
+        the provider.
+
+        Args:
+            tracer_provider: where the spans go; None: the global provider
+                (``opentelemetry.trace.set_tracer_provider``), also one set later.
+            client_context: continue the trace named by a ``traceparent`` key of a client
+                frame (a wire extension); False: each message starts its own trace.
+
+        Raises:
+            ImportError: opentelemetry-api is not installed.
+        """
+        from .tracing import Tracing
+
+        tracing = Tracing(
+            tracer_provider,
+            client_context=client_context,
+            decode=self.codec.decode,
+        )
+        self._dispatcher.set_tracing(tracing)
+        self.rooms.cluster.tracing = tracing
+
+    @property
+    def tracing_enabled(self) -> bool:
+        """Whether [`enable_tracing`][] was called."""
+        return self.rooms.cluster.tracing is not None
 
     def add_guard(self, guard: Guard) -> None:
         """Run ``guard`` before the handler of every routed message and of the
@@ -734,6 +830,14 @@ class WsApp(_MessageDecorators, WsServer):
         await self.rooms.cluster.start(self._connections, self._transport_state_changed)
         await self.presence.start()
         await self.capacity.start()
+        store = self._rate_limit_store = self.rooms.cluster.capabilities.rate_limits
+        if self._shared_limiters and store is None and self.transport is not None:
+            log.warning(
+                "cluster-wide rate limits count on this instance only: the transport has "
+                "no rate-limit store"
+            )
+        for limiter in self._shared_limiters.values():
+            limiter.store = store
         if self._metrics is not None and self._metrics.multiprocess:
             self._metrics_sync = asyncio.get_running_loop().create_task(self._metrics.run_sync())
 
@@ -870,7 +974,41 @@ class WsApp(_MessageDecorators, WsServer):
             except BaseException:  # cancelled: the peer left during the handshake
                 self._connections.pop(conn.id, None)
                 raise
+        if self.default_rooms:
+            try:
+                await self._join_default_rooms(conn)
+            except BaseException:  # cancelled: the peer left; the adapter will not clean up
+                # Not a clean close: a session it has stays resumable.
+                _ = self._spawn(self._close_connection(conn, resumable=True))
+                raise
         return True
+
+    async def _join_default_rooms(self, conn: Connection) -> None:
+        """Join ``conn`` to the default rooms; refusals and failures are logged."""
+        for entry in self.default_rooms:
+            if isinstance(entry, str):
+                names: Iterable[str] = (entry,)
+            else:
+                try:
+                    result = entry(conn)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    names = (result,) if isinstance(result, str) else tuple(result or ())
+                except Exception:
+                    log.exception("default rooms of %s: %r failed", conn.id, entry)
+                    continue
+            for room in names:
+                if conn.closed:
+                    return
+                if not isinstance(room, str):
+                    log.error("default rooms of %s: %r is not a room name", conn.id, room)
+                    continue
+                try:
+                    await self.rooms.join(conn, room)
+                except WsError as exc:
+                    log.debug("default room %s refused for %s: %s", room, conn.id, exc)
+                except Exception:
+                    log.exception("default room %s: the join of %s failed", room, conn.id)
 
     async def _close_connection(self, conn: Connection, *, resumable: bool = False) -> None:
         """Run ``on_disconnect`` hooks, then leave every room and forget the connection;
@@ -1008,7 +1146,10 @@ class RouteGroup(_MessageDecorators):
                 reply,
                 _params(params),
                 summary=_summary(handler),
-                rate_limits=(*self.rate_limits, *_limiters(rate_limit)),
+                rate_limits=(
+                    *self.rate_limits,
+                    *_limiters(rate_limit, f"route {event} {join_pattern(self.prefix, pattern)}"),
+                ),
                 public=public,
             )
         )
@@ -1046,7 +1187,10 @@ class RouteGroup(_MessageDecorators):
             self._app,
             join_pattern(self.prefix, prefix),
             (*self.guards, *guards),
-            (*self.rate_limits, *_limiters(rate_limit)),
+            (
+                *self.rate_limits,
+                *_limiters(rate_limit, f"group {join_pattern(self.prefix, prefix)}"),
+            ),
         )
 
     def __repr__(self) -> str:
@@ -1057,9 +1201,21 @@ def _first(item: tuple[int, Connection]) -> int:
     return item[0]
 
 
-def _limiters(limit: RateLimit | None) -> tuple[Limiter, ...]:
-    """The buckets of one declaration site (None: no limit)."""
-    return (Limiter(limit),) if limit is not None else ()
+def _limiters(limit: RateLimit | None, name: str) -> tuple[Limiter, ...]:
+    """The buckets of one declaration site named ``name`` (None: no limit)."""
+    return (Limiter(limit, name),) if limit is not None else ()
+
+
+def _network(proxy: str) -> IPv4Network | IPv6Network:
+    """``proxy`` (an address or a network) as a network.
+
+    Raises:
+        ValueError: not an IP address or network.
+    """
+    try:
+        return ip_network(proxy.strip(), strict=False)
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(f"a trusted proxy is an IP address or network: {proxy!r}") from None
 
 
 def _params(params: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -1097,6 +1253,8 @@ def create_ws_app(
     max_connections_per_user: int | None = None,
     auth_required: bool = False,
     auth_timeout: float = 10.0,
+    default_rooms: Iterable[DefaultRoom] = (),
+    trusted_proxies: Iterable[str] = (),
 ) -> WsApp:
     """Create a [`WsApp`][]; keyword options as for [`WsApp`][]."""
     # Spelled out (not **options) so that readers, IDEs and type checkers see every option;
@@ -1123,4 +1281,6 @@ def create_ws_app(
         max_connections_per_user=max_connections_per_user,
         auth_required=auth_required,
         auth_timeout=auth_timeout,
+        default_rooms=default_rooms,
+        trusted_proxies=trusted_proxies,
     )

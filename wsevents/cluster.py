@@ -37,6 +37,7 @@ from .transports.base import (
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .tracing import Tracing
 
 __all__ = [
     "BROADCAST_CHANNEL",
@@ -130,6 +131,9 @@ class Envelope:
         exclude_id: a connection left out of a room broadcast.
         offset: the push's offset in a history room (None elsewhere).
         epoch: the history stream's epoch, with ``offset``.
+        traceparent: the W3C trace context of the publish (tracing on, see
+            [tracing](../tracing.md)); None: no ``traceparent`` key.
+        tracestate: its W3C ``tracestate``, when there is one.
     """
 
     origin: str
@@ -143,11 +147,15 @@ class Envelope:
     # -- history rooms (see history.py) --
     offset: int | None = None
     epoch: str | None = None
+    # -- tracing (see tracing.py) --
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def encode(self) -> str:
         """The JSON payload: ``to``? ``event``, ``path``, ``data``?, ``params``?,
-        ``excludeId``?, ``offset``? and ``epoch``? (history rooms), ``origin`` (the keys and
-        their order are the wire format)."""
+        ``excludeId``?, ``offset``? and ``epoch``? (history rooms), ``traceparent``? and
+        ``tracestate``? (tracing), ``origin`` (the keys and their order are the wire
+        format)."""
         fields: dict[str, Any] = (
             {"to": self.target, "event": self.event, "path": self.path}
             if self.kind == "direct"
@@ -162,6 +170,10 @@ class Envelope:
         if self.offset is not None:
             fields["offset"] = self.offset
             fields["epoch"] = self.epoch
+        if self.traceparent is not None:
+            fields["traceparent"] = self.traceparent
+            if self.tracestate:
+                fields["tracestate"] = self.tracestate
         fields["origin"] = self.origin
         return _dumps(fields).decode()
 
@@ -205,6 +217,7 @@ def _from_fields(fields: dict[str, Any], kind: EnvelopeKind, target: str | None)
         params if isinstance(params, dict) else None,
         exclude if isinstance(exclude, str) else None,
         *_stream_fields(fields),
+        *_trace_fields(fields),
     )
 
 
@@ -214,6 +227,20 @@ def _stream_fields(fields: dict[str, Any]) -> tuple[int | None, str | None]:
     if type(offset) is int and type(epoch) is str:
         return offset, epoch
     return None, None
+
+
+MAX_TRACEPARENT_LENGTH = 256
+MAX_TRACESTATE_LENGTH = 1024
+
+
+def _trace_fields(fields: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The ``traceparent`` and ``tracestate`` of an envelope (None when absent, not text
+    or too long; tracing validates them further)."""
+    parent = fields.get("traceparent")
+    if type(parent) is not str or len(parent) > MAX_TRACEPARENT_LENGTH:
+        return None, None
+    state = fields.get("tracestate")
+    return parent, state if type(state) is str and len(state) <= MAX_TRACESTATE_LENGTH else None
 
 
 def decode_envelope(
@@ -276,6 +303,8 @@ class Cluster:
         """Publishes that failed."""
         self.deliveries = DeliveryCounts()
         """Pushes written to local connections, and the ones dropped."""
+        self.tracing: Tracing | None = None
+        """Spans for publishes and deliveries (set by ``WsApp.enable_tracing``)."""
 
     def set_transport(self, transport: BroadcastTransport | None) -> None:
         """Use ``transport`` (before anything is subscribed)."""
@@ -330,6 +359,9 @@ class Cluster:
                 if envelope.kind == "room"
                 else BROADCAST_CHANNEL
             )
+        tracing = self.tracing
+        if tracing is not None:
+            return await tracing.publish(partial(self._send, transport), channel, envelope)
         return await self._send(transport, channel, envelope.encode)
 
     async def publish_fields(self, channel: str, fields: Mapping[str, Any]) -> Exception | None:
@@ -484,18 +516,27 @@ class Cluster:
         env = decode_envelope(payload, self.instance_id, "broadcast")
         if env is None:
             return
+        tracing = self.tracing
+        if tracing is not None:
+            tracing.deliver(self.instance_id, env, BROADCAST_CHANNEL, self._deliver_broadcast, env)
+        else:
+            self._deliver_broadcast(env)
+
+    def _deliver_broadcast(self, env: Envelope) -> int | None:
         if env.offset is not None and self._deliver_stream is not None:
             self._deliver_stream(env)
-            return
+            return None
         frame = env.push_frame(self._encode)
-        if frame is not None:
-            deliveries, sent = self.deliveries, 0
-            for conn in self._local.values():
-                if conn.send_frame(frame):
-                    sent += 1
-                else:
-                    deliveries.dropped(conn)
-            deliveries.delivered += sent
+        if frame is None:
+            return 0
+        deliveries, sent = self.deliveries, 0
+        for conn in self._local.values():
+            if conn.send_frame(frame):
+                sent += 1
+            else:
+                deliveries.dropped(conn)
+        deliveries.delivered += sent
+        return sent
 
     def _on_inbox_payload(self, payload: str) -> None:
         fields = _load(payload, self.instance_id)
@@ -506,12 +547,24 @@ class Cluster:
         if conn is None:
             return
         env = _from_fields(fields, "direct", to)
-        frame = env.push_frame(self._encode) if env is not None else None
-        if frame is not None:
-            if conn.send_frame(frame):
-                self.deliveries.delivered += 1
-            else:
-                self.deliveries.dropped(conn)
+        if env is None:
+            return
+        tracing = self.tracing
+        if tracing is not None:
+            channel = instance_channel(self.instance_id)
+            tracing.deliver(self.instance_id, env, channel, self._deliver_direct, conn, env)
+        else:
+            self._deliver_direct(conn, env)
+
+    def _deliver_direct(self, conn: Connection, env: Envelope) -> int:
+        frame = env.push_frame(self._encode)
+        if frame is None:
+            return 0
+        if conn.send_frame(frame):
+            self.deliveries.delivered += 1
+            return 1
+        self.deliveries.dropped(conn)
+        return 0
 
     # -- control: instructions to every instance -----------------------------------------
 
@@ -631,9 +684,26 @@ class Cluster:
         env = decode_envelope(payload, self.instance_id, "room", room)
         if env is None:
             return
+        tracing = self.tracing
+        if tracing is not None:
+            tracing.deliver(
+                self.instance_id,
+                env,
+                ROOM_CHANNEL_PREFIX + room,
+                self._deliver_room_envelope,
+                room,
+                env,
+            )
+        else:
+            self._deliver_room_envelope(room, env)
+
+    def _deliver_room_envelope(self, room: str, env: Envelope) -> int | None:
         if env.offset is not None and self._deliver_stream is not None:
             self._deliver_stream(env)
-            return
+            return None
         frame = env.push_frame(self._encode)
-        if frame is not None:
-            self._deliver_room(room, frame, env.exclude_id)
+        if frame is None:
+            return 0
+        result = self._deliver_room(room, frame, env.exclude_id)
+        # RoomManager.deliver_local answers (sent, skipped, dropped).
+        return result[0] if type(result) is tuple and type(result[0]) is int else None

@@ -318,6 +318,14 @@ class WsRooms:
         name = scope.message.path if room is None else room
         return await scope.app.presence.update(scope.connection, name, data)
 
+    def member_data(self, room: str | None = None) -> Mapping[str, Any] | None:
+        """The current connection's member data in ``room`` (default: the message path):
+        what its join passed and the room's ``admit`` returned (see
+        [`Admit`][wsevents.Admit]); None when it has none or is not a member."""
+        scope = self._scope
+        name = scope.message.path if room is None else room
+        return scope.app.rooms.member_data(scope.connection, name)
+
     async def leave(self, room: str | None = None) -> str:
         """Leave ``room`` (default: the message path); returns the room name."""
         scope = self._scope

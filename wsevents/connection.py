@@ -70,6 +70,9 @@ class Connection:
         id: a UUID string, unique across instances.
         request: the aiohttp upgrade request (headers, query, cookies, peer), or None.
         subprotocol: the WebSocket subprotocol selected at the handshake, or None.
+        ip: the client's address: the peer of the upgrade request, or behind a trusted
+            proxy (``WsApp(trusted_proxies=...)``) the address it forwarded; None when
+            unknown.
         state: a dict for the application's own per-connection data.
         user: the user the connection belongs to; the connection id unless ``on_connect``
             (or a login handler) sets it, e.g. ``use_ws_connection().user = "alice"``.
@@ -99,6 +102,7 @@ class Connection:
         "_wake",
         "expires_at",
         "id",
+        "ip",
         "request",
         "resumed",
         "session",
@@ -116,10 +120,12 @@ class Connection:
         codec: Codec | None = None,
         max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
         subprotocol: str | None = None,
+        ip: str | None = None,
     ) -> None:
         codec = codec if codec is not None else JsonCodec()
         self.id: str = id if id is not None else str(uuid.uuid4())
         self.request = request
+        self.ip: str | None = ip if ip is not None or request is None else request.remote
         self.subprotocol = subprotocol
         self.state: dict[str, Any] = {}
         self.user: str = self.id

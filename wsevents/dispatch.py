@@ -39,7 +39,7 @@ from contextvars import copy_context
 from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from ._aio import TaskSet, is_async
 from ._context import MessageScope, message_var
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .app import WsApp
     from .connection import Connection
     from .metrics import Metrics, RouteStats
+    from .tracing import Tracing
 
 __all__ = ["FORBIDDEN", "CallNext", "Interceptor"]
 
@@ -152,16 +153,20 @@ class Endpoint:
         fn = route.handler
         fn_async = is_async(fn)
         limit = _limit_check(route.rate_limits) if route.rate_limits else None
+        # A cluster-wide limit asks the backend: the check awaits.
+        limit_async = any(limiter.limit.cluster for limiter in route.rate_limits)
         checks = tuple((guard, is_async(guard)) for guard in route.guards)
         if require_auth:
             checks = ((_require_auth, False), *checks)
         if not checks and data is None and reply is None and params is None:
             if limit is None:
                 return cls(fn, fn_async, route)
+            if limit_async:
+                return cls(_limited_async(fn, limit, fn_async), True, route)
             return cls(_limited(fn, limit, fn_async), fn_async, route)
         prepare = _preparer(data, params)
         dump = reply.dumper() if reply is not None else None
-        if not fn_async and not any(guard_async for _, guard_async in checks):
+        if not fn_async and not limit_async and not any(guard_async for _, guard_async in checks):
             sync_guards = tuple(guard for guard, _ in checks)
 
             def checked() -> Any:
@@ -181,7 +186,10 @@ class Endpoint:
             if checks:
                 await _run_guards(checks)
             if limit is not None:
-                limit()
+                if limit_async:
+                    await limit()
+                else:
+                    limit()
             if prepare is not None:
                 prepare()
             result = fn()
@@ -209,9 +217,28 @@ closes it with 4429 ``"Rate limit exceeded"``."""
 FLOOD_WINDOW = 10.0
 
 
-def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
+def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], Any]:
     """What takes a token from each of ``limiters`` (after the guards, before validation
-    and the handler); the first empty bucket raises 429 with ``retry_after``."""
+    and the handler); the first empty bucket raises 429 with ``retry_after``.
+
+    With a cluster-wide limit among them, the check is ``async`` (it awaits the backend).
+    """
+    if any(limiter.limit.cluster for limiter in limiters):
+        shared = tuple(
+            (limiter.take_shared if limiter.limit.cluster else None, limiter.take, _key_of(limiter))
+            for limiter in limiters
+        )
+
+        async def check_async() -> None:
+            conn = message_var.get().connection
+            now = monotonic()
+            for take_shared, take, key in shared:
+                wait = await take_shared(key(conn), now) if take_shared else take(key(conn), now)
+                if wait:
+                    _reject(conn, now, wait)
+
+        return check_async
+
     takes = tuple((limiter.take, _key_of(limiter)) for limiter in limiters)
 
     def check() -> None:
@@ -220,15 +247,19 @@ def _limit_check(limiters: tuple[Limiter, ...]) -> Callable[[], None]:
         for take, key in takes:
             wait = take(key(conn), now)
             if wait:
-                _strike(conn, now)
-                # Rounded up to the millisecond: a client that waits this long finds a token.
-                raise _RateLimited(429, TOO_MANY_REQUESTS, retry_after=_ceil_ms(wait))
+                _reject(conn, now, wait)
 
     return check
 
 
 class _RateLimited(WsError):
     """The 429 of a rate limit (not one a handler raised): metrics count it apart."""
+
+
+def _reject(conn: Connection, now: float, wait: float) -> NoReturn:
+    _strike(conn, now)
+    # Rounded up to the millisecond: a client that waits this long finds a token.
+    raise _RateLimited(429, TOO_MANY_REQUESTS, retry_after=_ceil_ms(wait))
 
 
 def _ceil_ms(seconds: float) -> float:
@@ -248,6 +279,19 @@ def _limited(fn: Callable[[], Any], check: Callable[[], None], fn_async: bool) -
     def limited() -> Any:
         check()
         return fn()
+
+    return limited
+
+
+def _limited_async(
+    fn: Callable[[], Any], check: Callable[[], Any], fn_async: bool
+) -> Callable[[], Any]:
+    """``fn`` behind an ``async`` ``check`` (a cluster-wide limit)."""
+
+    async def limited() -> Any:
+        await check()
+        result = fn()
+        return await result if fn_async else result
 
     return limited
 
@@ -272,8 +316,7 @@ def _user_key(conn: Connection) -> Hashable:
 
 
 def _ip_key(conn: Connection) -> Hashable:
-    request = conn.request
-    return request.remote if request is not None else None
+    return conn.ip
 
 
 def _strike(conn: Connection, now: float) -> None:
@@ -364,6 +407,7 @@ class Dispatcher:
         "_tasks",
         "_tasks_add",
         "_tasks_discard",
+        "_tracing",
     )
 
     def __init__(
@@ -391,6 +435,7 @@ class Dispatcher:
         self._chain: tuple[Interceptor, ...] = ()
         self._fallback: Endpoint | None = None
         self._metrics: Metrics | None = None
+        self._tracing: Tracing | None = None
 
     def enable_metrics(self, metrics: Metrics, routes: Router[Endpoint]) -> None:
         """Count every message in ``metrics`` from now on: attach a [`RouteStats`][] to
@@ -416,6 +461,10 @@ class Dispatcher:
             # here, so that the dispatcher finds them without a lookup per message.
             object.__setattr__(endpoint, "stats", stats)
         return endpoint
+
+    def set_tracing(self, tracing: Tracing | None) -> None:
+        """Make a span of every message through ``tracing`` (None: stop)."""
+        self._tracing = tracing
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
         """Append ``interceptor`` to the chain (it runs inside the ones added before, and
@@ -490,6 +539,8 @@ class Dispatcher:
             if handler is None:
                 if self._metrics is not None:
                     self._count_unmatched(msg.has_id)
+                if self._tracing is not None:
+                    self._tracing.unrouted(conn, msg)
                 if msg.has_id:
                     conn.reply_error(msg.id, 404, NOT_FOUND)
                 return False
@@ -500,6 +551,11 @@ class Dispatcher:
         scope = MessageScope(msg, params, conn, self._app, handler.route)
         if idem is not None and msg.has_id:
             coro: Any = self._run_idempotent(handler, scope, idem)
+            tracing = self._tracing
+            if tracing is not None:
+                coro = tracing.run_async(tracing.start(scope), coro)
+        elif self._tracing is not None:
+            return self._dispatch_traced(self._tracing, handler, scope)
         elif self._chain:
             coro = self._run_intercepted(handler, scope)
         elif handler.is_async:
@@ -516,6 +572,31 @@ class Dispatcher:
         self._tasks_add(task)
         task.add_done_callback(self._tasks_discard)
         return conn.begin_task() >= self._max_in_flight
+
+    def _dispatch_traced(self, tracing: Tracing, handler: Endpoint, scope: MessageScope) -> bool:
+        """[`handle_frame`][] from the routed message on, inside the message's span."""
+        span = tracing.start(scope)
+        if self._chain:
+            coro: Any = self._run_intercepted(handler, scope)
+        elif handler.is_async:
+            coro = self._run_async(handler.fn, scope, handler.stats)
+        else:
+            stats = handler.stats
+            if stats is None:
+                copy_context().run(tracing.run_sync, span, self._run_sync, handler.fn, scope)
+            else:
+
+                def run(fn: Callable[[], Any], scope: MessageScope) -> None:
+                    self._run_sync_metered(fn, scope, stats)
+
+                copy_context().run(tracing.run_sync, span, run, handler.fn, scope)
+            return False
+        task = asyncio.get_running_loop().create_task(
+            tracing.run_async(span, coro), context=copy_context()
+        )
+        self._tasks_add(task)
+        task.add_done_callback(self._tasks_discard)
+        return scope.connection.begin_task() >= self._max_in_flight
 
     def _run_sync(self, fn: Callable[[], Any], scope: MessageScope) -> None:
         message_var.set(scope)
@@ -679,8 +760,7 @@ class Dispatcher:
             frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
         conn.send_frame(frame)
 
-    @staticmethod
-    def _fail(scope: MessageScope, exc: Exception, stats: RouteStats | None = None) -> None:
+    def _fail(self, scope: MessageScope, exc: Exception, stats: RouteStats | None = None) -> None:
         """The one error mapping: WsError → its reply; anything else → logged, 500."""
         msg = scope.message
         details = retry_after = None
@@ -696,6 +776,8 @@ class Dispatcher:
                 stats.error(code)
             else:
                 stats.no_reply += 1
+        if self._tracing is not None:
+            self._tracing.failed(scope, code, exc)
         if msg.has_id:
             scope.connection.reply_error(
                 msg.id, code, text, details=details, retry_after=retry_after
@@ -706,9 +788,12 @@ class Dispatcher:
         encoded."""
         try:
             frame = self._encode({"id": msg.id, "data": result})
-        except Exception:
+        except Exception as exc:
             log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
-            conn.send_frame(encode_error(msg.id, 500, INTERNAL_ERROR, self._encode))
+            frame = encode_error(msg.id, 500, INTERNAL_ERROR, self._encode)
+            if self._tracing is not None:
+                self._tracing.failed(message_var.get(), 500, exc)
+            conn.send_frame(frame)
             return False
         conn.send_frame(frame)
         return True

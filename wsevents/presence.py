@@ -251,6 +251,7 @@ class Presence:
         if entry is None:
             return False
         entry.data = text
+        self.rooms.set_member_data(conn, room, data)
         await entry.ready.wait()
         if not await self.store.update(room, entry.user, text):
             return False

@@ -23,6 +23,7 @@ from .transports.base import BroadcastTransport
 
 __all__ = [
     "ROOM_CHANNEL_PREFIX",
+    "Admit",
     "CapacityHooks",
     "DeliveryReport",
     "HistoryHooks",
@@ -38,8 +39,30 @@ _NO_MEMBERS: Mapping[str, Connection] = {}
 RoomHook = Callable[[Connection, str], "Awaitable[None] | None"]
 """Called with ``(connection, room)`` after a connection joined or left a room."""
 
-JoinPolicy = Callable[[Connection, str], "Awaitable[None] | None"]
-"""Called with ``(connection, room)`` before a join; raising ``WsError`` refuses it."""
+JoinPolicy = Callable[
+    [Connection, str], "Awaitable[Mapping[str, Any] | None] | Mapping[str, Any] | None"
+]
+"""Called with ``(connection, room)`` before a join; raising ``WsError`` refuses it, and a
+mapping it returns is member data for the join (see
+[`RoomManager.join`][wsevents.RoomManager.join])."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """What an ``admit`` function of [`WsApp.room_policy`][wsevents.WsApp.room_policy]
+    returns to admit a join *with member data*.
+
+    ``data`` becomes the member's data in the room (merged over the data the join itself
+    passed, the admitted keys winning): readable with
+    [`RoomManager.member_data`][wsevents.RoomManager.member_data], and the presence
+    member data in a presence room. Returning the mapping itself does the same;
+    ``Admit()`` (no data) is the same as ``True``.
+
+    Example:
+        ``return Admit({"role": "moderator"})``
+    """
+
+    data: Mapping[str, Any] | None = None
 
 
 class HistoryHooks(Protocol):
@@ -143,6 +166,8 @@ class RoomManager:
         """The cross-instance side: channels, envelopes, publishing, subscriptions."""
         self.cluster.bind_rooms(self._members_contains, self.deliver_local)
         self._members: dict[str, dict[str, Connection]] = {}
+        # room -> connection id -> member data (only members that have some)
+        self._data: dict[str, dict[str, Mapping[str, Any]]] = {}
         self.check_push: Callable[[str, str, Any], None] | None = None
         """Checks every push before it is sent (``WsApp(check_pushes=True)`` sets it)."""
         self._join_policies: list[JoinPolicy] = []
@@ -178,7 +203,8 @@ class RoomManager:
     def add_join_policy(self, policy: JoinPolicy) -> None:
         """Call ``policy(conn, room)`` (sync or async) before a connection joins a room it
         is not in; a ``WsError`` it raises refuses the join and reaches the caller of
-        [`join`][] (in a handler: the error reply). Policies run in registration order."""
+        [`join`][] (in a handler: the error reply). A mapping it returns is merged over the
+        join's member data (see [`join`][]). Policies run in registration order."""
         self._join_policies.append(policy)
 
     def add_join_hook(self, hook: RoomHook) -> None:
@@ -204,10 +230,12 @@ class RoomManager:
         """Add ``conn`` to ``room``; with a transport, return once the instance is subscribed.
 
         A closed connection joins nothing: its rooms are being (or have been) left, and a
-        handler still running after the disconnect must not bring it back. In a presence
-        room, ``data`` is the member data (see [`Presence`][wsevents.Presence]); elsewhere
-        it is ignored. ``admitted=True`` skips the join policies (a resumed session
-        re-joins the rooms it was admitted to).
+        handler still running after the disconnect must not bring it back. ``data`` is the
+        member data: the mappings the join policies return are merged over it (their keys
+        win), and the result is kept for [`member_data`][] and, in a presence room, is the
+        presence member data (see [`Presence`][wsevents.Presence]). A connection already
+        in the room keeps its data. ``admitted=True`` skips the join policies (a resumed
+        session re-joins the rooms it was admitted to, with its presence member data).
 
         In a room with a maximum of members, the connection takes a place after the join
         policies admitted it (see [`Capacity`][wsevents.Capacity]).
@@ -223,10 +251,13 @@ class RoomManager:
             for policy in self._join_policies:
                 result = policy(conn, room)
                 if inspect.isawaitable(result):
-                    await result
+                    result = await result
+                if isinstance(result, Mapping):
+                    data = {**data, **result} if data else result
             if conn.closed:
                 return
             members = self._members.get(room)
+            new = members is None or conn.id not in members
         capacity = self.capacity_hooks
         if new and capacity is not None:
             await capacity.acquire(conn, room)
@@ -238,6 +269,8 @@ class RoomManager:
             members = self._members[room] = {}
         members[conn.id] = conn
         conn.add_room(room)
+        if new and data is not None:
+            self._data.setdefault(room, {})[conn.id] = data
         cluster = self.cluster
         if cluster.transport is not None and not cluster.is_subscribed(room):
             await cluster.sync_room(room)
@@ -252,6 +285,7 @@ class RoomManager:
         members = self._members.get(room)
         if members is None or members.pop(conn.id, None) is None:
             return
+        self._forget_data(room, conn.id)
         if not members:
             del self._members[room]
             if self.cluster.transport is not None:
@@ -281,9 +315,38 @@ class RoomManager:
         for room in rooms:
             conn.remove_room(room)
             members = self._members.get(room)
-            if members is not None and members.pop(conn.id, None) is not None and not members:
-                del self._members[room]
+            if members is not None and members.pop(conn.id, None) is not None:
+                self._forget_data(room, conn.id)
+                if not members:
+                    del self._members[room]
         return rooms
+
+    def _forget_data(self, room: str, cid: str) -> None:
+        data = self._data.get(room)
+        if data is not None and data.pop(cid, None) is not None and not data:
+            del self._data[room]
+
+    def member_data(self, conn: Connection | str, room: str) -> Mapping[str, Any] | None:
+        """The member data of ``conn`` (a connection or its id) in ``room``: what its join
+        passed and its room policy's ``admit`` returned (see [`Admit`][wsevents.Admit]),
+        or [`set_member_data`][]'s; None when it has none or is not a local member."""
+        data = self._data.get(room)
+        if data is None:
+            return None
+        return data.get(conn if isinstance(conn, str) else conn.id)
+
+    def set_member_data(self, conn: Connection, room: str, data: Mapping[str, Any] | None) -> bool:
+        """Replace the member data of ``conn`` in ``room`` on this instance (presence's
+        [`update`][wsevents.Presence.update] calls it); False when ``conn`` is not a
+        member."""
+        members = self._members.get(room)
+        if members is None or conn.id not in members:
+            return False
+        if data is None:
+            self._forget_data(room, conn.id)
+        else:
+            self._data.setdefault(room, {})[conn.id] = data
+        return True
 
     @staticmethod
     async def _run_hooks(hooks: list[RoomHook], conn: Connection, room: str, what: str) -> None:

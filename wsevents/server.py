@@ -19,7 +19,8 @@ import math
 import socket as _socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,7 @@ __all__ = [
     "add_health_routes",
     "add_metrics_route",
     "attach",
+    "client_ip",
     "listen",
     "run",
 ]
@@ -54,6 +56,7 @@ WS_APP = web.AppKey("wsevents.app", WsApp)
 """Where [`attach`][] stores the WsApp on the aiohttp application."""
 
 _PING_FRAME = encode_frame(OP_PING, b"")
+_FORWARDED_FOR = "X-Forwarded-For"
 _CLOSE_TIMEOUT = 5.0
 """Seconds a closing handshake may take, flushing included, before the socket is dropped."""
 _LINGER_TIME = _CLOSE_TIMEOUT
@@ -318,6 +321,57 @@ def origin_allowed(request: web.BaseRequest, allowed: tuple[str, ...] | None) ->
     )
 
 
+def _parse_hop(hop: str) -> IPv4Address | IPv6Address | None:
+    """One ``X-Forwarded-For`` entry as an address (a port, ``[v6]:port``, tolerated)."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1 : hop.find("]")] if "]" in hop else ""
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return ip_address(hop)
+    except ValueError:
+        return None
+
+
+def _trusted(
+    address: IPv4Address | IPv6Address, trusted: Sequence[IPv4Network | IPv6Network]
+) -> bool:
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in trusted)
+
+
+def client_ip(
+    peer: str | None,
+    forwarded_for: Sequence[str],
+    trusted: Sequence[IPv4Network | IPv6Network],
+) -> str | None:
+    """The client's address of a request from ``peer`` with the ``X-Forwarded-For``
+    header values ``forwarded_for``, believing only the proxies in ``trusted``.
+
+    When ``peer`` is trusted, the hops are read from the right (the nearest first): the
+    first one that is not a trusted proxy is the client. When every hop is trusted, the
+    left-most is; an entry that is not an address stops the walk at the hop before it.
+    Otherwise (an untrusted peer, no header) the peer is the client: what it says is not
+    believed.
+    """
+    if peer is None or not trusted or not forwarded_for:
+        return peer
+    current = _parse_hop(peer)
+    if current is None or not _trusted(current, trusted):
+        return peer
+    hops = [hop for value in forwarded_for for hop in value.split(",")]
+    for hop in reversed(hops):
+        address = _parse_hop(hop)
+        if address is None:
+            break
+        current = address
+        if not _trusted(address, trusted):
+            break
+    return str(current)
+
+
 @contextlib.contextmanager
 def _connection_context(ws_app: WsApp, conn: Connection) -> Iterator[None]:
     app_token = current_app.context_var.set(ws_app)
@@ -350,11 +404,14 @@ def make_handler(ws_app: WsApp) -> Any:
             origin_warnings.refused(request, origin)
             refused("origin")
             raise web.HTTPForbidden(text="Origin not allowed")
+        ip = request.remote
+        if ws_app.trusted_proxies:
+            ip = client_ip(ip, request.headers.getall(_FORWARDED_FOR, ()), ws_app.trusted_proxies)
         limiter = ws_app.handshake_limiter
         if limiter is not None:
-            wait = limiter.take(request.remote, time.monotonic())
+            wait = limiter.take(ip, time.monotonic())
             if wait:
-                log.debug("refused an upgrade from %s: handshake rate", request.remote)
+                log.debug("refused an upgrade from %s: handshake rate", ip)
                 refused("rate_limit")
                 raise web.HTTPTooManyRequests(
                     text="Too Many Requests", headers={"Retry-After": str(math.ceil(wait))}
@@ -388,6 +445,7 @@ def make_handler(ws_app: WsApp) -> Any:
             codec=ws_app.codec,
             max_send_buffer=ws_app.max_send_buffer,
             subprotocol=resp.ws_protocol,
+            ip=ip,
         )
         with _connection_context(ws_app, conn):
             if not await ws_app._open_connection(conn):

@@ -3,8 +3,8 @@
 - ``wsevents.testing.contexts``: fake connection and message contexts, ``RecordingSocket``;
 - ``wsevents.testing.client``: ``WsTestClient``, the in-process test client;
 - ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store``,
-  ``check_capacity_store`` and ``check_session_store``, the suites every transport,
-  presence store, capacity store and session store pass;
+  ``check_capacity_store``, ``check_session_store`` and ``check_rate_limit_store``, the
+  suites every transport and store pass;
 - ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``, ``serve_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
@@ -26,10 +26,12 @@ if TYPE_CHECKING:
     from .conformance import (
         CapacityStoreFactory,
         PresenceStoreFactory,
+        RateLimitStoreFactory,
         SessionStoreFactory,
         TransportFactory,
         check_capacity_store,
         check_presence_store,
+        check_rate_limit_store,
         check_session_store,
         check_transport,
     )
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CapacityStoreFactory",
     "PresenceStoreFactory",
+    "RateLimitStoreFactory",
     "RecordingSocket",
     "SessionStoreFactory",
     "TestConnectionContext",
@@ -55,6 +58,7 @@ __all__ = [
     "assert_delivered_once",
     "check_capacity_store",
     "check_presence_store",
+    "check_rate_limit_store",
     "check_session_store",
     "check_transport",
     "prepare_test_ws_connection_context",
@@ -72,6 +76,7 @@ _HOME = {
     "CapacityStoreFactory": "conformance",
     "ClusterFactory": "cluster",
     "PresenceStoreFactory": "conformance",
+    "RateLimitStoreFactory": "conformance",
     "RecordingSocket": "contexts",
     "SessionStoreFactory": "conformance",
     "TestConnectionContext": "contexts",
@@ -82,6 +87,7 @@ _HOME = {
     "assert_delivered_once": "cluster",
     "check_capacity_store": "conformance",
     "check_presence_store": "conformance",
+    "check_rate_limit_store": "conformance",
     "check_session_store": "conformance",
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",

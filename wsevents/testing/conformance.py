@@ -1,10 +1,11 @@
-"""The conformance suites of broadcast transports, presence stores, capacity stores and
-session stores.
+"""The conformance suites of broadcast transports, presence stores, capacity stores,
+session stores and rate-limit stores.
 
 [`check_transport`][wsevents.testing.conformance.check_transport],
 [`check_presence_store`][wsevents.testing.conformance.check_presence_store],
-[`check_capacity_store`][wsevents.testing.conformance.check_capacity_store] and
-[`check_session_store`][wsevents.testing.conformance.check_session_store] are plain
+[`check_capacity_store`][wsevents.testing.conformance.check_capacity_store],
+[`check_session_store`][wsevents.testing.conformance.check_session_store] and
+[`check_rate_limit_store`][wsevents.testing.conformance.check_rate_limit_store] are plain
 asyncio: they need no pytest, and report a failure as an ``AssertionError``.
 
 Absence is proven by order, never by waiting: the contract orders the payloads of one
@@ -28,15 +29,23 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from ..transports.base import BroadcastTransport, CapacityStore, PresenceStore, SessionStore
+    from ..transports.base import (
+        BroadcastTransport,
+        CapacityStore,
+        PresenceStore,
+        RateLimitStore,
+        SessionStore,
+    )
 
 __all__ = [
     "CapacityStoreFactory",
     "PresenceStoreFactory",
+    "RateLimitStoreFactory",
     "SessionStoreFactory",
     "TransportFactory",
     "check_capacity_store",
     "check_presence_store",
+    "check_rate_limit_store",
     "check_session_store",
     "check_transport",
 ]
@@ -1362,3 +1371,137 @@ async def check_session_store(
                 await run.close()
             raise
         await run.close()
+
+
+# -- rate-limit stores ----------------------------------------------------------------------
+
+RateLimitStoreFactory = Callable[[], "RateLimitStore | Awaitable[RateLimitStore]"]
+"""Makes one more rate-limit store on the shared medium, as one more instance would see it
+(see [`check_rate_limit_store`][])."""
+
+
+class _RateLimitRun:
+    """One check's stores and keys; every failure names the check."""
+
+    def __init__(self, factory: RateLimitStoreFactory, prefix: str, name: str, timeout: float):
+        self.factory = factory
+        self.prefix = prefix
+        self.name = name
+        self.timeout = timeout
+
+    def fail(self, message: str) -> AssertionError:
+        return AssertionError(f"rate-limit store conformance [{self.name}]: {message}")
+
+    async def store(self) -> RateLimitStore:
+        made: RateLimitStore = await _from_factory(self.factory, self.timeout, self.fail)
+        return made
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{self.name}:{name}"
+
+    async def take(self, store: RateLimitStore, key: str, capacity: float, refill: float) -> float:
+        try:
+            async with asyncio.timeout(self.timeout):
+                wait: Any = await store.take(key, capacity, refill)
+        except TimeoutError:
+            raise self.fail(f"take({key!r}) did not return within {self.timeout} s") from None
+        except Exception as exc:
+            raise self.fail(f"take({key!r}) raised {exc!r}") from exc
+        if not isinstance(wait, int | float) or wait < 0:
+            raise self.fail(f"take({key!r}) returned {wait!r}, not a number >= 0")
+        return float(wait)
+
+
+async def _check_bucket(run: _RateLimitRun) -> None:
+    # A missing bucket is full: ``capacity`` takes, then a wait of about 1 / refill; a
+    # refused take consumes nothing; other keys are untouched.
+    store = await run.store()
+    key = run.key("a")
+    waits = [await run.take(store, key, 3.0, 1.0) for _ in range(3)]
+    if waits != [0.0, 0.0, 0.0]:
+        raise run.fail(f"a fresh bucket of 3 refused a take: {waits}")
+    first = await run.take(store, key, 3.0, 1.0)
+    if not 0.5 < first <= 1.0:
+        raise run.fail(f"an empty bucket refilling 1/s gave a wait of {first}, not ~1 s")
+    second = await run.take(store, key, 3.0, 1.0)
+    if not 0.0 < second <= first:
+        raise run.fail(f"a refused take consumed a token: waits {first} then {second}")
+    if await run.take(store, run.key("b"), 3.0, 1.0) != 0.0:
+        raise run.fail("an empty bucket refused a take of another key")
+
+
+async def _check_refill(run: _RateLimitRun) -> None:
+    # Tokens come back at ``refill`` a second, never beyond ``capacity``.
+    store = await run.store()
+    key = run.key("fast")
+    if await run.take(store, key, 1.0, 20.0) != 0.0:
+        raise run.fail("a fresh bucket refused a take")
+    wait = await run.take(store, key, 1.0, 20.0)
+    if not 0.0 < wait <= 0.05:
+        raise run.fail(f"an empty bucket refilling 20/s gave a wait of {wait}, not <= 0.05 s")
+    await asyncio.sleep(wait + 0.05)
+    if await run.take(store, key, 1.0, 20.0) != 0.0:
+        raise run.fail(f"no token {wait + 0.05:.3f} s after a wait of {wait}")
+    key = run.key("capped")
+    for _ in range(2):
+        await run.take(store, key, 2.0, 100.0)
+    await asyncio.sleep(0.1)  # 10 tokens' worth at 100/s: the bucket holds 2
+    waits = [await run.take(store, key, 2.0, 50.0) for _ in range(3)]
+    if waits[:2] != [0.0, 0.0] or not waits[2] > 0.0:
+        raise run.fail(f"a bucket of 2 refilled past its capacity: takes gave {waits}")
+
+
+async def _check_shared(run: _RateLimitRun) -> None:
+    # One bucket for every store of the medium, and takes are atomic across them: of 30
+    # concurrent takes on a bucket of 5 through 3 stores, exactly 5 succeed.
+    stores = [await run.store() for _ in range(3)]
+    key = run.key("shared")
+    if await run.take(stores[0], key, 1.0, 1.0) != 0.0:
+        raise run.fail("a fresh bucket refused a take")
+    if not await run.take(stores[1], key, 1.0, 1.0) > 0.0:
+        raise run.fail("a bucket emptied through one store gave a token through another")
+    key = run.key("race")
+    waits = await asyncio.gather(*(run.take(stores[i % 3], key, 5.0, 0.5) for i in range(30)))
+    taken = sum(1 for wait in waits if wait == 0.0)
+    if taken != 5:
+        raise run.fail(f"{taken} of 30 concurrent takes on a bucket of 5 succeeded, not 5")
+
+
+_RATE_LIMIT_CHECKS: tuple[tuple[str, Callable[[_RateLimitRun], Awaitable[None]]], ...] = (
+    ("bucket", _check_bucket),
+    ("refill", _check_refill),
+    ("shared", _check_shared),
+)
+
+
+async def check_rate_limit_store(
+    factory: RateLimitStoreFactory,
+    *,
+    key_prefix: str = "wsevents-test:",
+    timeout: float = 5.0,
+) -> None:
+    """The conformance suite every [`RateLimitStore`][wsevents.RateLimitStore] must pass.
+
+    ``factory`` is called one or more times per check (sync or async); every store it
+    returns must share one medium (the same object, or one per instance on the same Redis
+    and key prefix), as the instances of a cluster do.
+
+    On fresh keys under ``key_prefix`` plus a random run id, it checks: that a missing
+    bucket is full (``capacity`` takes succeed), that the next take returns the wait until
+    a token is free (about ``1 / refill``), that a refused take consumes nothing and that
+    keys are independent; that tokens come back at ``refill`` a second and never beyond
+    ``capacity``; that every store sees one bucket, and that of 30 concurrent takes on a
+    bucket of 5 through 3 stores exactly 5 succeed. The buckets it uses refill within a
+    few seconds (a store that expires full buckets is left empty).
+
+    Every call is bounded by ``timeout`` seconds; the refill checks sleep about 0.2 s.
+
+    Raises:
+        AssertionError: the first check that fails, naming the check and what went wrong.
+
+    Example:
+        ``bus = MemoryBus(); await check_rate_limit_store(lambda: bus.rate_limits)``
+    """
+    prefix = f"{key_prefix}{uuid.uuid4().hex[:12]}:"
+    for name, check in _RATE_LIMIT_CHECKS:
+        await check(_RateLimitRun(factory, prefix, name, timeout))

@@ -27,6 +27,7 @@ __all__ = [
     "PresenceMember",
     "PresencePage",
     "PresenceStore",
+    "RateLimitStore",
     "SessionStore",
     "StateListener",
     "StreamPosition",
@@ -307,6 +308,29 @@ class SessionStore(Protocol):
         ...
 
 
+# -- rate limits shared by every instance ------------------------------------------------
+
+
+class RateLimitStore(Protocol):
+    """Token buckets shared by every instance (the cluster-wide rate limits,
+    ``RateLimit(..., cluster=True)``).
+
+    A bucket holds up to ``capacity`` tokens and gains ``refill`` tokens per second; a
+    missing bucket is a full one. [`take`][] is atomic: of concurrent takes on any
+    instance, no more succeed than the bucket holds. A bucket may be forgotten once it has
+    refilled (a full bucket is the same as none).
+    """
+
+    async def take(self, key: str, capacity: float, refill: float) -> float:
+        """Take one token from bucket ``key``.
+
+        Returns:
+            0.0 when a token was taken; otherwise the seconds until one is free (> 0),
+            and the bucket is left as it was, but refilled to now.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a transport offers beyond pub/sub; each field is the implementing object or None.
@@ -319,6 +343,7 @@ class Capabilities:
         capacity: the places taken in rooms with a maximum of members, on every instance.
         sessions: small shared values with a TTL: session snapshots, the kept replies of
             idempotent calls, counters.
+        rate_limits: token buckets shared by every instance (cluster-wide rate limits).
     """
 
     directory: ConnectionDirectory | None = None
@@ -327,6 +352,7 @@ class Capabilities:
     history: HistoryStore | None = None
     capacity: CapacityStore | None = None
     sessions: SessionStore | None = None
+    rate_limits: RateLimitStore | None = None
 
 
 @runtime_checkable

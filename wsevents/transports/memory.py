@@ -27,6 +27,7 @@ __all__ = [
     "MemoryCapacityStore",
     "MemoryHistoryStore",
     "MemoryPresenceStore",
+    "MemoryRateLimitStore",
     "MemorySessionStore",
     "MemoryTransport",
 ]
@@ -356,11 +357,48 @@ class MemorySessionStore:
 _NEVER = float("inf")
 
 
+class MemoryRateLimitStore:
+    """A [`RateLimitStore`][wsevents.RateLimitStore] in this process (the
+    [`MemoryTransport`][] instances of one [`MemoryBus`][] share the bus's): token buckets
+    on the monotonic clock; each take runs without awaiting, so it is atomic."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # key: tokens, stamp
+
+    async def take(self, key: str, capacity: float, refill: float) -> float:
+        """Take a token from bucket ``key``; 0.0, or the seconds until one is free."""
+        now = time.monotonic()
+        if len(self._buckets) > 4096:
+            self._sweep(now, capacity, refill)
+        tokens, stamp = self._buckets.get(key, (capacity, now))
+        tokens = min(capacity, tokens + (now - stamp) * refill)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / refill
+
+    def _sweep(self, now: float, capacity: float, refill: float) -> None:
+        # Buckets of other limits may refill at other rates: only drop those full by now
+        # at this rate and an hour old (a slower limit's bucket is then full as well).
+        stale = [
+            key
+            for key, (tokens, stamp) in self._buckets.items()
+            if now - stamp > 3600.0 or tokens + (now - stamp) * refill >= capacity
+        ]
+        for key in stale:
+            del self._buckets[key]
+
+    def __len__(self) -> int:
+        """Buckets held."""
+        return len(self._buckets)
+
+
 class MemoryBus:
     """The shared medium of [`MemoryTransport`][] instances (one per simulated cluster).
 
     It also keeps the cluster's connection directory, presence store, history store,
-    capacity store and session store.
+    capacity store, session store and rate-limit buckets.
     """
 
     def __init__(self) -> None:
@@ -370,6 +408,7 @@ class MemoryBus:
         self.history = MemoryHistoryStore()
         self.capacity = MemoryCapacityStore()
         self.sessions = MemorySessionStore()
+        self.rate_limits = MemoryRateLimitStore()
         self.published = 0
 
     def subscriber_count(self, channel: str) -> int:
@@ -434,14 +473,15 @@ class MemoryTransport(BaseTransport):
             await self.unsubscribe(channel)
 
     def capabilities(self) -> Capabilities:
-        """A connection directory, a presence store, a history store, a capacity store and a
-        session store, kept on the bus."""
+        """A connection directory, a presence store, a history store, a capacity store, a
+        session store and rate-limit buckets, kept on the bus."""
         return Capabilities(
             directory=self,
             presence=self.bus.presence,
             history=self.bus.history,
             capacity=self.bus.capacity,
             sessions=self.bus.sessions,
+            rate_limits=self.bus.rate_limits,
         )
 
     async def register_connection(self, connection_id: str, instance_id: str) -> None:

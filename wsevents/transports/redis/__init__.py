@@ -27,9 +27,11 @@ Layout in Redis (every name starts with ``prefix``, ``"wsevents:"`` by default):
 * ``<prefix>ws:history:...``: the history store (see ``_history``), a stream, an offset
   and an epoch per history room, hash-tagged ``{<room>}``;
 * ``<prefix>ws:capacity:...``: the capacity store (see ``_capacity``), the places and the
-  instances' leases per capped room, hash-tagged ``{<room>}``.
+  instances' leases per capped room, hash-tagged ``{<room>}``;
 * ``<prefix>ws:kv:<key>``: the session store (see ``_sessions``): session snapshots, the
-  kept replies of idempotent calls, counters.
+  kept replies of idempotent calls, counters;
+* ``<prefix>ws:rl:<limit>|<key>``: a token bucket per key of a cluster-wide rate limit
+  (see ``_ratelimit``), expiring once full again.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from ._directory import RedisDirectory
 from ._history import RedisHistory
 from ._presence import RedisPresence
 from ._pubsub import PubSub
+from ._ratelimit import RedisRateLimits
 from ._sessions import RedisSessions
 from ._url import describe_client, redact_url
 
@@ -61,9 +64,10 @@ log = logging.getLogger("wsevents.transports.redis")
 
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
-    [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events and a
+    [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events, a
     [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore], a
-    [`CapacityStore`][wsevents.CapacityStore] and a [`SessionStore`][wsevents.SessionStore].
+    [`CapacityStore`][wsevents.CapacityStore], a [`SessionStore`][wsevents.SessionStore] and
+    a [`RateLimitStore`][wsevents.RateLimitStore].
 
     One dedicated pub/sub connection per transport, read by one reader task. When it
     breaks (Redis restarted, connection killed, no PONG within ``ping_timeout``), the
@@ -167,6 +171,9 @@ class RedisTransport(BaseTransport):
             client, prefix=prefix, command_timeout=self.command_timeout, pubsub=self._pubsub
         )
         self._sessions = RedisSessions(client, prefix=prefix, command_timeout=self.command_timeout)
+        self._rate_limits = RedisRateLimits(
+            client, prefix=prefix, command_timeout=self.command_timeout
+        )
         # Rewrite the directory whenever the connection comes up: Redis may have
         # restarted empty.
         self._pubsub.on_up = self._directory.wake
@@ -334,7 +341,8 @@ class RedisTransport(BaseTransport):
 
     def capabilities(self) -> Capabilities:
         """The connection directory, the backend state events, the presence store, the
-        history store, the capacity store and the session store, each its own object."""
+        history store, the capacity store, the session store and the rate-limit buckets, each
+        its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self._pubsub,
@@ -342,6 +350,7 @@ class RedisTransport(BaseTransport):
             history=self._history,
             capacity=self._capacity,
             sessions=self._sessions,
+            rate_limits=self._rate_limits,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""What tracing costs: server CPU per 100k RPC replies with tracing off and on.
+
+Three servers, each started fresh per rep and measured with the harness' scenario ``s1``
+(50 connections x 10 ``rpc /echo`` in flight, a ~100-byte object), reps interleaved:
+
+* ``tracing-off``: the reference app as it is (OpenTelemetry not even imported);
+* ``tracing-unsampled``: tracing on, nothing sampled (``benchmarks/tracing_app.py``);
+* ``tracing-sampled``: tracing on, every message sampled, spans batched to an exporter
+  that drops them (the SDK's whole work, without the network).
+
+The key figure is the server's CPU seconds per 100k replies (lower is better), compared
+with ``tracing-off`` from the same run; the issue's target is ``tracing-sampled /
+tracing-off <= 1.10``. Run from the project root, on a quiet machine:
+
+    python benchmarks/tracing_cost.py                 # 3 reps of 2 + 8 s per server (~2 min)
+    python benchmarks/tracing_cost.py --reps 1 --warmup 1 --duration 2   # a quick check
+
+The harness (``bench.py``, ``loadgen.js``) is ``../shared/bench`` unless ``--bench-dir`` or
+``$WSEVENTS_BENCH_DIR`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _servers import load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+BASE = "tracing-off"
+SERVERS = {
+    BASE: "examples.reference_app:app",
+    "tracing-unsampled": "benchmarks.tracing_app:unsampled",
+    "tracing-sampled": "benchmarks.tracing_app:sampled",
+}
+TARGET = 1.10
+
+
+def server_cmd(target: str) -> str:
+    return f"{PYTHON} -m wsevents run {target} --host 127.0.0.1 --port {{port}} --log-level warning"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3, help="interleaved reps per server")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds measured")
+    p.add_argument("--timeout", type=float, default=60.0, help="kill a load run after this")
+    p.add_argument(
+        "--bench-dir",
+        type=Path,
+        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
+    )
+    p.add_argument(
+        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
+    )
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin CPUs")
+    return p
+
+
+def table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    """A Markdown table of median CPU s/100k replies and replies/s per server, with ratios
+    to ``tracing-off``; also the medians of CPU s/100k by server."""
+    cpu: dict[str, list[float]] = {}
+    rate: dict[str, list[float]] = {}
+    for rec in records:
+        result = rec.get("result") or {}
+        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
+            continue
+        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"])
+        if result.get("replies_per_s") is not None:
+            rate.setdefault(rec["server"], []).append(result["replies_per_s"])
+    medians = {name: statistics.median(values) for name, values in cpu.items()}
+    base = medians.get(BASE)
+    lines = [
+        f"| server | reps | srv CPU s/100k replies | ratio to {BASE} | replies/s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in SERVERS:
+        if name not in medians:
+            lines.append(f"| {name} | 0 | failed | | |")
+            continue
+        ratio = f"{medians[name] / base:.3f}" if base else "n/a"
+        replies = f"{statistics.median(rate[name]):.0f}" if rate.get(name) else "n/a"
+        lines.append(f"| {name} | {len(cpu[name])} | {medians[name]:.3f} | {ratio} | {replies} |")
+    return "\n".join(lines), medians
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    bench = a.bench_dir.resolve() / "bench.py"
+    if not bench.exists():
+        print(f"tracing_cost.py: no harness at {bench}; give --bench-dir", file=sys.stderr)
+        return 2
+    cmd = [
+        sys.executable,
+        str(bench),
+        "--compare",
+        ",".join(SERVERS),
+        "--scenarios",
+        "s1",
+        "--reps",
+        str(a.reps),
+        "--warmup",
+        str(a.warmup),
+        "--duration",
+        str(a.duration),
+        "--timeout",
+        str(a.timeout),
+        "--raw",
+        str(a.raw_dir),
+        "--label",
+        "tracing",
+    ]
+    for name, target in SERVERS.items():
+        cmd += ["--extra", f"{name}={server_cmd(target)}"]
+    if not a.pin:
+        cmd.append("--no-pin")
+    run_dir, returncode = run_harness(cmd)
+    if run_dir is None:
+        print(f"tracing_cost.py: bench.py exited with {returncode}", file=sys.stderr)
+        return 1
+    text, medians = table(load_records(run_dir, "s1"))
+    print("\nServer CPU per 100k RPC replies (median over reps; lower is better)\n")
+    print(text)
+    if BASE in medians and "tracing-sampled" in medians:
+        ratio = medians["tracing-sampled"] / medians[BASE]
+        verdict = "within" if ratio <= TARGET else "OVER"
+        print(f"\ntracing-sampled/{BASE} = {ratio:.3f} ({verdict} the {TARGET:.2f} target)")
+    return 0 if len(medians) == len(SERVERS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
