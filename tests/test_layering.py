@@ -167,6 +167,7 @@ LAYER_ORDER = [
     "transports.nats._capacity",
     "transports.nats._history",
     "transports.nats._sessions",
+    "transports.nats._ratelimit",
     "transports.nats",
     "transports",
     "connection",

@@ -18,6 +18,7 @@ from wsevents.exceptions import TransportError
 from wsevents.testing import (
     check_capacity_store,
     check_presence_store,
+    check_rate_limit_store,
     check_session_store,
     check_transport,
 )
@@ -74,6 +75,13 @@ async def test_the_session_store_passes_the_conformance_suite(transports: Any) -
         return (await transports()).capabilities().sessions
 
     await check_session_store(store)
+
+
+async def test_the_rate_limit_store_passes_the_conformance_suite(transports: Any) -> None:
+    async def store() -> Any:
+        return (await transports()).capabilities().rate_limits
+
+    await check_rate_limit_store(store)
 
 
 # -- names -----------------------------------------------------------------------------------

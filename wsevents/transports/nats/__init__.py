@@ -21,6 +21,7 @@ JetStream name may not hold replaced by ``_``):
   instance heartbeat), updated by compare-and-set on the key's revision;
 * key-value bucket ``Nsessions``: session snapshots, kept replies of idempotent calls and
   counters, one JSON document per key with its expiry;
+* key-value bucket ``Nratelimits``: the token buckets of cluster-wide rate limits;
 * stream ``Nhistory`` on subjects ``P.h.<room>``: the history rooms' pushes, the offset
   and epoch of each in its headers.
 """
@@ -48,6 +49,7 @@ from ._history import NatsHistory
 from ._jet import Jet
 from ._names import decode_token, encode_token, stream_safe
 from ._presence import NatsPresence
+from ._ratelimit import NatsRateLimits
 from ._sessions import NatsSessions
 
 __all__ = ["NatsTransport", "decode_token", "encode_token", "redact_url"]
@@ -74,8 +76,8 @@ class NatsTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over core NATS, with a
     [`ConnectionDirectory`][wsevents.ConnectionDirectory], backend state events, a
     [`PresenceStore`][wsevents.PresenceStore], a [`HistoryStore`][wsevents.HistoryStore], a
-    [`CapacityStore`][wsevents.CapacityStore] and a [`SessionStore`][wsevents.SessionStore] on
-    JetStream.
+    [`CapacityStore`][wsevents.CapacityStore], a [`SessionStore`][wsevents.SessionStore] and a
+    [`RateLimitStore`][wsevents.RateLimitStore] on JetStream.
 
     One NATS connection per transport. nats-py reconnects by itself and restores the
     subscriptions; the transport reports the outage to the state listeners and, until the
@@ -188,6 +190,7 @@ class NatsTransport(BaseTransport):
         self._directory = NatsDirectory(self._jet, ttl=float(directory_ttl), owner=self)
         self._presence = NatsPresence(self._jet)
         self._capacity = NatsCapacity(self._jet)
+        self._rate_limits = NatsRateLimits(self._jet)
         self._sessions = NatsSessions(self._jet, sweep_interval=float(sessions_sweep_interval))
         self._history = NatsHistory(
             self._jet, max_age=float(history_max_age), max_size=int(history_max_size)
@@ -318,7 +321,8 @@ class NatsTransport(BaseTransport):
 
     def capabilities(self) -> Capabilities:
         """The connection directory, the backend state events, the presence store, the
-        history store, the capacity store and the session store, each its own object."""
+        history store, the capacity store, the session store and the rate-limit store, each
+        its own object."""
         return Capabilities(
             directory=self._directory,
             state_events=self,
@@ -326,6 +330,7 @@ class NatsTransport(BaseTransport):
             history=self._history,
             capacity=self._capacity,
             sessions=self._sessions,
+            rate_limits=self._rate_limits,
         )
 
     # -- BroadcastTransport -------------------------------------------------------------------
