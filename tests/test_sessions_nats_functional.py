@@ -1,4 +1,5 @@
-"""Sessions, idempotent calls and capped rooms on three instances over a real NATS.
+"""Sessions, idempotent calls, capped rooms and cluster-wide rate limits on three instances
+over a real NATS.
 
 The engine-independent tests of the Redis module run here unchanged, on NATS fixtures.
 """
@@ -21,6 +22,9 @@ from wsevents.testing import WsTestClient
 from wsevents.transports.nats import NatsTransport
 
 from .nats_support import NATS_URL
+from .test_ratelimit_cluster_functional import build as build_rate_limited
+from .test_ratelimit_cluster_functional import check_one_bucket_per_user
+from .test_ratelimit_cluster_functional import serve as serve_rate_limited
 from .test_sessions_functional import build, drop, session_of
 from .test_sessions_redis_functional import (  # the same tests, on the fixtures below
     test_a_bad_idem_is_refused,
@@ -105,3 +109,12 @@ async def test_a_capped_room_takes_three_members_across_instances(connect: Conne
     assert reply["error"]["code"] == 409
     assert await members[0].call("unsubscribe", room) == {"unsubscribed": True}
     assert await fourth.call("subscribe", room) == {"subscribed": True}
+
+
+async def test_three_nats_instances_share_one_rate_limit_bucket(
+    aiohttp_client: Any, nats_prefix: str
+) -> None:
+    apps = [
+        build_rate_limited(NatsTransport.from_url(NATS_URL, prefix=nats_prefix)) for _ in range(3)
+    ]
+    await check_one_bucket_per_user(await serve_rate_limited(aiohttp_client, apps))
