@@ -1,5 +1,6 @@
 """Three WsApp instances on one real NATS (in process, ``serve_cluster``): exactly-once
-delivery, send_to, presence and history across instances, and a NATS restart."""
+delivery, send_to, presence (a dead instance reaped) and history across instances, and a
+NATS restart."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 
 pytest.importorskip("nats", reason="the NATS engine needs nats-py: pip install 'wsevents[nats]'")
 
+from aiohttp import web
+
 from examples.reference_app import add_history, add_presence
-from wsevents import WsApp
+from wsevents import PresenceChange, WsApp
+from wsevents.server import attach
 from wsevents.testing import WsCluster, WsTestClient, assert_delivered_once, serve_cluster
 from wsevents.transports.nats import NatsTransport
 
@@ -33,6 +37,10 @@ from .test_cluster_memory_functional import (  # the memory suite's tests, on NA
     test_two_hundred_messages_from_one_sender_arrive_in_order_on_every_instance,
 )
 from .test_history_functional import publish, push, subscribe
+from .test_presence_functional import count_changes, next_presence, pushes_until
+from .test_presence_functional import join as presence_join
+from .test_presence_functional import room_name as presence_room_name
+from .test_presence_redis_functional import Instance as PresenceInstance
 
 pytest_plugins = ["tests.nats_fixtures"]
 
@@ -236,3 +244,54 @@ async def test_a_nats_restart_brings_delivery_back_without_duplicates(
         leftovers = [f["data"]["n"] for f in member.pending_messages()]
         assert "lost" not in leftovers
         assert len(leftovers) == len(set(leftovers))
+
+
+# -- presence: a dead instance is reaped by one survivor ------------------------------------
+
+
+async def test_one_survivor_reaps_a_dead_instance_and_each_member_hears_one_leave(
+    aiohttp_client: Any, nats_prefix: str
+) -> None:
+    changes: list[PresenceChange] = []
+    instances = []
+    for _ in range(2):
+        app = WsApp(heartbeat=0, transport=NatsTransport.from_url(NATS_URL, prefix=nats_prefix))
+        add_presence(app)
+        app.presence.instance_ttl = 0.6
+        app.on_presence(changes.append)
+        instances.append(
+            PresenceInstance(app, await aiohttp_client(attach(app, web.Application(), "/ws")))
+        )
+    room = presence_room_name()
+    watchers = [await inst.connect(f"w{i}") for i, inst in enumerate(instances)]
+    for watcher in watchers:
+        await presence_join(watcher, room)
+    # What a crashed instance leaves behind: its entries, and a heartbeat that expires.
+    crashed = NatsTransport.from_url(NATS_URL, prefix=nats_prefix)
+    await crashed.start()
+    try:
+        dead = crashed.capabilities().presence
+        assert dead is not None
+        assert await dead.heartbeat("dead-instance", 0.2)
+        assert await dead.add(room, "c1", "ghost", '{"name": "G"}', "dead-instance")
+        assert not await dead.add(room, "c2", "ghost", None, "dead-instance")
+        assert not await dead.add(room, "c3", "w0", None, "dead-instance")
+        for watcher in watchers:
+            frames = await pushes_until(watcher, {"w0", "w1"})
+            while count_changes(frames, "ghost") == (0, 0):
+                frames.append(await next_presence(watcher, timeout=10.0))
+            assert count_changes(frames, "ghost") == (0, 1)
+            assert count_changes(frames, "w0") == (1, 0)
+        for watcher in watchers:
+            assert await watcher.call("rpc", "/presence/count", {"room": room}) == {
+                "connections": 2,
+                "users": 2,
+            }
+        assert [c.kind for c in changes if c.user == "ghost"] == ["leave"]
+        assert await dead.expired_instances() == []
+        # Another leave of ghost would come before this marker.
+        await presence_join(await instances[1].connect("~marker"), room)
+        for watcher in watchers:
+            assert count_changes(await pushes_until(watcher, {"~marker"}), "ghost") == (0, 0)
+    finally:
+        await crashed.close()
