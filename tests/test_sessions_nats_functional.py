@@ -7,7 +7,7 @@ The engine-independent tests of the Redis module run here unchanged, on NATS fix
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,6 +22,9 @@ from wsevents.testing import WsTestClient
 from wsevents.transports.nats import NatsTransport
 
 from .nats_support import NATS_URL
+from .test_capacity_functional import build_capped
+from .test_capacity_redis_functional import Instance as CappedInstance
+from .test_capacity_redis_functional import test_an_instance_that_stops_renewing_frees_its_places
 from .test_ratelimit_cluster_functional import build as build_rate_limited
 from .test_ratelimit_cluster_functional import check_one_bucket_per_user
 from .test_ratelimit_cluster_functional import serve as serve_rate_limited
@@ -47,6 +50,7 @@ __all__ = [
     "test_a_resume_takes_over_a_half_open_connection_on_another_instance",
     "test_a_shutdown_keeps_the_session_for_another_instance",
     "test_after_the_ttl_the_token_resumes_nothing",
+    "test_an_instance_that_stops_renewing_frees_its_places",
     "test_away_during_500_pushes_from_other_instances_resumes_and_recovers",
     "test_idem_counts_once_also_across_a_resume_on_another_instance",
     "test_racing_resumes_on_two_instances_resume_once",
@@ -68,6 +72,25 @@ async def apps(aiohttp_client: Any, nats_prefix: str) -> list[Any]:
         app = build_with_capacity(NatsTransport.from_url(NATS_URL, prefix=nats_prefix))
         servers.append((app, await aiohttp_client(attach(app, web.Application(), "/ws"))))
     return servers
+
+
+@pytest.fixture
+async def cluster(aiohttp_client: Any, nats_prefix: str) -> AsyncIterator[Any]:
+    """Capped-room instances on NATS (the capacity suite's ``cluster``)."""
+    made: list[CappedInstance] = []
+
+    async def make(count: int = 3, lease: float | None = None) -> list[CappedInstance]:
+        for _ in range(count):
+            transport = NatsTransport.from_url(NATS_URL, prefix=nats_prefix)
+            app = build_capped(transport, lease=lease)
+            server = await aiohttp_client(attach(app, web.Application(), "/ws"))
+            made.append(CappedInstance(app, server))
+        return made[-count:]
+
+    yield make
+    for instance in made:
+        for client in instance.clients:
+            await client.close()
 
 
 @pytest.fixture
