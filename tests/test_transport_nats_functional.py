@@ -177,7 +177,7 @@ async def test_directory_entries_of_a_dead_instance_expire(transports: Any) -> N
     await a.register_connection("x", "y")  # ignored once closed
     await b._jet.bucket("directory")
     kv = await b._jet.bucket("directory")
-    await kv.put(encode_token("orphan"), b'"dead"', validate_keys=False)
+    await kv.put(encode_token("orphan"), b'"dead"')
     await wait_until(
         lambda: _gone(b, "orphan"), timeout=5.0, what="the orphan entry to expire with the TTL"
     )

@@ -101,13 +101,11 @@ class NatsDirectory:
 
     async def _put(self, connection_id: str, instance_id: str) -> None:
         kv = await self._bucket()
-        await kv.put(
-            encode_token(connection_id), json.dumps(instance_id).encode(), validate_keys=False
-        )
+        await kv.put(encode_token(connection_id), json.dumps(instance_id).encode())
 
     async def _delete(self, connection_id: str) -> None:
         kv = await self._bucket()
-        await kv.delete(encode_token(connection_id), validate_keys=False)
+        await kv.delete(encode_token(connection_id))
 
     def _ensure_refresh(self) -> None:
         if self._task is None or self._task.done():

@@ -107,7 +107,7 @@ class Jet:
         """The JSON document at ``key`` and its revision; ``(None, revision)`` when absent
         (the revision of its delete marker, or 0)."""
         try:
-            entry = await kv.get(key, validate_keys=False)
+            entry = await kv.get(key)
         except jse.KeyNotFoundError as exc:
             revision = exc.entry.revision if exc.entry is not None else 0
             return None, revision or 0
@@ -155,10 +155,10 @@ class Jet:
                 try:
                     if new is None:
                         if document is not None:
-                            await kv.delete(key, last=revision, validate_keys=False)
+                            await kv.delete(key, last=revision)
                     else:
                         data = json.dumps(new, separators=(",", ":")).encode()
-                        await kv.update(key, data, last=revision, validate_keys=False)
+                        await kv.update(key, data, last=revision)
                 except Exception as exc:
                     if wrong_last_sequence(exc):
                         continue

@@ -58,7 +58,7 @@ class NatsSessions:
                 if key == _SWEEP_LEASE or _live(doc, now) is not None:
                     continue
                 try:
-                    await kv.delete(key, last=revision, validate_keys=False)
+                    await kv.delete(key, last=revision)
                 except jse.APIError as exc:
                     if exc.err_code not in (10071, 10164):
                         raise
