@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Fan-out across instances: one instance alone vs the same room split over Redis.
+"""Fan-out across instances: one instance alone vs the same room split over Redis or NATS.
 
     .venv/bin/python benchmarks/multi_instance.py [--subs 1000] [--reps 3] [--redis-url URL]
+    .venv/bin/python benchmarks/multi_instance.py --engine nats [--nats-url nats://host:port]
 
 For every rep (configurations interleaved) it starts the reference app with
 ``python -m wsevents run`` on free 127.0.0.1 ports, pinned to --server-cpu, and drives it
@@ -10,15 +11,18 @@ with ``benchmarks/fanout_multi.js`` (Node + ``ws`` from the harness' node_module
 
 * ``single``: one instance, no transport, all subscribers on it;
 * ``redis-N``: N instances started with ``--redis-url``, the subscribers spread round-robin,
-  the publisher on the first instance (so N-1 of every N deliveries cross Redis).
+  the publisher on the first instance (so N-1 of every N deliveries cross Redis);
+* ``nats-N`` (with ``--engine nats``): the same with ``--nats-url``, across NATS.
 
 It reports deliveries/s and CPU seconds per 100k deliveries of the wsevents processes and,
-separately, of the Redis server. Every run is bounded (warm-up + duration, hard limits).
+separately, of the broker (the Redis server, or the local nats-server listening on the
+URL's port). Every run is bounded (warm-up + duration, hard limits).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -53,16 +57,39 @@ def redis_pid(url: str) -> int | None:
     return None
 
 
+def nats_pid(url: str) -> int | None:
+    """The pid of the local nats-server started with ``-p <the URL's port>``."""
+    port = url.rsplit(":", 1)[-1].strip("/") or "4222"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"nats-server"):
+            for flag, value in itertools.pairwise(argv):
+                if flag in (b"-p", b"--port") and value.decode() == port:
+                    return int(entry.name)
+    return None
+
+
 def run_once(args: argparse.Namespace, instances: int, redis: bool) -> dict[str, object]:
+    """One run; ``redis`` True: across the broker of ``args.engine``."""
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
-    extra = ["--redis-url", args.redis_url] if redis else []
+    extra: list[str] = []
+    if redis:
+        nats = args.engine == "nats"
+        extra = ["--nats-url", args.nats_url] if nats else ["--redis-url", args.redis_url]
     try:
         for _ in range(instances):
             proc, port = start_reference_app(cpu=args.server_cpu if args.pin else None, extra=extra)
             procs.append(proc)
             ports.append(port)
-        rpid = redis_pid(args.redis_url) if redis else None
+        rpid = None
+        if redis:
+            rpid = nats_pid(args.nats_url) if nats else redis_pid(args.redis_url)
         gen = [
             *(["taskset", "-c", args.client_cpu] if args.pin else []),
             "node",
@@ -113,12 +140,14 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup", type=float, default=2)
     ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--engine", choices=["redis", "nats"], default="redis")
     ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     ap.add_argument("--server-cpu", default="1")
     ap.add_argument("--client-cpu", default="0")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
     args = ap.parse_args()
-    configs = [("single", 1, False), (f"redis-{args.instances}", args.instances, True)]
+    configs = [("single", 1, False), (f"{args.engine}-{args.instances}", args.instances, True)]
     runs: dict[str, list[dict[str, object]]] = {name: [] for name, _, _ in configs}
     for rep in range(args.reps):
         order = configs if rep % 2 == 0 else configs[::-1]
@@ -127,7 +156,7 @@ def main() -> int:
             runs[name].append(r)
             print(
                 f"[rep {rep + 1}] {name:10} {r['deliveries_per_s']:9.0f} deliv/s "
-                f"srv {r['srv_cpu_per_100k']:.3f} s/100k redis {r['redis_cpu_per_100k'] or 0:.3f} "
+                f"srv {r['srv_cpu_per_100k']:.3f} s/100k broker {r['redis_cpu_per_100k'] or 0:.3f} "
                 f"s/100k dup={r['duplicates']} bad={r['bad']} per_port={r['per_port']}",
                 flush=True,
             )
@@ -135,7 +164,7 @@ def main() -> int:
     def med(name: str, key: str) -> float:
         return statistics.median(float(r[key] or 0) for r in runs[name])
 
-    print("\n| setup | deliveries/s | wsevents CPU s/100k | Redis CPU s/100k | duplicates |")
+    print("\n| setup | deliveries/s | wsevents CPU s/100k | broker CPU s/100k | duplicates |")
     print("|---|---|---|---|---|")
     for name, _, _ in configs:
         dup = sum(int(r["duplicates"]) for r in runs[name])
