@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Fan-out across instances: one instance alone vs the same room split over Redis.
+"""Fan-out across instances: one instance alone vs the same room split over a broker.
 
     .venv/bin/python benchmarks/multi_instance.py [--subs 1000] [--reps 3] [--redis-url URL]
-        [--engine redis|redis-cluster|both] [--cluster-url redis+cluster://...]
+        [--engine redis|redis-cluster|nats|both] [--cluster-url redis+cluster://...]
+        [--nats-url nats://host:port]
 
 For every rep (configurations interleaved) it starts the reference app with
 ``python -m wsevents run`` on free 127.0.0.1 ports, pinned to --server-cpu, and drives it
@@ -15,17 +16,20 @@ with ``benchmarks/fanout_multi.js`` (Node + ``ws`` from the harness' node_module
 * ``redis-cluster-N``: the same on a Redis Cluster (``--engine redis-cluster`` or ``both``):
   ``--cluster-url``, or else a 3-master 3-replica cluster started for the run in a temporary
   directory on free loopback ports (``redis-server`` and ``redis-cli`` needed) and stopped
-  at the end.
+  at the end;
+* ``nats-N`` (with ``--engine nats``): the same with ``--nats-url``, across NATS.
 
 It reports deliveries/s and CPU seconds per 100k deliveries of the wsevents processes and,
-separately, of the Redis servers (every node of a cluster). Every run is bounded (warm-up +
-duration, hard limits).
+separately, of the broker (the Redis servers, every node of a cluster, or the local
+nats-server listening on the URL's port). Every run is bounded (warm-up + duration, hard
+limits).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -78,16 +82,40 @@ def redis_pids(url: str) -> list[int]:
     return pids
 
 
+def nats_pid(url: str) -> int | None:
+    """The pid of the local nats-server started with ``-p <the URL's port>``."""
+    port = url.rsplit(":", 1)[-1].strip("/") or "4222"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"nats-server"):
+            for flag, value in itertools.pairwise(argv):
+                if flag in (b"-p", b"--port") and value.decode() == port:
+                    return int(entry.name)
+    return None
+
+
 def run_once(args: argparse.Namespace, instances: int, url: str | None) -> dict[str, object]:
+    """One run; ``url``: the broker every instance is started with (None: no broker)."""
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
-    extra = ["--redis-url", url] if url else []
+    nats = bool(url) and str(url).startswith("nats")
+    extra = [("--nats-url" if nats else "--redis-url"), url] if url else []
     try:
         for _ in range(instances):
             proc, port = start_reference_app(cpu=args.server_cpu if args.pin else None, extra=extra)
             procs.append(proc)
             ports.append(port)
-        rpids = redis_pids(url) if url else []
+        if not url:
+            rpids: list[int] = []
+        elif nats:
+            rpids = [pid] if (pid := nats_pid(url)) else []
+        else:
+            rpids = redis_pids(url)
         gen = [
             *(["taskset", "-c", args.client_cpu] if args.pin else []),
             "node",
@@ -142,12 +170,13 @@ def main() -> int:
     ap.add_argument("--server-cpu", default="1")
     ap.add_argument("--client-cpu", default="0")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
-    ap.add_argument("--engine", choices=["redis", "redis-cluster", "both"], default="redis")
+    ap.add_argument("--engine", choices=["redis", "redis-cluster", "nats", "both"], default="redis")
+    ap.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     ap.add_argument("--cluster-url", help="a running Redis Cluster (redis+cluster://...)")
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         cluster_url = args.cluster_url
-        if args.engine != "redis" and not cluster_url:
+        if args.engine in ("redis-cluster", "both") and not cluster_url:
             cluster_url = stack.enter_context(throwaway_cluster())
         return bench(args, cluster_url)
 
@@ -174,6 +203,8 @@ def bench(args: argparse.Namespace, cluster_url: str | None) -> int:
         configs.append((f"redis-{args.instances}", args.instances, args.redis_url))
     if args.engine in ("redis-cluster", "both"):
         configs.append((f"redis-cluster-{args.instances}", args.instances, cluster_url))
+    if args.engine == "nats":
+        configs.append((f"nats-{args.instances}", args.instances, args.nats_url))
     runs: dict[str, list[dict[str, object]]] = {name: [] for name, _, _ in configs}
     for rep in range(args.reps):
         order = configs if rep % 2 == 0 else configs[::-1]
@@ -182,7 +213,7 @@ def bench(args: argparse.Namespace, cluster_url: str | None) -> int:
             runs[name].append(r)
             print(
                 f"[rep {rep + 1}] {name:10} {r['deliveries_per_s']:9.0f} deliv/s "
-                f"srv {r['srv_cpu_per_100k']:.3f} s/100k redis {r['redis_cpu_per_100k'] or 0:.3f} "
+                f"srv {r['srv_cpu_per_100k']:.3f} s/100k broker {r['redis_cpu_per_100k'] or 0:.3f} "
                 f"s/100k dup={r['duplicates']} bad={r['bad']} per_port={r['per_port']}",
                 flush=True,
             )
@@ -190,7 +221,7 @@ def bench(args: argparse.Namespace, cluster_url: str | None) -> int:
     def med(name: str, key: str) -> float:
         return statistics.median(float(r[key] or 0) for r in runs[name])
 
-    print("\n| setup | deliveries/s | wsevents CPU s/100k | Redis CPU s/100k | duplicates |")
+    print("\n| setup | deliveries/s | wsevents CPU s/100k | broker CPU s/100k | duplicates |")
     print("|---|---|---|---|---|")
     for name, _, _ in configs:
         dup = sum(int(r["duplicates"]) for r in runs[name])

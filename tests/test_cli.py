@@ -339,6 +339,8 @@ def test_run_help_shows_every_option_with_its_default() -> None:
         "--trusted-proxy ADDRESS",
         "--redis-url URL",
         "--redis-fail-fast",
+        "--nats-url URL",
+        "--nats-fail-fast",
         "(default: 5.0)",
         "--metrics",
         "--admin-token TOKEN",

@@ -168,11 +168,18 @@ def _parser() -> argparse.ArgumentParser:
         help="address or network (CIDR) of a reverse proxy whose X-Forwarded-For is believed "
         "for the client's IP address; repeat it for several (default: none)",
     )
-    run.add_argument(
+    engine = run.add_mutually_exclusive_group()
+    engine.add_argument(
         "--redis-url",
         metavar="URL",
         help="broadcast through Redis to the other instances (redis://, rediss://, unix://, "
         "redis+cluster://host:port[,host:port...] for a Redis Cluster)",
+    )
+    engine.add_argument(
+        "--nats-url",
+        metavar="URL",
+        help="broadcast through NATS to the other instances, stores on JetStream "
+        "(nats://host:port, several comma separated; needs: pip install 'wsevents[nats]')",
     )
     run.add_argument(
         "--redis-connect-timeout",
@@ -185,6 +192,19 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-fail-fast",
         action="store_true",
         help="exit with status 2 when Redis does not answer at start, instead of serving "
+        "alone and retrying in the background",
+    )
+    run.add_argument(
+        "--nats-connect-timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for NATS at start",
+    )
+    run.add_argument(
+        "--nats-fail-fast",
+        action="store_true",
+        help="exit with status 2 when NATS does not answer at start, instead of serving "
         "alone and retrying in the background",
     )
     run.add_argument(
@@ -283,6 +303,31 @@ def plug_redis(
         raise TargetError(f"bad --redis-url {redact_url(url)}: {reason}") from exc
     if ws_app.transport is not None:
         log.warning("--redis-url replaces the transport the app was created with")
+    ws_app.set_transport(transport)
+
+
+def plug_nats(
+    target: Any, url: str, *, connect_timeout: float = 5.0, fail_fast: bool = False
+) -> None:
+    """Give the target's WsApp a NatsTransport for ``url`` (before it starts).
+
+    Raises:
+        TargetError: no WsApp to plug into, or a bad URL.
+        UsageError: nats-py is not installed.
+    """
+    ws_app = _ws_app_of(target, "--nats-url")
+    try:
+        from .transports.nats import NatsTransport, redact_url
+    except ImportError:
+        raise UsageError("--nats-url needs nats-py: pip install 'wsevents[nats]'") from None
+    try:
+        transport = NatsTransport.from_url(
+            url, connect_timeout=connect_timeout, fail_fast=fail_fast
+        )
+    except ValueError as exc:
+        raise TargetError(f"bad --nats-url {redact_url(url)}: not a NATS URL") from exc
+    if ws_app.transport is not None:
+        log.warning("--nats-url replaces the transport the app was created with")
     ws_app.set_transport(transport)
 
 
@@ -628,6 +673,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 connect_timeout=args.redis_connect_timeout,
                 fail_fast=args.redis_fail_fast,
             )
+        if args.nats_url:
+            plug_nats(
+                target,
+                args.nats_url,
+                connect_timeout=args.nats_connect_timeout,
+                fail_fast=args.nats_fail_fast,
+            )
     except UsageError as exc:
         for sock in socks:
             sock.close()
@@ -646,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics=args.metrics,
             admin_token=args.admin_token,
         )
-    except (TransportError, UsageError) as exc:  # --redis-fail-fast: Redis did not answer
+    except (TransportError, UsageError) as exc:  # --redis/nats-fail-fast: no answer
         print(f"error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     finally:

@@ -5,7 +5,7 @@
 - ``wsevents.testing.conformance``: ``check_transport``, ``check_presence_store``,
   ``check_capacity_store``, ``check_session_store``, ``check_history_store`` and
   ``check_rate_limit_store``, the suites every transport and store pass;
-- ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``,
+- ``wsevents.testing.cluster``: ``WsCluster``, ``serve_memory_cluster``, ``serve_cluster``,
   ``assert_delivered_once``;
 - ``wsevents.testing.plugin``: the pytest plugin (entry point ``wsevents``) with the
   fixtures ``ws_client`` and ``ws_cluster``.
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .client import ClientFactory as ClientFactory
     from .client import WsTestClient
     from .cluster import ClusterFactory as ClusterFactory
-    from .cluster import WsCluster, assert_delivered_once, serve_memory_cluster
+    from .cluster import WsCluster, assert_delivered_once, serve_cluster, serve_memory_cluster
     from .conformance import (
         CapacityStoreFactory,
         PresenceStoreFactory,
@@ -65,6 +65,7 @@ __all__ = [
     "check_transport",
     "prepare_test_ws_connection_context",
     "prepare_test_ws_message_context",
+    "serve_cluster",
     "serve_memory_cluster",
     "ws_client",
     "ws_cluster",
@@ -94,6 +95,7 @@ _HOME = {
     "check_transport": "conformance",
     "prepare_test_ws_connection_context": "contexts",
     "prepare_test_ws_message_context": "contexts",
+    "serve_cluster": "cluster",
     "serve_memory_cluster": "cluster",
     "ws_client": "plugin",
     "ws_cluster": "plugin",

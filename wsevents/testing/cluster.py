@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -11,26 +12,38 @@ from aiohttp import web
 from ..app import WsApp
 from ..cluster import ROOM_CHANNEL_PREFIX
 from ..server import attach
+from ..transports.base import BroadcastTransport
 from ..transports.memory import MemoryBus, MemoryTransport
 from .client import WsTestClient
 
-__all__ = ["ClusterFactory", "WsCluster", "assert_delivered_once", "serve_memory_cluster"]
+__all__ = [
+    "ClusterFactory",
+    "WsCluster",
+    "assert_delivered_once",
+    "serve_cluster",
+    "serve_memory_cluster",
+]
 
 
 class WsCluster:
-    """Several [`WsApp`][wsevents.WsApp] instances on one [`MemoryBus`][wsevents.MemoryBus].
+    """Several [`WsApp`][wsevents.WsApp] instances on one [`MemoryBus`][wsevents.MemoryBus],
+    or on one backend of any transport.
 
     Each instance is served on its own test server; clients connect to a chosen instance.
-    Made by [`serve_memory_cluster`][] or the ``ws_cluster`` fixture.
+    Made by [`serve_memory_cluster`][], the ``ws_cluster`` fixture, or [`serve_cluster`][]
+    (with a transport factory: Redis, NATS...).
 
     Attributes:
-        bus: the shared bus (``bus.subscriber_count(channel)``, ``bus.directory``).
+        bus: the shared bus (``bus.subscriber_count(channel)``, ``bus.directory``); None for
+            a cluster made by [`serve_cluster`][].
         apps: the instances, in order.
         servers: their pytest-aiohttp test clients, in the same order.
         path: the WebSocket path every instance is mounted on.
     """
 
-    def __init__(self, bus: MemoryBus, apps: list[WsApp], servers: list[Any], path: str) -> None:
+    def __init__(
+        self, bus: MemoryBus | None, apps: list[WsApp], servers: list[Any], path: str
+    ) -> None:
         self.bus = bus
         self.apps = apps
         self.servers = servers
@@ -73,7 +86,13 @@ class WsCluster:
         return self._instance_of[id(client)]
 
     def room_subscribers(self, room: str) -> int:
-        """How many instances are subscribed to ``room``'s channel on the bus."""
+        """How many instances are subscribed to ``room``'s channel on the bus.
+
+        Raises:
+            RuntimeError: the cluster is not on a MemoryBus.
+        """
+        if self.bus is None:
+            raise RuntimeError("room_subscribers() needs a cluster on a MemoryBus")
         return self.bus.subscriber_count(ROOM_CHANNEL_PREFIX + room)
 
     async def close(self) -> None:
@@ -110,6 +129,40 @@ async def serve_memory_cluster(
         servers.append(await aiohttp_client(attach(app, web.Application(), path)))
         apps.append(app)
     return WsCluster(bus, apps, servers, path)
+
+
+async def serve_cluster(
+    aiohttp_client: Any,
+    build: Callable[[Any], WsApp],
+    transport: Callable[[], BroadcastTransport | Awaitable[BroadcastTransport]],
+    *,
+    instances: int = 3,
+    path: str = "/ws",
+) -> WsCluster:
+    """Start ``instances`` WsApps, each with a new transport from ``transport()`` (sync or
+    async; every one on the same backend), each served by ``aiohttp_client``.
+
+    ``build(transport)`` makes one instance with that transport, as for
+    [`serve_memory_cluster`][]. The transports start and close with their apps (with the
+    ``aiohttp_client`` fixture's servers).
+
+    Example:
+        ``await serve_cluster(aiohttp_client, make_app, lambda: NatsTransport.from_url(url))``
+
+    Raises:
+        ValueError: ``build`` returned a WsApp that does not use the given transport.
+    """
+    apps: list[WsApp] = []
+    servers: list[Any] = []
+    for _ in range(instances):
+        made = transport()
+        instance_transport = await made if inspect.isawaitable(made) else made
+        app = build(instance_transport)
+        if app.transport is not instance_transport:
+            raise ValueError("build(transport) must create the WsApp with that transport")
+        servers.append(await aiohttp_client(attach(app, web.Application(), path)))
+        apps.append(app)
+    return WsCluster(None, apps, servers, path)
 
 
 ClusterFactory = Callable[..., Awaitable[WsCluster]]

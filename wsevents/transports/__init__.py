@@ -2,9 +2,10 @@
 
 ``base`` holds the contract (async protocols, ``BaseTransport``, ``Capabilities``).
 
-``RedisTransport`` and ``RedisClusterTransport`` are loaded on first access
-(``wsevents.transports.RedisTransport`` or ``from wsevents.transports.redis import
-RedisTransport``), so importing wsevents never imports redis.
+``RedisTransport``, ``RedisClusterTransport`` and ``NatsTransport`` are loaded on first
+access (``wsevents.transports.RedisTransport`` or ``from wsevents.transports.redis import
+RedisTransport``; likewise ``wsevents.transports.nats``), so importing wsevents never imports
+redis or nats-py.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from .memory import (
 )
 
 if TYPE_CHECKING:
+    from .nats import NatsTransport
     from .redis import RedisClusterTransport, RedisTransport
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "MemoryRateLimitStore",
     "MemorySessionStore",
     "MemoryTransport",
+    "NatsTransport",
     "PayloadHandler",
     "PresenceCount",
     "PresenceMember",
@@ -76,4 +79,8 @@ def __getattr__(name: str) -> Any:
         from . import redis
 
         return getattr(redis, name)
+    if name == "NatsTransport":
+        from .nats import NatsTransport
+
+        return NatsTransport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
