@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Many connections on one server process: memory, idle CPU, broadcast spread, accept rate
-and shutdown, for wsevents (the reference app) or a peer, measured the same way.
+and shutdown, for wsevents (``benchmarks/c100k_app.py``: the routes the peers serve) or a
+peer, measured the same way.
 
     python benchmarks/c100k.py                               # 100 000 connections, wsevents
     python benchmarks/c100k.py --connections 10000 --idle 40 --server wooks --bench-dir ../bench
@@ -241,6 +242,8 @@ class Client(asyncio.Protocol):
         elif opcode == 8:
             self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             self.closed_at = time.monotonic()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(frame(payload[:2], 0x8))  # the closing handshake's reply
 
     def send(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -629,7 +632,9 @@ def parser() -> argparse.ArgumentParser:
         default="wsevents",
         help="wsevents (default), wooks (the peer in --bench-dir), or a command with {port}",
     )
-    p.add_argument("--app", default="examples.reference_app:app", help="wsevents: the app")
+    p.add_argument(
+        "--app", default="benchmarks.c100k_app:app", help="wsevents: the app (the peer's routes)"
+    )
     p.add_argument(
         "--bench-dir",
         type=Path,

@@ -1,11 +1,11 @@
 """The server of ``benchmarks/history_wire.py``: the reference app with history on its chat
-rooms, and a replay room with room for 10 000 pushes.
+rooms, and a replay room with room for 20 000 pushes.
 
 ``app`` is a fresh copy of ``examples.reference_app``'s app (the module is loaded again
 under another name, so the reference app itself stays as it is) that also tracks
 ``/chat/rooms/:room`` as history rooms (last 1000 pushes, 10 minutes): every broadcast of
 the S2 fan-out gets an offset, is kept, and goes out in offset order. ``/replay/rooms/:room``
-(``subscribe`` with ``since``, ``publish``) keeps the last 10 000 pushes. Run it with
+(``subscribe`` with ``since``, ``publish``) keeps the last 20 000 pushes. Run it with
 ``python -m wsevents run benchmarks.history_app:app``.
 """
 
@@ -30,7 +30,8 @@ def load_app() -> WsApp:
     spec.loader.exec_module(module)
     ws: WsApp = module.app
     ws.history.track("/chat/rooms/:room", size=1000, ttl=600.0)
-    ws.history.track("/replay/rooms/:room", size=10_000, ttl=600.0)
+    # Room for the --missed pushes (at most 10 000) and the pushes the app itself makes.
+    ws.history.track("/replay/rooms/:room", size=20_000, ttl=600.0)
 
     @ws.on_message("subscribe", "/replay/rooms/:room")
     async def replay_subscribe() -> dict[str, Any]:

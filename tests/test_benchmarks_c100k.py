@@ -20,7 +20,7 @@ def load() -> ModuleType:
     return module
 
 
-def test_every_phase_runs_against_the_reference_app(tmp_path: Path) -> None:
+def test_every_phase_runs_against_the_benchmark_app(tmp_path: Path) -> None:
     bench = load()
     a = bench.parser().parse_args(
         [
