@@ -345,3 +345,31 @@ async def test_a_member_ahead_of_its_instance_does_not_get_what_it_had_again(
     await remote_push(cluster, room, "b")
     assert await pushes(member, 2) == [plain(room, "a", 1), plain(room, "b", 2)]
     assert await ahead.next_push() == plain(room, "b", 2)
+
+
+async def test_members_who_joined_without_a_stream_get_every_push_of_a_burst(ws_client) -> None:
+    # Members joined with a plain join(): the room's stream state is made by the first
+    # push, while a burst of broadcasts is in flight. Each member gets every push, once, in
+    # offset order (the position read meanwhile already counts the burst).
+    ws = WsApp(heartbeat=0)
+    ws.history.track("/plain/:room", size=1000, ttl=60.0)
+
+    @ws.on_message("subscribe", "/plain/:room")
+    async def subscribe_plain() -> bool:
+        await use_ws_rooms().join()
+        return True
+
+    @ws.on_message("publish", "/plain/:room")
+    async def publish_plain() -> int | None:
+        report = await use_ws_rooms().broadcast("message", None, exclude_self=True)
+        return report.offset
+
+    members = [await ws_client(ws) for _ in range(5)]
+    for member in members:
+        assert await member.call("subscribe", "/plain/burst") is True
+    publisher = await ws_client(ws)
+    for n in range(60):
+        await publisher.send("publish", "/plain/burst", None, message_id=n)
+    for member in members:
+        got = [(await member.next_push())["offset"] for _ in range(60)]
+        assert got == list(range(1, 61))
