@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,44 @@ def load_records(run_dir: Path, scenario: str) -> list[dict[str, Any]]:
         with path.open() as f:
             records.append(json.load(f))
     return records
+
+
+def harness_command(
+    bench: Path,
+    a: Any,
+    servers: dict[str, str],
+    *,
+    scenario: str,
+    label: str,
+    cpus: bool = False,
+) -> list[str]:
+    """The ``bench.py --compare`` command for ``servers`` (name: command with ``{port}``),
+    reps interleaved, from the script's options ``a`` (``reps``, ``warmup``, ``duration``,
+    ``timeout``, ``raw_dir``, ``pin``; with ``cpus``, also ``server_cpu`` and
+    ``client_cpu``)."""
+    cmd = [
+        sys.executable,
+        str(bench),
+        "--compare",
+        ",".join(servers),
+        "--scenarios",
+        scenario,
+        "--reps",
+        str(a.reps),
+        "--warmup",
+        str(a.warmup),
+        "--duration",
+        str(a.duration),
+        "--timeout",
+        str(a.timeout),
+        "--raw",
+        str(a.raw_dir),
+    ]
+    if cpus:
+        cmd += ["--server-cpu", a.server_cpu, "--client-cpu", a.client_cpu]
+    cmd += ["--label", label]
+    for name, command in servers.items():
+        cmd += ["--extra", f"{name}={command}"]
+    if not a.pin:
+        cmd.append("--no-pin")
+    return cmd

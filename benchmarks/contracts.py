@@ -30,7 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _servers import load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
+from _servers import harness_command, load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SERVERS = {
@@ -97,30 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if not bench.exists():
         print(f"contracts.py: no harness at {bench}; give --bench-dir", file=sys.stderr)
         return 2
-    cmd = [
-        sys.executable,
-        str(bench),
-        "--compare",
-        ",".join(SERVERS),
-        "--scenarios",
-        "s1",
-        "--reps",
-        str(a.reps),
-        "--warmup",
-        str(a.warmup),
-        "--duration",
-        str(a.duration),
-        "--timeout",
-        str(a.timeout),
-        "--raw",
-        str(a.raw_dir),
-        "--label",
-        "contracts",
-    ]
-    for name, target in SERVERS.items():
-        cmd += ["--extra", f"{name}={server_cmd(target)}"]
-    if not a.pin:
-        cmd.append("--no-pin")
+    cmd = harness_command(
+        bench,
+        a,
+        {name: server_cmd(target) for name, target in SERVERS.items()},
+        scenario="s1",
+        label="contracts",
+    )
     run_dir, returncode = run_harness(cmd)
     if run_dir is None:
         print(f"contracts.py: bench.py exited with {returncode}", file=sys.stderr)

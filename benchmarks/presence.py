@@ -44,7 +44,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from _servers import load_records, run_harness, start_reference_app, stop  # noqa: E402
+from _servers import harness_command, load_records, run_harness, start_reference_app, stop  # noqa: E402
 from multi_instance import cpu_seconds, redis_pid  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -271,34 +271,14 @@ def fanout_table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
 
 def run_fanout(a: argparse.Namespace) -> list[dict[str, Any]] | None:
     bench = a.bench_dir.resolve() / "bench.py"
-    cmd = [
-        sys.executable,
-        str(bench),
-        "--compare",
-        ",".join(FANOUT_SERVERS),
-        "--scenarios",
-        "s2_1000",
-        "--reps",
-        str(a.reps),
-        "--warmup",
-        str(a.warmup),
-        "--duration",
-        str(a.duration),
-        "--timeout",
-        str(a.timeout),
-        "--raw",
-        str(a.raw_dir),
-        "--server-cpu",
-        a.server_cpu,
-        "--client-cpu",
-        a.client_cpu,
-        "--label",
-        "presence",
-    ]
-    for name, target in FANOUT_SERVERS.items():
-        cmd += ["--extra", f"{name}={server_cmd(target)}"]
-    if not a.pin:
-        cmd.append("--no-pin")
+    cmd = harness_command(
+        bench,
+        a,
+        {name: server_cmd(target) for name, target in FANOUT_SERVERS.items()},
+        scenario="s2_1000",
+        label="presence",
+        cpus=True,
+    )
     run_dir, returncode = run_harness(cmd)
     if run_dir is None:
         print(f"presence.py: bench.py exited with {returncode}", file=sys.stderr)

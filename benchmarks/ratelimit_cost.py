@@ -41,7 +41,7 @@ from wsevents.testing.contexts import RecordingSocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _servers import load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
+from _servers import harness_command, load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 WIRE_SERVERS = {
@@ -115,30 +115,13 @@ def wire(a: argparse.Namespace) -> int:
     if not bench.exists():
         print(f"ratelimit_cost.py: no harness at {bench}; give --bench-dir", file=sys.stderr)
         return 2
-    cmd = [
-        sys.executable,
-        str(bench),
-        "--compare",
-        ",".join(WIRE_SERVERS),
-        "--scenarios",
-        "s1",
-        "--reps",
-        str(a.reps),
-        "--warmup",
-        str(a.warmup),
-        "--duration",
-        str(a.duration),
-        "--timeout",
-        str(a.timeout),
-        "--raw",
-        str(a.raw_dir),
-        "--label",
-        "ratelimit-wire",
-    ]
-    for name, target in WIRE_SERVERS.items():
-        cmd += ["--extra", f"{name}={server_cmd(target)}"]
-    if not a.pin:
-        cmd.append("--no-pin")
+    cmd = harness_command(
+        bench,
+        a,
+        {name: server_cmd(target) for name, target in WIRE_SERVERS.items()},
+        scenario="s1",
+        label="ratelimit-wire",
+    )
     run_dir, returncode = run_harness(cmd)
     if run_dir is None:
         print(f"ratelimit_cost.py: bench.py exited with {returncode}", file=sys.stderr)
