@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -145,3 +146,40 @@ def harness_command(
     if not a.pin:
         cmd.append("--no-pin")
     return cmd
+
+
+def fanout_cpu_table(
+    records: list[dict[str, Any]], servers: list[str], base: str
+) -> tuple[str, dict[str, float]]:
+    """A Markdown table of a harness fan-out run: per server of ``servers``, the reps, the
+    median server CPU s/100k deliveries with its ratio to ``base``, the median
+    deliveries/s and the pushes lost; also the medians of CPU s/100k by server. Failed
+    runs are left out; a server without a run reads "failed"."""
+    cpu: dict[str, list[float]] = {}
+    rate: dict[str, list[float]] = {}
+    lost: dict[str, int] = {}
+    for rec in records:
+        result = rec.get("result") or {}
+        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
+            continue
+        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"])
+        if result.get("deliveries_per_s") is not None:
+            rate.setdefault(rec["server"], []).append(result["deliveries_per_s"])
+        lost[rec["server"]] = lost.get(rec["server"], 0) + int(result.get("lost") or 0)
+    medians = {name: statistics.median(values) for name, values in cpu.items()}
+    base_cpu = medians.get(base)
+    lines = [
+        f"| server | reps | srv CPU s/100k deliveries | ratio to {base} | deliveries/s | lost |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in servers:
+        if name not in medians:
+            lines.append(f"| {name} | 0 | failed | | | |")
+            continue
+        ratio = f"{medians[name] / base_cpu:.3f}" if base_cpu else "n/a"
+        deliveries = f"{statistics.median(rate[name]):.0f}" if rate.get(name) else "n/a"
+        lines.append(
+            f"| {name} | {len(cpu[name])} | {medians[name]:.3f} | {ratio} | {deliveries} "
+            f"| {lost[name]} |"
+        )
+    return "\n".join(lines), medians

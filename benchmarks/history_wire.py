@@ -41,7 +41,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _servers import harness_command, load_records, run_harness, start_reference_app, stop  # noqa: E402
+from _servers import (  # noqa: E402
+    fanout_cpu_table,
+    harness_command,
+    load_records,
+    run_harness,
+    start_reference_app,
+    stop,
+)
 from multi_instance import cpu_seconds  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -87,37 +94,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def fanout_table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
-    """A Markdown table of median CPU s/100k deliveries and deliveries/s per server, with
-    the ratio to history-off; also the medians of CPU s/100k by server."""
-    cpu: dict[str, list[float]] = {}
-    rate: dict[str, list[float]] = {}
-    lost: dict[str, int] = {}
-    for rec in records:
-        result = rec.get("result") or {}
-        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
-            continue
-        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"])
-        if result.get("deliveries_per_s") is not None:
-            rate.setdefault(rec["server"], []).append(result["deliveries_per_s"])
-        lost[rec["server"]] = lost.get(rec["server"], 0) + int(result.get("lost") or 0)
-    medians = {name: statistics.median(values) for name, values in cpu.items()}
-    base = medians.get("history-off")
-    lines = [
-        "| server | reps | srv CPU s/100k deliveries | ratio to history-off "
-        "| deliveries/s | lost |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name in FANOUT_SERVERS:
-        if name not in medians:
-            lines.append(f"| {name} | 0 | failed | | | |")
-            continue
-        ratio = f"{medians[name] / base:.3f}" if base else "n/a"
-        deliveries = f"{statistics.median(rate[name]):.0f}" if rate.get(name) else "n/a"
-        lines.append(
-            f"| {name} | {len(cpu[name])} | {medians[name]:.3f} | {ratio} | {deliveries} "
-            f"| {lost[name]} |"
-        )
-    return "\n".join(lines), medians
+    """The fan-out table of the run, with the ratio to history-off (see
+    ``_servers.fanout_cpu_table``)."""
+    return fanout_cpu_table(records, list(FANOUT_SERVERS), "history-off")
 
 
 def run_fanout(a: argparse.Namespace) -> list[dict[str, Any]] | None:
