@@ -101,7 +101,7 @@ class _Stream:
     floors: dict[str, int] = field(default_factory=dict)  # cid: offsets it already has
     # Made by a push for members who joined without join_stream: they get that push and
     # everything after it, whatever the position read meanwhile says.
-    first: int | None = None
+    made_by_push: bool = False
 
 
 def _position(value: Any) -> StreamPosition:
@@ -261,10 +261,11 @@ class History:
         else:
             stream.epoch = pos.epoch
             stream.next = pos.offset + 1
-            if stream.first is not None and stream.pending:
-                # The pushes that arrived while the position was read were appended after
-                # the members joined: the position already counts them.
-                stream.next = min(stream.next, stream.first, min(stream.pending))
+            if stream.made_by_push and stream.pending:
+                # The pushes that arrived while the position was read (the first one
+                # included) were appended after the members joined: the position already
+                # counts them.
+                stream.next = min(stream.next, min(stream.pending))
             for offset in [o for o in stream.pending if o < stream.next]:
                 del stream.pending[offset]
             self._drain(room, stream)
@@ -280,7 +281,7 @@ class History:
             if not self.rooms.size(room):
                 return 0
             stream = self._stream(room)
-            stream.first = offset
+            stream.made_by_push = True
         if stream.next is None:
             stream.pending[offset] = (frame, exclude_id)
             return 0
