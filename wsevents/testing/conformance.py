@@ -26,7 +26,7 @@ import itertools
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     from ..transports.base import (
@@ -97,6 +97,30 @@ class _Inbox:
 
     def on(self, channel: str) -> list[str]:
         return self.received.get(channel, [])
+
+
+class _Closing(Protocol):
+    async def close(self) -> None: ...
+
+
+_Run = TypeVar("_Run", bound=_Closing)
+
+
+async def _run_checks(
+    checks: tuple[tuple[str, Callable[[_Run], Awaitable[None]]], ...],
+    make_run: Callable[[str], _Run],
+) -> None:
+    """Run each check on a run of its own, closed after it; when a check fails, its
+    failure is what is raised (a failing close is then left out)."""
+    for name, check in checks:
+        run = make_run(name)
+        try:
+            await check(run)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await run.close()
+            raise
+        await run.close()
 
 
 class _TransportRun:
@@ -558,15 +582,7 @@ async def check_transport(
         ``bus = MemoryBus(); await check_transport(lambda: MemoryTransport(bus))``
     """
     prefix = f"{channel_prefix}{uuid.uuid4().hex[:12]}:"
-    for name, check in _TRANSPORT_CHECKS:
-        run = _TransportRun(factory, prefix, name, timeout)
-        try:
-            await check(run)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await run.close()
-            raise
-        await run.close()
+    await _run_checks(_TRANSPORT_CHECKS, lambda name: _TransportRun(factory, prefix, name, timeout))
 
 
 # -- presence stores ------------------------------------------------------------------------
@@ -940,15 +956,7 @@ async def check_presence_store(
         ``bus = MemoryBus(); await check_presence_store(lambda: bus.presence)``
     """
     prefix = f"{room_prefix}{uuid.uuid4().hex[:12]}:"
-    for name, check in _PRESENCE_CHECKS:
-        run = _PresenceRun(factory, prefix, name, timeout)
-        try:
-            await check(run)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await run.close()
-            raise
-        await run.close()
+    await _run_checks(_PRESENCE_CHECKS, lambda name: _PresenceRun(factory, prefix, name, timeout))
 
 
 # -- capacity stores ------------------------------------------------------------------------
@@ -1172,15 +1180,7 @@ async def check_capacity_store(
         ``bus = MemoryBus(); await check_capacity_store(lambda: bus.capacity)``
     """
     prefix = f"{room_prefix}{uuid.uuid4().hex[:12]}:"
-    for name, check in _CAPACITY_CHECKS:
-        run = _CapacityRun(factory, prefix, name, timeout)
-        try:
-            await check(run)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await run.close()
-            raise
-        await run.close()
+    await _run_checks(_CAPACITY_CHECKS, lambda name: _CapacityRun(factory, prefix, name, timeout))
 
 
 async def _from_factory(
@@ -1365,15 +1365,7 @@ async def check_session_store(
         ``bus = MemoryBus(); await check_session_store(lambda: bus.sessions)``
     """
     prefix = f"{key_prefix}{uuid.uuid4().hex[:12]}:"
-    for name, check in _SESSION_CHECKS:
-        run = _SessionRun(factory, prefix, name, timeout)
-        try:
-            await check(run)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await run.close()
-            raise
-        await run.close()
+    await _run_checks(_SESSION_CHECKS, lambda name: _SessionRun(factory, prefix, name, timeout))
 
 
 # -- history stores -------------------------------------------------------------------------
