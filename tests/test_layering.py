@@ -175,6 +175,7 @@ LAYER_ORDER = [
     "_context",
     "deadlines",
     "cluster",
+    "_spans",
     "tracing",
     "rooms",
     "presence",

@@ -50,12 +50,46 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     memory.clear()
 
 
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+class ApiOnlyTracer(trace.Tracer):
+    """An SDK tracer behind a plain API one: wsevents makes its spans through the API."""
+
+    def __init__(self, inner: trace.Tracer) -> None:
+        self.inner = inner
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self.inner.start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.start_as_current_span(*args, **kwargs)
+
+
+class ApiOnlyProvider(trace.TracerProvider):
+    def __init__(self, inner: TracerProvider) -> None:
+        self.inner = inner
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return ApiOnlyTracer(self.inner.get_tracer(*args, **kwargs))
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+
+@pytest.fixture(params=["sdk", "api"])
+def provider(request: pytest.FixtureRequest, exporter: InMemorySpanExporter) -> Iterator[Any]:
+    """The SDK's provider (spans made straight, see wsevents/_spans.py) or the same behind
+    the plain API (spans made through ``start_span``): every test runs with both."""
     made = TracerProvider()
     made.add_span_processor(SimpleSpanProcessor(exporter))
-    yield made
+    yield made if request.param == "sdk" else ApiOnlyProvider(made)
     made.shutdown()
+
+
+def test_the_sdk_provider_gets_the_direct_span_maker(provider: Any) -> None:
+    ws = WsApp(heartbeat=0)
+    ws.enable_tracing(provider)
+    maker = ws._dispatcher._tracing._spans  # type: ignore[union-attr]
+    expected = "SdkSpans" if isinstance(provider, TracerProvider) else "ApiSpans"
+    assert type(maker).__name__ == expected
 
 
 def spans_named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:

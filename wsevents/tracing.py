@@ -30,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from ._spans import SpanMaker, span_maker
 from .cluster import MAX_TRACEPARENT_LENGTH, MAX_TRACESTATE_LENGTH
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class Tracing:
         decode: the app codec's ``decode`` (reads ``traceparent`` from a frame).
     """
 
-    __slots__ = ("_decode", "_names", "client_context", "tracer")
+    __slots__ = ("_decode", "_late", "_names", "_spans", "client_context", "tracer")
 
     def __init__(
         self,
@@ -118,9 +119,23 @@ class Tracing:
         decode: Callable[[str | bytes], Any],
     ) -> None:
         self.tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        # An SDK tracer's spans are made straight (see _spans.py); any other through the API.
+        self._spans: SpanMaker = span_maker(self.tracer)
+        # The global provider, not set yet: the API's proxy until it is, then its own tracer.
+        self._late = tracer_provider is None and isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider
+        )
         self.client_context = client_context
         self._decode = decode
         self._names: dict[tuple[str, str], str] = {}
+
+    def _resolve(self) -> SpanMaker:
+        """The span maker, once the global tracer provider is set (until then the proxy's)."""
+        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            self._late = False
+            self.tracer = trace.get_tracer(TRACER_NAME)
+            self._spans = span_maker(self.tracer)
+        return self._spans
 
     # -- messages ---------------------------------------------------------------------
 
@@ -135,7 +150,8 @@ class Tracing:
             if len(self._names) > 4096:  # routes are few; the fallback's is fixed
                 self._names.clear()
             name = self._names[key] = f"ws {route.event} {route.pattern}"
-        span = self.tracer.start_span(name, context=self._parent(msg), kind=_SERVER)
+        spans = self._resolve() if self._late else self._spans
+        span = spans.start(name, _SERVER, self._parent(msg))
         # Attributes only for a span that is kept: an unsampled message costs less.
         if span.is_recording():
             attributes: dict[str, Any] = {
@@ -146,7 +162,7 @@ class Tracing:
             }
             if msg.has_id:
                 attributes[ATTR_CODE] = 200
-            span.set_attributes(attributes)
+            spans.own(span, attributes)
         scope.span = span
         return span
 
@@ -183,7 +199,9 @@ class Tracing:
         span = scope.span
         if span is None:
             return
-        span.set_attribute(ATTR_CODE, code)
+        if not span.is_recording():
+            return
+        self._spans.own(span, {ATTR_CODE: code})
         if code >= 500:
             span.set_attribute("error.type", type(exc).__qualname__)
             span.record_exception(exc)
@@ -198,9 +216,8 @@ class Tracing:
         }
         if msg.has_id:
             attributes[ATTR_CODE] = 404
-        self.tracer.start_span(
-            "ws unrouted", context=self._parent(msg), kind=_SERVER, attributes=attributes
-        ).end()
+        spans = self._resolve() if self._late else self._spans
+        spans.start("ws unrouted", _SERVER, self._parent(msg), attributes).end()
 
     def _parent(self, msg: ClientMessage) -> otel_context.Context:
         """The context a message's span starts in: the client's ``traceparent`` when
@@ -229,10 +246,12 @@ class Tracing:
     ) -> Exception | None:
         """``send(channel, encode)`` inside a ``ws publish`` span whose context the
         envelope carries; a failed publish marks the span as an error."""
-        span = self.tracer.start_span(
+        spans = self._resolve() if self._late else self._spans
+        span = spans.start(
             f"ws publish {envelope.kind}",
-            kind=_PRODUCER,
-            attributes={
+            _PRODUCER,
+            None,
+            {
                 ATTR_EVENT: envelope.event,
                 ATTR_PATH: envelope.path[:MAX_ATTRIBUTE_LENGTH],
                 ATTR_DESTINATION: channel[:MAX_ATTRIBUTE_LENGTH],
@@ -272,11 +291,12 @@ class Tracing:
             if envelope.traceparent is not None
             else _EMPTY
         )
-        span = self.tracer.start_span(
+        spans = self._resolve() if self._late else self._spans
+        span = spans.start(
             f"ws deliver {envelope.kind}",
-            context=parent,
-            kind=_CONSUMER,
-            attributes={
+            _CONSUMER,
+            parent,
+            {
                 ATTR_EVENT: envelope.event,
                 ATTR_PATH: envelope.path[:MAX_ATTRIBUTE_LENGTH],
                 ATTR_DESTINATION: channel[:MAX_ATTRIBUTE_LENGTH],
@@ -287,8 +307,8 @@ class Tracing:
         token = _attach(_in_context(span))
         try:
             delivered = serve(*args)
-            if delivered is not None:
-                span.set_attribute(ATTR_DELIVERED, delivered)
+            if delivered is not None and span.is_recording():
+                spans.own(span, {ATTR_DELIVERED: delivered})
         except BaseException as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
