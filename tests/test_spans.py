@@ -153,6 +153,7 @@ SAMPLERS: dict[str, Callable[[], Sampler]] = {
     "parentbased_always_on": lambda: ParentBased(ALWAYS_ON),
     "parentbased_always_off": lambda: ParentBased(ALWAYS_OFF),
     "ratio_half": lambda: TraceIdRatioBased(0.5),
+    "parentbased_ratio_half": lambda: ParentBased(TraceIdRatioBased(0.5)),
     "tagging": TaggingSampler,
 }
 
@@ -169,7 +170,8 @@ def test_a_span_is_the_one_the_sdk_tracer_makes(sampler: str, parent: str) -> No
     theirs = tracer.start_span(
         "ws rpc /echo", context=context, kind=SpanKind.SERVER, attributes=dict(OWN)
     )
-    if sampler == "ratio_half" and parent == "root":
+    by_ratio = sampler.endswith("ratio_half") and parent == "root"
+    if by_ratio:
         # Two new trace ids may well be decided apart: each as the ratio sampler says.
         bound = TraceIdRatioBased.get_bound_for_rate(0.5)
         for span in (ours, theirs):
@@ -188,7 +190,7 @@ def test_a_span_is_the_one_the_sdk_tracer_makes(sampler: str, parent: str) -> No
     ours.end()
     theirs.end()
     finished = exporter.get_finished_spans()
-    if sampler == "ratio_half" and parent == "root":
+    if by_ratio:
         assert len(finished) == ours.get_span_context().trace_flags.sampled + (
             theirs.get_span_context().trace_flags.sampled
         )
@@ -203,21 +205,27 @@ def test_a_span_is_the_one_the_sdk_tracer_makes(sampler: str, parent: str) -> No
     provider.shutdown()
 
 
-def test_ratio_sampling_follows_the_trace_id_as_the_sdk_does() -> None:
-    provider, _ = provider_with(TraceIdRatioBased(0.5))
+@pytest.mark.parametrize("parent_based", [False, True])
+@pytest.mark.parametrize("rate", [0.0, 0.25, 1.0])
+def test_ratio_sampling_of_roots_follows_the_trace_id_as_the_sdk_does(
+    rate: float, parent_based: bool
+) -> None:
+    ratio = TraceIdRatioBased(rate)
+    provider, exporter = provider_with(ParentBased(ratio) if parent_based else ratio)
     maker = span_maker(provider.get_tracer("wsevents"))
-    decisions = [
+    spans = [
         maker.start("ws rpc /echo", SpanKind.SERVER, otel_context.Context()) for _ in range(400)
     ]
-    sampled = sum(span.get_span_context().trace_flags.sampled for span in decisions)
-    assert 120 < sampled < 280  # half, give or take
-    bound = TraceIdRatioBased.get_bound_for_rate(0.5)
-    for span in decisions:
+    sampled = sum(span.get_span_context().trace_flags.sampled for span in spans)
+    assert (sampled == 0) if rate == 0 else (sampled == 400) if rate == 1 else (60 < sampled < 140)
+    for span in spans:
         context = span.get_span_context()
-        assert context.trace_flags.sampled == (
-            (context.trace_id & TraceIdRatioBased.TRACE_ID_LIMIT) < bound
-        )
-        assert span.is_recording() == context.trace_flags.sampled
+        below = (context.trace_id & TraceIdRatioBased.TRACE_ID_LIMIT) < ratio.bound
+        assert context.trace_flags.sampled == below == span.is_recording()
+        assert context.trace_flags.random_trace_id
+        span.end()
+    assert len(exporter.get_finished_spans()) == sampled
+    provider.shutdown()
 
 
 def test_own_attributes_then_user_ones_end_as_on_an_sdk_span(

@@ -132,15 +132,21 @@ class SdkSpans:
         self._plain = limits.max_span_attribute_length is None and (
             max_attributes is None or max_attributes >= _OWN_ATTRIBUTES
         )
-        # A root span's decision when the sampler's is static: (recording, trace flags).
-        decision = _static_decision(tracer.sampler)
-        self._root: tuple[bool, TraceFlags] | None = None
-        if decision is not None and self._random_ids and self._metrics is None:
-            sampled = TraceFlags.SAMPLED if decision.is_sampled() else 0
-            self._root = (
-                bool(decision.is_recording()),
-                self._trace_flags(sampled | self._root_random),
-            )
+        # How a root span is decided without asking the sampler, when its rule is one the
+        # SDK ships: (ratio bound or None, recording, flags if sampled, flags if not).
+        self._root: tuple[int | None, bool, TraceFlags, TraceFlags] | None = None
+        rule = _root_rule(tracer.sampler)
+        if rule is not None and self._random_ids and self._metrics is None:
+            bound, decision = rule
+            unsampled = self._trace_flags(self._root_random)
+            if bound is not None:
+                sampled = self._trace_flags(TraceFlags.SAMPLED | self._root_random)
+                self._root = (bound, True, sampled, unsampled)
+            else:
+                flags = self._trace_flags(
+                    (TraceFlags.SAMPLED if decision.is_sampled() else 0) | self._root_random
+                )
+                self._root = (None, bool(decision.is_recording()), flags, flags)
         self._starters: tuple[Any, ...] = ()  # processors whose on_start does something
         self._seen: Any = None
 
@@ -184,14 +190,15 @@ class SdkSpans:
             and not context
             and getattr(self.tracer, "_tracer_config", _ENABLED).is_enabled
         ):
-            # A root span (an empty context: no parent) whose decision is known.
-            recording, flags = root
+            # A root span (an empty context: no parent) decided by a rule known here.
+            bound, recording, flags, unsampled = root
+            trace_id = _getrandbits(128) or _random_id(128)
+            if bound is not None:  # TraceIdRatioBased: the low 64 bits against the bound
+                recording = (trace_id & _LOW_64_BITS) < bound
+                if not recording:
+                    flags = unsampled
             span_context = SpanContext(
-                _getrandbits(128) or _random_id(128),
-                _getrandbits(64) or _random_id(64),
-                False,
-                flags,
-                None,
+                trace_id, _getrandbits(64) or _random_id(64), False, flags, None
             )
             if not recording:
                 return NonRecordingSpan(span_context)
@@ -276,6 +283,7 @@ class _Enabled:
 _ENABLED = _Enabled()
 """What an SDK tracer without a ``_tracer_config`` (before SDK 1.37) reads as: enabled."""
 _new = object.__new__
+_LOW_64_BITS = (1 << 64) - 1
 
 
 def _bounded(limits: Any, attributes: Mapping[str, Any] | None) -> Any:
@@ -295,15 +303,20 @@ def _random_id(bits: int) -> int:
     return value
 
 
-def _static_decision(sampler: Any) -> Any:
-    """The decision ``sampler`` gives every root span, when it is static (``ALWAYS_ON``,
-    ``ALWAYS_OFF``, or ``ParentBased`` with one of those for roots); None otherwise."""
-    from opentelemetry.sdk.trace.sampling import ParentBased, StaticSampler
+def _root_rule(sampler: Any) -> tuple[int | None, Any] | None:
+    """How ``sampler`` decides a root span, when its rule is one of the SDK's: ``(None,
+    decision)`` for a static one (``ALWAYS_ON``, ``ALWAYS_OFF``), ``(bound, None)`` for
+    ``TraceIdRatioBased`` (sampled when the trace id's low 64 bits are below ``bound``),
+    also as the root rule of ``ParentBased``; None for any other sampler (asked per span)."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, StaticSampler, TraceIdRatioBased
 
     if type(sampler) is ParentBased:
         sampler = getattr(sampler, "_root", None)
     if type(sampler) is StaticSampler:
-        return getattr(sampler, "_decision", None)
+        decision = getattr(sampler, "_decision", None)
+        return None if decision is None else (None, decision)
+    if type(sampler) is TraceIdRatioBased and sampler.TRACE_ID_LIMIT == _LOW_64_BITS:
+        return (int(sampler.bound), None)
     return None
 
 
