@@ -4,7 +4,9 @@
   ``BatchSpanProcessor`` whose exporter discards them: the SDK's whole work per span,
   the background export thread included, without the network;
 * ``unsampled``: tracing on, nothing sampled (``ALWAYS_OFF``): what wsevents and the
-  OpenTelemetry API cost per message when a trace is not kept.
+  OpenTelemetry API cost per message when a trace is not kept;
+* ``ratio``: 1 % of the traces sampled (``ParentBased(TraceIdRatioBased(0.01))``, what the
+  tracing guide recommends for busy servers), exported as ``sampled``.
 
 Both are factories (``python -m wsevents run benchmarks.tracing_app:sampled``); each
 call loads a fresh copy of ``examples/reference_app.py`` (the same routes, its own
@@ -21,7 +23,13 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 
 from wsevents import WsApp
 
@@ -70,3 +78,11 @@ def sampled() -> WsApp:
 
 def unsampled() -> WsApp:
     return traced(ALWAYS_OFF)[0]
+
+
+RATIO = 0.01
+"""The share of traces the ``ratio`` server samples."""
+
+
+def ratio() -> WsApp:
+    return traced(ParentBased(TraceIdRatioBased(RATIO)))[0]

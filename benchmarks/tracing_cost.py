@@ -1,12 +1,14 @@
 """What tracing costs: server CPU per 100k RPC replies with tracing off and on.
 
-Three servers, each started fresh per rep and measured with the harness' scenario ``s1``
+Four servers, each started fresh per rep and measured with the harness' scenario ``s1``
 (50 connections x 10 ``rpc /echo`` in flight, a ~100-byte object), reps interleaved:
 
 * ``tracing-off``: the reference app as it is (OpenTelemetry not even imported);
 * ``tracing-unsampled``: tracing on, nothing sampled (``benchmarks/tracing_app.py``);
 * ``tracing-sampled``: tracing on, every message sampled, spans batched to an exporter
-  that drops them (the SDK's whole work, without the network).
+  that drops them (the SDK's whole work, without the network);
+* ``tracing-ratio-1%``: tracing on, 1 % of the traces sampled (``parentbased_traceidratio``,
+  what the tracing guide recommends for busy servers), exported the same way.
 
 The key figure is the server's CPU seconds per 100k replies (lower is better), compared
 with ``tracing-off`` from the same run; the issue's target is ``tracing-sampled /
@@ -38,6 +40,7 @@ SERVERS = {
     BASE: "examples.reference_app:app",
     "tracing-unsampled": "benchmarks.tracing_app:unsampled",
     "tracing-sampled": "benchmarks.tracing_app:sampled",
+    "tracing-ratio-1%": "benchmarks.tracing_app:ratio",
 }
 TARGET = 1.10
 

@@ -74,3 +74,12 @@ async def test_traced_servers_echo_and_sample_as_named(ws_client: Any) -> None:
         await asyncio.to_thread(provider.force_flush)
         assert exporter.exported == spans
         provider.shutdown()
+
+
+def test_the_ratio_server_samples_one_trace_in_a_hundred() -> None:
+    from benchmarks import tracing_app
+
+    app = tracing_app.ratio()
+    assert app is not reference_app.app and app.tracing_enabled
+    tracer = app._dispatcher._tracing.tracer  # type: ignore[union-attr]
+    assert "TraceIdRatioBased{0.01}" in tracer.sampler.get_description()
