@@ -399,3 +399,34 @@ async def test_failed_publishes_are_counted(aiohttp_client: Any) -> None:
     assert value(s, "wsevents_transport_publishes_total") == 3
     assert value(s, "wsevents_transport_publish_errors_total") == 3
     assert ws.snapshot()["transport"]["publish_errors"] == 3
+
+
+async def test_idempotent_calls_are_counted_like_other_calls(aiohttp_client: Any) -> None:
+    ws, _ = build()
+    server, connect = await serve(aiohttp_client, ws, CollectorRegistry())
+    alice = await connect()
+    # Each first call runs its handler; each repeat gets the kept reply without running it.
+    for n in range(2):
+        assert (await alice.request("rpc", "/echo", "x", message_id=n, idem="e"))["data"] == "x"
+    for n in range(2):
+        reply = await alice.request("rpc", "/forbidden", message_id=10 + n, idem="f")
+        assert reply["error"]["code"] == 403
+    assert (await alice.request("rpc", "/limited", message_id=20, idem="l1"))["data"] == "ok"
+    reply = await alice.request("rpc", "/limited", message_id=21, idem="l2")
+    assert reply["error"]["code"] == 429
+    assert (await alice.request("rpc", "/later", message_id=30, idem="a"))["data"] == "done"
+
+    s = await scrape(server)
+    received, replies = "wsevents_messages_received_total", "wsevents_replies_total"
+    duration = "wsevents_handler_duration_seconds_count"
+    assert value(s, received, event="rpc", route="/echo") == 2
+    assert value(s, replies, event="rpc", route="/echo", code="200") == 2
+    assert value(s, duration, event="rpc", route="/echo") == 1
+    assert value(s, received, event="rpc", route="/forbidden") == 2
+    assert value(s, replies, event="rpc", route="/forbidden", code="403") == 2
+    assert value(s, duration, event="rpc", route="/forbidden") == 1
+    assert value(s, replies, event="rpc", route="/limited", code="200") == 1
+    assert value(s, replies, event="rpc", route="/limited", code="429") == 1
+    assert value(s, "wsevents_rate_limit_rejections_total", kind="message") == 1
+    assert value(s, received, event="rpc", route="/later") == 1
+    assert value(s, duration, event="rpc", route="/later") == 1

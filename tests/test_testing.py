@@ -357,6 +357,26 @@ async def test_call_maps_error_replies_to_ws_client_error(ws_client) -> None:
     assert await client.call("rpc", "/echo", "ok") == "ok"
 
 
+async def test_calls_with_idem_run_once_and_repeat_the_kept_reply(ws_client) -> None:
+    ws = WsApp(heartbeat=0)
+    runs: list[int] = []
+
+    @ws.on_message("rpc", "/count")
+    def count() -> int:
+        runs.append(1)
+        return len(runs)
+
+    client = await ws_client(ws)
+    assert await client.call("rpc", "/count", idem="k1") == 1
+    assert await client.call("rpc", "/count", idem="k1") == 1
+    assert await client.call_raw("rpc", "/count", message_id="x", idem="k1") == 1
+    assert (await client.request("rpc", "/count", message_id="y", idem="k2"))["data"] == 2
+    assert await client.call("rpc", "/count") == 3  # no idem: runs
+    await client.send("rpc", "/count", message_id="z", idem="k2")
+    assert (await client.next_message()) == {"id": "z", "data": 2}
+    assert len(runs) == 3
+
+
 async def test_call_times_out_with_408(ws_client) -> None:
     ws, started, gate = make_app()
     client = await ws_client(ws)

@@ -239,6 +239,25 @@ async def test_a_crash_is_a_500_error_span_with_the_exception_and_nothing_leaks(
     assert span.events[0].attributes["exception.message"] == "secret internals"
 
 
+async def test_idempotent_calls_get_spans_with_their_codes_first_and_repeated(
+    traced: WsTestClient, exporter: InMemorySpanExporter
+) -> None:
+    for n in range(2):
+        reply = await traced.request("rpc", "/teapot", message_id=n, idem="t")
+        assert reply["error"] == {"code": 418, "message": "I'm a teapot"}
+    assert (await traced.request("rpc", "/crash", message_id=5, idem="c"))["error"]["code"] == 500
+    await wait_until(lambda: len(spans_named(exporter, "ws rpc /teapot")) == 2, what="2 spans")
+    first, repeat = spans_named(exporter, "ws rpc /teapot")
+    assert first.attributes is not None and repeat.attributes is not None
+    assert first.attributes["wsevents.code"] == repeat.attributes["wsevents.code"] == 418
+    assert "wsevents.idem.kept" not in first.attributes
+    assert repeat.attributes["wsevents.idem.kept"] is True
+    crash = await one_span(exporter, "ws rpc /crash")
+    assert crash.attributes is not None and crash.attributes["wsevents.code"] == 500
+    assert crash.status.status_code is StatusCode.ERROR
+    assert [event.name for event in crash.events] == ["exception"]
+
+
 async def test_a_5xx_ws_error_and_an_unencodable_reply_are_error_spans(
     traced: WsTestClient, exporter: InMemorySpanExporter
 ) -> None:

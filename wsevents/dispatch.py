@@ -694,21 +694,33 @@ class Dispatcher:
             stats.no_reply += 1
 
     async def _run_idempotent(self, handler: Endpoint, scope: MessageScope, idem: str) -> None:
-        """Run a call with ``idem`` once per connection: a repeat gets the kept reply."""
+        """Run a call with ``idem`` once per connection: a repeat gets the kept reply.
+
+        Counted as any call (metrics, the span's code): a message received, a reply by code;
+        a handler duration only when the handler ran (not for a kept reply).
+        """
         message_var.set(scope)
         msg = scope.message
         conn = scope.connection
         sessions = self._app.sessions
+        stats = handler.stats
         try:
             try:
                 kept = await sessions.begin_call(conn, idem)
             except WsError as exc:
+                self._count_unrun(scope, stats, exc.code, exc)
                 conn.reply_error(msg.id, exc.code, exc.message)
                 return
             if kept is not None:
+                error = kept.get("error")
+                code = 200 if error is None else error["code"]
+                self._count_unrun(scope, stats, code, None)
+                if self._tracing is not None:
+                    self._tracing.kept(scope, code)
                 self._send_body(conn, msg, kept)
                 return
             body: dict[str, Any] | None = None
+            start = perf_counter() if stats is not None else 0.0
             try:
                 try:
                     if self._chain:
@@ -719,14 +731,38 @@ class Dispatcher:
                             result = await result
                 except Exception as exc:
                     body = self._error_body(scope, exc)
+                    code = body["error"]["code"]
+                    if stats is not None:
+                        stats.observe(perf_counter() - start)
+                        if type(exc) is _RateLimited:
+                            stats.rate_limited += 1
+                        stats.error(code)
+                    if self._tracing is not None:
+                        self._tracing.failed(scope, code, exc)
                 else:
+                    if stats is not None:
+                        stats.observe(perf_counter() - start)
                     body = self._data_body(scope.message, result)
+                    if stats is not None and "error" in body:
+                        stats.error(500)
             finally:
                 await sessions.end_call(conn, idem, body)
             assert body is not None
             self._send_body(conn, msg, body)
         finally:
             conn.end_task()
+
+    def _count_unrun(
+        self, scope: MessageScope, stats: RouteStats | None, code: int, exc: Exception | None
+    ) -> None:
+        """Count an idempotent call answered without running its handler (a kept reply, or
+        a refusal of the session store): received, replied with ``code``, no duration."""
+        if stats is not None:
+            stats.unobserved += 1
+            if code != 200:
+                stats.error(code)
+        if exc is not None and self._tracing is not None:
+            self._tracing.failed(scope, code, exc)
 
     def _data_body(self, msg: ClientMessage, result: Any) -> dict[str, Any]:
         """``{"data": result}``; a 500 error body when ``result`` cannot be encoded."""

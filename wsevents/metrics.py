@@ -94,7 +94,8 @@ class RouteStats:
         first: the first bound.
         buckets: handler runs per bucket (not cumulative; the last one is ``+Inf``).
         seconds: the total of the handler durations.
-        unobserved: messages counted without a duration (404 replies).
+        unobserved: messages counted without a duration (404 replies, and idempotent calls
+            answered with a kept reply or refused by the session store).
         errors: error replies by ``code`` label.
         no_reply: messages handled without a reply (no ``id``).
         rate_limited: messages refused by a rate limit (429).

@@ -46,6 +46,7 @@ __all__ = [
     "ATTR_DESTINATION",
     "ATTR_EVENT",
     "ATTR_INSTANCE",
+    "ATTR_KEPT",
     "ATTR_ORIGIN",
     "ATTR_PATH",
     "ATTR_ROUTE",
@@ -69,6 +70,9 @@ ATTR_CONNECTION = "wsevents.connection.id"
 ATTR_CODE = "wsevents.code"
 """200 for a successful reply; the error code (also of a message without id, which gets no
 reply); absent for a message without id that succeeded."""
+ATTR_KEPT = "wsevents.idem.kept"
+"""True on the span of an idempotent call answered with the reply kept from its first run
+(the handler did not run again)."""
 ATTR_INSTANCE = "wsevents.instance.id"
 """The id of the instance that publishes or delivers an envelope."""
 ATTR_ORIGIN = "wsevents.origin"
@@ -206,6 +210,16 @@ class Tracing:
             span.set_attribute("error.type", type(exc).__qualname__)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__} ({code})"))
+
+    def kept(self, scope: MessageScope, code: int) -> None:
+        """Record on ``scope``'s span that its idempotent call got the reply kept from its
+        first run, with ``code`` (5xx: an error status, without an exception)."""
+        span = scope.span
+        if span is None or not span.is_recording():
+            return
+        self._spans.own(span, {ATTR_CODE: code, ATTR_KEPT: True})
+        if code >= 500:
+            span.set_status(Status(StatusCode.ERROR, f"kept reply ({code})"))
 
     def unrouted(self, conn: Connection, msg: ClientMessage) -> None:
         """A span for a message that no route matches (code 404 when it has an id)."""

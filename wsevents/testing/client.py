@@ -68,14 +68,23 @@ class WsTestClient:
                 self._closed.set_result(self.close_code)
 
     async def send(
-        self, event: str, path: str, data: Any = _MISSING, *, message_id: Any = _MISSING
+        self,
+        event: str,
+        path: str,
+        data: Any = _MISSING,
+        *,
+        message_id: Any = _MISSING,
+        idem: str | None = None,
     ) -> None:
-        """Send one message (fire-and-forget unless ``message_id`` is given)."""
+        """Send one message (fire-and-forget unless ``message_id`` is given); ``idem``
+        makes a call idempotent (see [recovery](../recovery.md))."""
         msg: dict[str, Any] = {"event": event, "path": path}
         if data is not _MISSING:
             msg["data"] = data
         if message_id is not _MISSING:
             msg["id"] = message_id
+        if idem is not None:
+            msg["idem"] = idem
         await self.ws.send_str(orjson.dumps(msg).decode())
 
     async def send_raw(self, frame: str | bytes) -> None:
@@ -86,22 +95,39 @@ class WsTestClient:
             await self.ws.send_bytes(frame)
 
     async def call(
-        self, event: str, path: str, data: Any = _MISSING, *, timeout: float = 5.0
+        self,
+        event: str,
+        path: str,
+        data: Any = _MISSING,
+        *,
+        timeout: float = 5.0,
+        idem: str | None = None,
     ) -> Any:
-        """Send an RPC and return the reply's ``data``.
+        """Send an RPC and return the reply's ``data`` (``idem``: an idempotent call).
 
         Raises:
             WsClientError: the server's error reply, 408 on timeout, 503 when the
                 connection closes first.
         """
         message_id = next(self._ids)
-        return await self.call_raw(event, path, data, message_id=message_id, timeout=timeout)
+        return await self.call_raw(
+            event, path, data, message_id=message_id, timeout=timeout, idem=idem
+        )
 
     async def call_raw(
-        self, event: str, path: str, data: Any = _MISSING, *, message_id: Any, timeout: float = 5.0
+        self,
+        event: str,
+        path: str,
+        data: Any = _MISSING,
+        *,
+        message_id: Any,
+        timeout: float = 5.0,
+        idem: str | None = None,
     ) -> Any:
         """Like [`call`][] with an explicit id (e.g. ``None``, ``0`` or ``""``)."""
-        reply = await self.request(event, path, data, message_id=message_id, timeout=timeout)
+        reply = await self.request(
+            event, path, data, message_id=message_id, timeout=timeout, idem=idem
+        )
         if "error" in reply:
             err = reply["error"]
             details = err.get("details")
@@ -116,14 +142,21 @@ class WsTestClient:
         return reply.get("data")
 
     async def request(
-        self, event: str, path: str, data: Any = _MISSING, *, message_id: Any, timeout: float = 5.0
+        self,
+        event: str,
+        path: str,
+        data: Any = _MISSING,
+        *,
+        message_id: Any,
+        timeout: float = 5.0,
+        idem: str | None = None,
     ) -> dict[str, Any]:
-        """Send an RPC and return the whole reply object."""
+        """Send an RPC and return the whole reply object (``idem``: an idempotent call)."""
         if self.close_code is not None or self.ws.closed:
             raise WsClientError(503, "Not connected")
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[_id_key(message_id)] = waiter
-        await self.send(event, path, data, message_id=message_id)
+        await self.send(event, path, data, message_id=message_id, idem=idem)
         try:
             reply: dict[str, Any] = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
