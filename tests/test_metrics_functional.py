@@ -430,3 +430,46 @@ async def test_idempotent_calls_are_counted_like_other_calls(aiohttp_client: Any
     assert value(s, "wsevents_rate_limit_rejections_total", kind="message") == 1
     assert value(s, received, event="rpc", route="/later") == 1
     assert value(s, duration, event="rpc", route="/later") == 1
+
+
+async def test_pushes_a_handler_sends_to_its_connection_are_counted(aiohttp_client: Any) -> None:
+    ws, gone = build()
+
+    @ws.on_connect
+    def welcome() -> None:
+        use_ws_connection().send("welcome", "/hello", "hi")
+
+    @ws.on_message("rpc", "/me")
+    def me() -> str:
+        return use_ws_connection().id
+
+    @ws.on_message("rpc", "/twice")
+    def twice() -> bool:
+        conn = use_ws_connection()
+        return conn.send("note", "/one", 1) and conn.send("note", "/two", 2)
+
+    @ws.on_message("rpc", "/to")
+    async def to() -> bool:
+        return await use_ws_server().send_to(use_ws_message().data, "note", "/direct", 3)
+
+    @ws.on_message("rpc", "/bye")
+    def bye() -> None:
+        conn = use_ws_connection()
+        conn.close(1000, "bye")
+        assert conn.send("note", "/late", 4) is False  # closed: dropped
+
+    server, connect = await serve(aiohttp_client, ws, CollectorRegistry())
+    alice, bob = await connect(), await connect()
+    assert (await alice.next_push())["event"] == "welcome"
+    assert (await bob.next_push())["event"] == "welcome"
+    assert (await alice.request("rpc", "/twice", message_id=1))["data"] is True
+    assert [(await alice.next_push())["path"] for _ in range(2)] == ["/one", "/two"]
+    assert await alice.call("rpc", "/to", "nobody") is False  # an unknown id: nothing sent
+    assert await alice.call("rpc", "/to", await bob.call("rpc", "/me")) is True
+    assert (await bob.next_push())["path"] == "/direct"
+    await alice.send("rpc", "/bye")
+    await asyncio.wait_for(gone.get(), 5)
+    s = await scrape(server)
+    # 2 welcomes, 2 notes to alice, 1 to bob; the push after the close is dropped.
+    assert value(s, "wsevents_pushes_delivered_total") == 5
+    assert value(s, "wsevents_pushes_dropped_total", reason="closed") == 1

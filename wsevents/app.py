@@ -912,6 +912,7 @@ class WsApp(_MessageDecorators, WsServer):
         connection context variables around the whole connection).
         """
         conn._on_expiry = self._deadlines.expiry
+        conn._deliveries = self.rooms.cluster.deliveries
         claimed = await self.sessions.claim(conn) if self.sessions.enabled else None
         opened = False
         try:

@@ -136,11 +136,8 @@ class WsServer:
         """
         conn = self._connections.get(connection_id)
         if conn is not None:
-            # Connection.send checks the push itself.
-            if conn.send(event, path, data, params):
-                self._cluster.deliveries.delivered += 1
-            else:
-                self._cluster.deliveries.dropped(conn)
+            # Connection.send checks the push itself, and counts it (delivered or dropped).
+            conn.send(event, path, data, params)
             return True
         check = self.rooms.check_push
         if check is not None:

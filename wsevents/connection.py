@@ -17,6 +17,8 @@ from .protocol import Codec, JsonCodec, encode_error, encode_push, encode_reply
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from .cluster import DeliveryCounts
+
 __all__ = ["SLOW_CONSUMER_CLOSE_CODE", "Connection", "SocketLike"]
 
 log = logging.getLogger("wsevents.connection")
@@ -90,6 +92,7 @@ class Connection:
         "_authenticated",
         "_binary",
         "_check_push",
+        "_deliveries",
         "_encode",
         "_inflight",
         "_limit_strikes",
@@ -143,6 +146,8 @@ class Connection:
         self._binary = codec.binary
         # Set by an app created with check_pushes=True (a debug aid).
         self._check_push: Callable[[str, str, Any], None] | None = None
+        # Set by the app: where pushes sent with send() are counted (metrics).
+        self._deliveries: DeliveryCounts | None = None
         self._max_send_buffer = max_send_buffer
         self._overflowed = False
         self._rooms: dict[str, None] = {}
@@ -323,10 +328,18 @@ class Connection:
                 its declaration.
         """
         if self._socket.closed:
-            return False
-        if self._check_push is not None:
-            self._check_push(event, path, data)
-        return self.send_frame(encode_push(event, path, data, params, self._encode))
+            sent = False
+        else:
+            if self._check_push is not None:
+                self._check_push(event, path, data)
+            sent = self.send_frame(encode_push(event, path, data, params, self._encode))
+        deliveries = self._deliveries
+        if deliveries is not None:
+            if sent:
+                deliveries.delivered += 1
+            else:
+                deliveries.dropped(self)
+        return sent
 
     def reply(self, message_id: Any, data: Any = None) -> bool:
         """Send an RPC reply ``{"id", "data"}``."""
