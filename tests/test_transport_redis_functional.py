@@ -270,6 +270,42 @@ async def test_a_client_passed_in_stays_open_after_close(prefix: str) -> None:
     await client.aclose()
 
 
+@pytest.mark.parametrize("bound", [3, None])
+async def test_a_burst_of_commands_keeps_at_most_max_connections_to_redis(
+    make: Callable[..., RedisTransport], prefix: str, admin: aioredis.Redis, bound: int | None
+) -> None:
+    name = unique("pool")
+    transport = make(prefix=prefix, max_connections=bound, client_name=name)
+    await transport.start()
+    ids = [unique("conn") for _ in range(40)]
+    await asyncio.gather(*(transport.register_connection(i, "instance-a") for i in ids))
+    found = await asyncio.gather(*(transport.locate_connection(i) for i in ids))
+    assert found == ["instance-a"] * 40  # every command ran, those that waited too
+    pooled = [c for c in await clients_named(admin, name) if "P" not in str(c.get("flags"))]
+    if bound is None:
+        assert len(pooled) > 3  # redis-py's own pool grows with the burst
+    else:
+        assert 1 <= len(pooled) <= bound
+    await asyncio.gather(*(transport.unregister_connection(i) for i in ids))
+
+
+def test_max_connections_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_connections must be at least 1"):
+        RedisTransport.from_url(REDIS_URL, max_connections=0)
+
+
+async def test_client_options_of_redis_py_keep_its_pool_and_max_connections_sets_the_bound(
+    make: Callable[..., RedisTransport],
+) -> None:
+    single = make(single_connection_client=True)
+    assert not isinstance(single.client.connection_pool, aioredis.BlockingConnectionPool)
+    pool = make(max_connections=5).client.connection_pool
+    assert isinstance(pool, aioredis.BlockingConnectionPool) and pool.max_connections == 5
+    default = make().client.connection_pool
+    assert isinstance(default, aioredis.BlockingConnectionPool)
+    assert default.max_connections == 64
+
+
 # -- failures -------------------------------------------------------------------------------
 
 

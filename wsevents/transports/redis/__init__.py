@@ -63,6 +63,24 @@ __all__ = ["RedisClusterTransport", "RedisTransport", "StateListener", "redact_u
 
 log = logging.getLogger("wsevents.transports.redis")
 
+DEFAULT_MAX_CONNECTIONS = 64
+"""How many pooled connections to Redis a transport made by ``from_url`` keeps at most."""
+
+# Options of redis.asyncio.from_url that are the client's or the pool's, not a connection's:
+# with one of them, from_url makes the client as redis-py does (no bounded pool).
+_CLIENT_OPTIONS = frozenset(
+    {
+        "connection_pool",
+        "connection_pool_class",
+        "single_connection_client",
+        "auto_close_connection_pool",
+    }
+)
+
+
+def _poolable(redis_kwargs: dict[str, Any]) -> bool:
+    return _CLIENT_OPTIONS.isdisjoint(redis_kwargs)
+
 
 class RedisTransport(BaseTransport):
     """A [`BroadcastTransport`][wsevents.BroadcastTransport] over Redis, with a
@@ -196,6 +214,7 @@ class RedisTransport(BaseTransport):
         reconnect_max_delay: float = 5.0,
         directory_ttl: float = 30.0,
         fail_fast: bool = False,
+        max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
         **redis_kwargs: Any,
     ) -> RedisTransport:
         """A transport over a new client for ``url`` (closed with the transport).
@@ -212,6 +231,13 @@ class RedisTransport(BaseTransport):
         ``socket_timeout`` defaults to None: every command is bounded by
         ``command_timeout`` instead. (With a socket timeout, redis-py writes through
         ``asyncio.wait_for``, which on Python 3.11 can lose a task's cancellation.)
+
+        At most ``max_connections`` pooled connections go to Redis (the pub/sub reader has
+        one of its own besides): a command that finds them all busy waits for one, up to
+        ``command_timeout``. A burst of connects or broadcasts therefore leaves no hundreds
+        of idle connections behind (nor, after a Redis restart, as many dead ones). None:
+        no bound (redis-py's default pool). Ignored with a ``connection_pool`` of your own,
+        and for a Redis Cluster (redis-py keeps a pool per node there).
 
         A ``redis+cluster://host:port[,host:port...]`` URL (``rediss+cluster://`` over
         TLS, ``user:password@`` before the nodes) makes a
@@ -235,8 +261,16 @@ class RedisTransport(BaseTransport):
             target = cls if issubclass(cls, RedisClusterTransport) else RedisClusterTransport
         elif issubclass(cls, RedisClusterTransport):
             raise ValueError("a Redis Cluster URL starts with redis+cluster://")
-        else:
+        elif max_connections is None or not _poolable(redis_kwargs):
             client = aioredis.from_url(url, **redis_kwargs)
+            target = cls
+        else:
+            if max_connections < 1:
+                raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=command_timeout, **redis_kwargs
+            )
+            client = aioredis.Redis.from_pool(pool)
             target = cls
         transport = target(
             client,  # type: ignore[arg-type]
