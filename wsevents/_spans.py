@@ -425,10 +425,7 @@ def _message_span_base() -> Any:
                     current[key] = value
 
         def set_attribute(self, key: str, value: Any) -> None:
-            if self._end_time is not None:
-                log.warning("Setting attribute on ended span.")
-                return
-            self._attributes_to_change()[key] = value
+            self.set_attributes({key: value})
 
         def set_attributes(self, attributes: Mapping[str, Any]) -> None:
             if self._end_time is not None:
@@ -439,22 +436,22 @@ def _message_span_base() -> Any:
                 target[key] = value
 
         def _add_event(self, event: Any) -> None:
-            if self._end_time is not None:
-                log.warning("Tried calling _add_event on an ended span.")
-                return
-            events = self._events
-            if type(events) is tuple:
-                events = self._events = BoundedList(self._limits.max_events)
-            events.append(event)
+            self._append("_events", self._limits.max_events, event)
 
         def _add_link(self, link: Any) -> None:
+            self._append("_links", self._limits.max_links, link)
+
+        def _append(self, field: str, limit: int | None, item: Any) -> None:
+            """Add ``item`` to the events or links (``field``), bounded to ``limit``; the
+            bounded list is made by the first one."""
             if self._end_time is not None:
-                log.warning("Tried calling _add_link on an ended span.")
+                log.warning("Tried calling add%s on an ended span.", field[:-1])
                 return
-            links = self._links
-            if type(links) is tuple:
-                links = self._links = BoundedList(self._limits.max_links)
-            links.append(link)
+            items = getattr(self, field)
+            if type(items) is tuple:
+                items = BoundedList(limit)
+                setattr(self, field, items)
+            items.append(item)
 
         def start(
             self,
