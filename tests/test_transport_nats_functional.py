@@ -386,3 +386,32 @@ async def test_concurrent_subscriptions_of_one_channel_deliver_once(transports: 
     await a.publish("ws:room:/same", "barrier")
     await wait_until(lambda: "barrier" in first + second, what="the barrier")
     assert sorted(first + second) == ["barrier", "one"]  # once, to the latest handler
+
+
+async def test_subscribe_returns_once_the_server_has_it_even_while_nats_py_drains(
+    transports: Any,
+) -> None:
+    """nats-py's flush() writes its PING ahead of a SUB still queued for its flusher (busy
+    draining an earlier write): subscribe() must hand the queue over first, or the PONG comes
+    back before the server has the subscription and a publish right after is missed."""
+    a, b = await transports(), await transports()
+    nc = b._nc
+    assert nc is not None
+    socket = nc._transport
+    drain = socket.drain
+
+    async def slow_drain() -> None:
+        await asyncio.sleep(0.02)
+        await drain()
+
+    socket.drain = slow_drain
+    got: dict[str, list[str]] = {}
+    channels = [f"drain:{i}:{time.monotonic_ns()}" for i in range(15)]
+    for channel in channels:
+        await b.publish("drain:noise", "x")  # the flusher is busy draining this one
+        await b.subscribe(
+            channel, lambda payload, channel=channel: got.setdefault(channel, []).append(payload)
+        )
+        await a.publish(channel, "right after")
+    await wait_until(lambda: len(got) == len(channels), timeout=5.0, what="every publish")
+    assert all(got[channel] == ["right after"] for channel in channels)

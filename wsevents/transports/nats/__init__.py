@@ -422,7 +422,7 @@ class NatsTransport(BaseTransport):
         if known[1] is not None:
             if waited and flush:  # made by a caller that did not wait for the server
                 with contextlib.suppress(Exception):
-                    await nc.flush(timeout=max(1, round(self.command_timeout)))
+                    await self._flush(nc)
             return
         sub = known[0]
 
@@ -445,12 +445,27 @@ class NatsTransport(BaseTransport):
                 return
             self._subs[channel] = (sub, nats_sub)
             if flush:
-                await nc.flush(timeout=max(1, round(self.command_timeout)))
+                await self._flush(nc)
         except Exception as exc:
             log.warning("subscribing to %s at %s failed: %r", channel, self.url, exc)
         finally:
             del self._inflight[channel]
             done.set_result(None)
+
+    async def _flush(self, nc: Any) -> None:
+        """Return once the server has everything sent on ``nc`` so far (a SUB just made).
+
+        nats-py's ``flush()`` writes its PING straight to the socket, ahead of commands
+        still queued for its flusher task: its PONG can then come back before the server has
+        read a SUB queued just before, and a publish from another connection right after
+        ``subscribe()`` returned would be missed. The queue is handed to the socket first.
+        """
+        timeout = max(1, round(self.command_timeout))
+        hand_over = getattr(nc, "_flush_pending", None)  # nats-py's own queue flush
+        if hand_over is not None:
+            async with asyncio.timeout(timeout):
+                await hand_over(force_flush=True)  # returns once the flusher wrote the queue
+        await nc.flush(timeout=timeout)
 
     async def _connect_forever(self) -> None:
         """Make the first connection (nats-py reconnects by itself afterwards)."""
@@ -496,7 +511,7 @@ class NatsTransport(BaseTransport):
             if nats_sub is None:
                 await self._subscribe_live(channel, flush=False)
         with contextlib.suppress(Exception):
-            await nc.flush(timeout=max(1, round(self.command_timeout)))
+            await self._flush(nc)
         self._up_event.set()
         self.last_error = None
         self._directory.wake()
