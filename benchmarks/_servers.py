@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -15,6 +16,68 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def wsevents_run(target: str, *flags: str) -> str:
+    """The harness command (``{port}`` left to fill) serving ``target`` with this project's
+    ``python -m wsevents run``, quiet, with extra ``flags``."""
+    return " ".join(
+        [
+            f"{PYTHON} -m wsevents run {target} --host 127.0.0.1 --port {{port}}",
+            "--log-level warning",
+            *flags,
+        ]
+    )
+
+
+def add_harness_paths(p: argparse.ArgumentParser) -> None:
+    """``--bench-dir`` (the harness, ``../shared/bench`` unless ``$WSEVENTS_BENCH_DIR`` says
+    otherwise) and ``--raw-dir`` (where its runs go) of a script that runs the harness."""
+    p.add_argument(
+        "--bench-dir",
+        type=Path,
+        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
+        help="the harness folder (bench.py, loadgen.js)",
+    )
+    p.add_argument(
+        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
+    )
+
+
+def harness_records(
+    script: str, a: Any, servers: dict[str, str], *, label: str, scenario: str = "s1"
+) -> list[dict[str, Any]] | int:
+    """Run the harness on ``servers`` (see [`harness_command`][]) and return the records of
+    ``scenario``; or the script's exit status when it cannot (2: no harness, 1: bench.py
+    failed), after saying why on stderr in ``script``'s name."""
+    bench = a.bench_dir.resolve() / "bench.py"
+    if not bench.exists():
+        print(f"{script}: no harness at {bench}; give --bench-dir", file=sys.stderr)
+        return 2
+    cmd = harness_command(bench, a, servers, scenario=scenario, label=label)
+    run_dir, returncode = run_harness(cmd)
+    if run_dir is None:
+        print(f"{script}: bench.py exited with {returncode}", file=sys.stderr)
+        return 1
+    return load_records(run_dir, scenario)
+
+
+def s1_samples(
+    records: list[dict[str, Any]], *, scale: float = 1.0
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per server, the server CPU s/100k replies (times ``scale``) and the replies/s of
+    each successful run of an ``s1`` harness run."""
+    cpu: dict[str, list[float]] = {}
+    rate: dict[str, list[float]] = {}
+    for rec in records:
+        result = rec.get("result") or {}
+        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
+            continue
+        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"] * scale)
+        if result.get("replies_per_s") is not None:
+            rate.setdefault(rec["server"], []).append(result["replies_per_s"])
+    return cpu, rate
 
 
 def free_port() -> int:

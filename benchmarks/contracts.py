@@ -22,7 +22,6 @@ The harness (``bench.py``, ``loadgen.js``) is ``../shared/bench`` unless ``--ben
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -30,9 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _servers import harness_command, load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
+from _servers import add_harness_paths, harness_records, s1_samples, wsevents_run  # noqa: E402  (benchmarks/ is not a package)
 
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 SERVERS = {
     "echo": "examples.reference_app:app",
     "typed-msgspec": "benchmarks.contracts_app:msgspec_app",
@@ -41,24 +39,13 @@ SERVERS = {
 TARGET = 1.10
 
 
-def server_cmd(target: str) -> str:
-    return f"{PYTHON} -m wsevents run {target} --host 127.0.0.1 --port {{port}} --log-level warning"
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=3, help="interleaved reps per server")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=8.0, help="seconds measured")
     p.add_argument("--timeout", type=float, default=60.0, help="kill a load run after this")
-    p.add_argument(
-        "--bench-dir",
-        type=Path,
-        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
-    )
-    p.add_argument(
-        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
-    )
+    add_harness_paths(p)
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin CPUs")
     return p
 
@@ -66,15 +53,7 @@ def parser() -> argparse.ArgumentParser:
 def table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
     """A Markdown table of median CPU s/100k replies and replies/s per server, with ratios
     to ``echo``; also the medians of CPU s/100k by server."""
-    cpu: dict[str, list[float]] = {}
-    rate: dict[str, list[float]] = {}
-    for rec in records:
-        result = rec.get("result") or {}
-        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
-            continue
-        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"])
-        if result.get("replies_per_s") is not None:
-            rate.setdefault(rec["server"], []).append(result["replies_per_s"])
+    cpu, rate = s1_samples(records)
     medians = {name: statistics.median(values) for name, values in cpu.items()}
     base = medians.get("echo")
     lines = [
@@ -93,22 +72,14 @@ def table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    bench = a.bench_dir.resolve() / "bench.py"
-    if not bench.exists():
-        print(f"contracts.py: no harness at {bench}; give --bench-dir", file=sys.stderr)
-        return 2
-    cmd = harness_command(
-        bench,
+    records = harness_records(
+        "contracts.py",
         a,
-        {name: server_cmd(target) for name, target in SERVERS.items()},
-        scenario="s1",
+        {name: wsevents_run(target) for name, target in SERVERS.items()},
         label="contracts",
     )
-    run_dir, returncode = run_harness(cmd)
-    if run_dir is None:
-        print(f"contracts.py: bench.py exited with {returncode}", file=sys.stderr)
-        return 1
-    records = load_records(run_dir, "s1")
+    if isinstance(records, int):
+        return records
     text, medians = table(records)
     print("\nServer CPU per 100k RPC replies (median over reps; lower is better)\n")
     print(text)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
@@ -42,26 +41,23 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _servers import (  # noqa: E402
+    add_harness_paths,
     fanout_cpu_table,
     harness_command,
     load_records,
     run_harness,
     start_reference_app,
     stop,
+    wsevents_run,
 )
 from multi_instance import cpu_seconds  # noqa: E402
 
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 FANOUT_SERVERS = {
     "history-off": "examples.reference_app:app",
     "history-on": "benchmarks.history_app:app",
 }
 REPLAY_APP = "benchmarks.history_app:app"
 TARGET = 1.15
-
-
-def server_cmd(target: str) -> str:
-    return f"{PYTHON} -m wsevents run {target} --host 127.0.0.1 --port {{port}} --log-level warning"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,15 +71,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=90.0, help="fanout: kill a load run after")
     p.add_argument("--missed", type=int, default=10_000, help="replay: pushes missed (<= 10000)")
     p.add_argument("--replay-reps", type=int, default=3, help="replay: repetitions")
-    p.add_argument(
-        "--bench-dir",
-        type=Path,
-        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
-        help="the harness folder (bench.py, loadgen.js)",
-    )
-    p.add_argument(
-        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
-    )
+    add_harness_paths(p)
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--client-cpu", default="0")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin CPUs")
@@ -103,7 +91,7 @@ def run_fanout(a: argparse.Namespace) -> list[dict[str, Any]] | None:
     cmd = harness_command(
         a.bench_dir.resolve() / "bench.py",
         a,
-        {name: server_cmd(target) for name, target in FANOUT_SERVERS.items()},
+        {name: wsevents_run(target) for name, target in FANOUT_SERVERS.items()},
         scenario="s2_1000",
         label="history",
         cpus=True,

@@ -24,7 +24,6 @@ The harness (``bench.py``, ``loadgen.js``) is ``../shared/bench`` unless ``--ben
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -32,9 +31,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _servers import load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
+from _servers import (  # noqa: E402  (benchmarks/ is not a package)
+    add_harness_paths,
+    harness_command,
+    load_records,
+    run_harness,
+    s1_samples,
+    wsevents_run,
+)
 
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 BASE = "off"
 # name -> (extra flags of `python -m wsevents run`, target ratio to BASE or None)
 CONFIGS: dict[str, tuple[list[str], float | None]] = {
@@ -44,14 +49,7 @@ CONFIGS: dict[str, tuple[list[str], float | None]] = {
 
 
 def server_cmd(flags: list[str]) -> str:
-    return " ".join(
-        [
-            PYTHON,
-            "-m wsevents run examples.reference_app:app --host 127.0.0.1 --port {port}",
-            "--log-level warning",
-            *flags,
-        ]
-    )
+    return wsevents_run("examples.reference_app:app", *flags)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,14 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only", default=",".join(CONFIGS), help=f"configurations (default: {','.join(CONFIGS)})"
     )
-    p.add_argument(
-        "--bench-dir",
-        type=Path,
-        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
-    )
-    p.add_argument(
-        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
-    )
+    add_harness_paths(p)
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin CPUs")
     return p
 
@@ -78,15 +69,7 @@ def parser() -> argparse.ArgumentParser:
 def table(records: list[dict[str, Any]], names: list[str]) -> tuple[str, dict[str, float]]:
     """A Markdown table of median CPU s/100k replies and replies/s per configuration, with
     the ratio to ``off`` and its target; also the medians of CPU s/100k by configuration."""
-    cpu: dict[str, list[float]] = {}
-    rate: dict[str, list[float]] = {}
-    for rec in records:
-        result = rec.get("result") or {}
-        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
-            continue
-        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"])
-        if result.get("replies_per_s") is not None:
-            rate.setdefault(rec["server"], []).append(result["replies_per_s"])
+    cpu, rate = s1_samples(records)
     medians = {name: statistics.median(values) for name, values in cpu.items()}
     base = medians.get(BASE)
     lines = [
@@ -108,31 +91,9 @@ def table(records: list[dict[str, Any]], names: list[str]) -> tuple[str, dict[st
 
 
 def harness_cmd(a: argparse.Namespace, bench: Path, names: list[str]) -> list[str]:
-    cmd = [
-        sys.executable,
-        str(bench),
-        "--compare",
-        ",".join(names),
-        "--scenarios",
-        "s1",
-        "--reps",
-        str(a.reps),
-        "--warmup",
-        str(a.warmup),
-        "--duration",
-        str(a.duration),
-        "--timeout",
-        str(a.timeout),
-        "--raw",
-        str(a.raw_dir),
-        "--label",
-        "observability",
-    ]
-    for name in names:
-        cmd += ["--extra", f"{name}={server_cmd(CONFIGS[name][0])}"]
-    if not a.pin:
-        cmd.append("--no-pin")
-    return cmd
+    """The harness command for the configurations ``names``."""
+    servers = {name: server_cmd(CONFIGS[name][0]) for name in names}
+    return harness_command(bench, a, servers, scenario="s1", label="observability")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,25 +44,22 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from _servers import (  # noqa: E402
+    add_harness_paths,
     fanout_cpu_table,
     harness_command,
     load_records,
     run_harness,
     start_reference_app,
     stop,
+    wsevents_run,
 )
 from multi_instance import cpu_seconds, redis_pid  # noqa: E402
 
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 FANOUT_SERVERS = {
     "presence-off": "examples.reference_app:app",
     "presence-on": "benchmarks.presence_app:app",
 }
 TARGET = 1.05
-
-
-def server_cmd(target: str) -> str:
-    return f"{PYTHON} -m wsevents run {target} --host 127.0.0.1 --port {{port}} --log-level warning"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,15 +78,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=2.0, help="fanout: seconds before measuring")
     p.add_argument("--duration", type=float, default=8.0, help="fanout: seconds measured")
     p.add_argument("--timeout", type=float, default=90.0, help="fanout: kill a load run after")
-    p.add_argument(
-        "--bench-dir",
-        type=Path,
-        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
-        help="the harness folder (bench.py, loadgen.js)",
-    )
-    p.add_argument(
-        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
-    )
+    add_harness_paths(p)
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--client-cpu", default="0")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin CPUs")
@@ -252,7 +241,7 @@ def run_fanout(a: argparse.Namespace) -> list[dict[str, Any]] | None:
     cmd = harness_command(
         bench,
         a,
-        {name: server_cmd(target) for name, target in FANOUT_SERVERS.items()},
+        {name: wsevents_run(target) for name, target in FANOUT_SERVERS.items()},
         scenario="s2_1000",
         label="presence",
         cpus=True,

@@ -26,7 +26,6 @@ The harness (``bench.py``, ``loadgen.js``) is ``../shared/bench`` unless ``--ben
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import timeit
@@ -41,9 +40,8 @@ from wsevents.testing.contexts import RecordingSocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _servers import harness_command, load_records, run_harness  # noqa: E402  (benchmarks/ is not a package)
+from _servers import add_harness_paths, harness_records, s1_samples, wsevents_run  # noqa: E402  (benchmarks/ is not a package)
 
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 WIRE_SERVERS = {
     "echo": "benchmarks.ratelimit_app:plain_app",
     "limited": "benchmarks.ratelimit_app:limited_app",
@@ -80,16 +78,7 @@ def measure(calls: int, reps: int) -> dict[str, float]:
 def wire_table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
     """A Markdown table of the median server CPU µs per message and replies/s per server,
     with the difference to ``echo``; also the medians (µs per message) by server."""
-    cpu: dict[str, list[float]] = {}
-    rate: dict[str, list[float]] = {}
-    for rec in records:
-        result = rec.get("result") or {}
-        if rec.get("error") or result.get("error") or rec.get("server_cpu_s_per_100k") is None:
-            continue
-        # s per 100k replies -> µs per reply: x 1e6 / 1e5.
-        cpu.setdefault(rec["server"], []).append(rec["server_cpu_s_per_100k"] * 10.0)
-        if result.get("replies_per_s") is not None:
-            rate.setdefault(rec["server"], []).append(result["replies_per_s"])
+    cpu, rate = s1_samples(records, scale=10.0)  # s per 100k replies -> µs per reply
     medians = {name: statistics.median(values) for name, values in cpu.items()}
     base = medians.get("echo")
     lines = [
@@ -106,27 +95,16 @@ def wire_table(records: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
     return "\n".join(lines), medians
 
 
-def server_cmd(target: str) -> str:
-    return f"{PYTHON} -m wsevents run {target} --host 127.0.0.1 --port {{port}} --log-level warning"
-
-
 def wire(a: argparse.Namespace) -> int:
-    bench = a.bench_dir.resolve() / "bench.py"
-    if not bench.exists():
-        print(f"ratelimit_cost.py: no harness at {bench}; give --bench-dir", file=sys.stderr)
-        return 2
-    cmd = harness_command(
-        bench,
+    records = harness_records(
+        "ratelimit_cost.py",
         a,
-        {name: server_cmd(target) for name, target in WIRE_SERVERS.items()},
-        scenario="s1",
+        {name: wsevents_run(target) for name, target in WIRE_SERVERS.items()},
         label="ratelimit-wire",
     )
-    run_dir, returncode = run_harness(cmd)
-    if run_dir is None:
-        print(f"ratelimit_cost.py: bench.py exited with {returncode}", file=sys.stderr)
-        return 1
-    text, medians = wire_table(load_records(run_dir, "s1"))
+    if isinstance(records, int):
+        return records
+    text, medians = wire_table(records)
     print("\nServer CPU per RPC over the wire (median over reps; lower is better)\n")
     print(text)
     if "echo" in medians and "limited" in medians:
@@ -144,14 +122,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=2.0, help="--wire: seconds before measuring")
     p.add_argument("--duration", type=float, default=8.0, help="--wire: seconds measured")
     p.add_argument("--timeout", type=float, default=60.0, help="--wire: kill a load run after")
-    p.add_argument(
-        "--bench-dir",
-        type=Path,
-        default=Path(os.environ.get("WSEVENTS_BENCH_DIR") or ROOT.parent / "shared" / "bench"),
-    )
-    p.add_argument(
-        "--raw-dir", type=Path, default=ROOT / "benchmarks" / "results" / "raw", help="raw runs"
-    )
+    add_harness_paths(p)
     p.add_argument("--no-pin", dest="pin", action="store_false", help="--wire: do not pin CPUs")
     return p
 
