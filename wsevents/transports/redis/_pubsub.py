@@ -50,6 +50,9 @@ class PubSub:
     it runs the reader and sets ``closed``.
     """
 
+    _server = "Redis"
+    """What log messages call the server."""
+
     def __init__(
         self,
         client: RedisClient,
@@ -329,13 +332,15 @@ class PubSub:
             self._on_response(response)
 
     async def _watch(self, conn: Any, waiters: list[asyncio.Future[bool]]) -> None:
-        """Declare the connection up once every subscription is confirmed, then PING it."""
+        """Declare the connection up once every subscription is confirmed, then PING it
+        (every connection [`_send_pings`][] names) every ``ping_interval``."""
         try:
             async with asyncio.timeout(self.ping_timeout):
                 confirmed = await asyncio.gather(*waiters)
         except TimeoutError:
             log.warning(
-                "Redis at %s did not confirm the subscriptions within %g s; reconnecting",
+                "%s at %s did not confirm the subscriptions within %g s; reconnecting",
+                self._server,
                 self.url,
                 self.ping_timeout,
             )
@@ -344,21 +349,19 @@ class PubSub:
         if not all(confirmed) or self._conn is not conn:
             return
         self._went_up()
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.ping_interval)
             if self._conn is not conn or self.closed:
                 return
-            pong: asyncio.Future[bool] = loop.create_future()
-            self._pongs.append(pong)
             try:
-                await conn.send_command("PING", check_health=False)
+                pongs = await self._send_pings(conn)
                 async with asyncio.timeout(self.ping_timeout):
-                    alive = await pong
+                    alive = all(await asyncio.gather(*pongs))
             except Exception as exc:
                 if self._conn is conn:
                     log.warning(
-                        "Redis pub/sub connection to %s unresponsive (%s); reconnecting",
+                        "%s pub/sub connection to %s unresponsive (%s); reconnecting",
+                        self._server,
                         self.url,
                         cause(exc) if not isinstance(exc, TimeoutError) else "no PONG in time",
                     )
@@ -366,6 +369,13 @@ class PubSub:
                 return
             if not alive:
                 return
+
+    async def _send_pings(self, conn: Any) -> list[asyncio.Future[bool]]:
+        """PING the pub/sub connection ``conn``; the futures its PONGs resolve."""
+        pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pongs.append(pong)
+        await conn.send_command("PING", check_health=False)
+        return [pong]
 
     def _expect_confirmation(self, channel: str) -> asyncio.Future[bool]:
         # Confirmations of one channel arrive in the order the SUBSCRIBEs were sent.

@@ -81,6 +81,8 @@ class ShardedPubSub(PubSub):
     """[`PubSub`][] over a ``redis.asyncio.RedisCluster``: ``SPUBLISH`` and one
     ``SSUBSCRIBE`` connection per master (see the module docs)."""
 
+    _server = "Redis Cluster"
+
     def __init__(self, client: aioredis.RedisCluster, **options: Any) -> None:
         super().__init__(client, **options)
         self.client: aioredis.RedisCluster = client
@@ -294,49 +296,17 @@ class ShardedPubSub(PubSub):
             response = await shard.conn.read_response(timeout=math.inf, push_request=True)
             self._on_shard_response(shard, response)
 
-    async def _watch(self, conn: Any, waiters: list[asyncio.Future[bool]]) -> None:
-        """Declare the session up once every subscription is confirmed, then PING every
-        master's connection."""
+    async def _send_pings(self, conn: Any) -> list[asyncio.Future[bool]]:
+        """PING every master's connection of the session ``conn``."""
         session: _Session = conn
-        try:
-            async with asyncio.timeout(self.ping_timeout):
-                confirmed = await asyncio.gather(*waiters)
-        except TimeoutError:
-            log.warning(
-                "Redis Cluster at %s did not confirm the subscriptions within %g s; reconnecting",
-                self.url,
-                self.ping_timeout,
-            )
-            self._abort(session)
-            return
-        if not all(confirmed) or self._conn is not session:
-            return
-        self._went_up()
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.ping_interval)
-            if self._conn is not session or self.closed:
-                return
-            pongs: list[asyncio.Future[bool]] = []
-            try:
-                for shard in session.shards.values():
-                    pong: asyncio.Future[bool] = loop.create_future()
-                    shard.pongs.append(pong)
-                    pongs.append(pong)
-                    await shard.conn.send_command("PING", check_health=False)
-                async with asyncio.timeout(self.ping_timeout):
-                    alive = all(await asyncio.gather(*pongs))
-            except Exception as exc:
-                if self._conn is session:
-                    log.warning(
-                        "Redis Cluster pub/sub connection to %s unresponsive (%s); reconnecting",
-                        self.url,
-                        cause(exc) if not isinstance(exc, TimeoutError) else "no PONG in time",
-                    )
-                    self._abort(session)
-                return
-            if not alive:
-                return
+        pongs: list[asyncio.Future[bool]] = []
+        for shard in session.shards.values():
+            pong: asyncio.Future[bool] = loop.create_future()
+            shard.pongs.append(pong)
+            pongs.append(pong)
+            await shard.conn.send_command("PING", check_health=False)
+        return pongs
 
     def _on_shard_response(self, shard: _Shard, response: Any) -> None:
         if isinstance(response, list | tuple) and response:
