@@ -45,7 +45,7 @@ from ._aio import TaskSet, is_async
 from ._context import MessageScope, message_var
 from .contracts import DataContract, ParamsContract, compile_data_type, compile_params
 from .exceptions import ProtocolError, RoutingError, WsError
-from .protocol import INTERNAL_ERROR, NOT_FOUND, ClientMessage, Codec, encode_error
+from .protocol import INTERNAL_ERROR, NOT_FOUND, ClientMessage, Codec, encode_error, error_object
 from .protocol import parse_client_message as _parse
 from .ratelimit import FLOOD_CLOSE_CODE, FLOOD_REASON, TOO_MANY_REQUESTS, Limiter
 from .routing import Guard, Route, Router, param_names
@@ -730,15 +730,9 @@ class Dispatcher:
                         if handler.is_async:
                             result = await result
                 except Exception as exc:
-                    body = self._error_body(scope, exc)
-                    code = body["error"]["code"]
                     if stats is not None:
                         stats.observe(perf_counter() - start)
-                        if type(exc) is _RateLimited:
-                            stats.rate_limited += 1
-                        stats.error(code)
-                    if self._tracing is not None:
-                        self._tracing.failed(scope, code, exc)
+                    body = {"error": error_object(*self._failed(scope, exc, stats))}
                 else:
                     if stats is not None:
                         stats.observe(perf_counter() - start)
@@ -771,22 +765,8 @@ class Dispatcher:
             self._encode(body)
         except Exception:
             log.exception("reply of %s %s cannot be encoded", msg.event, msg.path)
-            return {"error": {"code": 500, "message": INTERNAL_ERROR}}
+            return {"error": error_object(500, INTERNAL_ERROR)}
         return body
-
-    @staticmethod
-    def _error_body(scope: MessageScope, exc: Exception) -> dict[str, Any]:
-        """The error mapping of [`_fail`][], as a reply body."""
-        if not isinstance(exc, WsError):
-            msg = scope.message
-            log.error("handler failed: %s %s", msg.event, msg.path, exc_info=exc)
-            return {"error": {"code": 500, "message": INTERNAL_ERROR}}
-        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
-        if exc.details is not None:
-            error["details"] = exc.details
-        if exc.retry_after is not None:
-            error["retry_after"] = exc.retry_after
-        return {"error": error}
 
     def _send_body(self, conn: Connection, msg: ClientMessage, body: Mapping[str, Any]) -> None:
         try:
@@ -797,7 +777,20 @@ class Dispatcher:
         conn.send_frame(frame)
 
     def _fail(self, scope: MessageScope, exc: Exception, stats: RouteStats | None = None) -> None:
-        """The one error mapping: WsError → its reply; anything else → logged, 500."""
+        """Reply to ``scope``'s message (when it has an id) with the error ``exc`` maps to
+        (see [`_failed`][])."""
+        code, text, details, retry_after = self._failed(scope, exc, stats)
+        msg = scope.message
+        if msg.has_id:
+            scope.connection.reply_error(
+                msg.id, code, text, details=details, retry_after=retry_after
+            )
+
+    def _failed(
+        self, scope: MessageScope, exc: Exception, stats: RouteStats | None = None
+    ) -> tuple[int, str, Any, float | None]:
+        """The one error mapping: WsError → its code, message, details and retry_after;
+        anything else → logged, 500. Counted in ``stats`` and on the message's span."""
         msg = scope.message
         details = retry_after = None
         if isinstance(exc, WsError):
@@ -814,10 +807,7 @@ class Dispatcher:
                 stats.no_reply += 1
         if self._tracing is not None:
             self._tracing.failed(scope, code, exc)
-        if msg.has_id:
-            scope.connection.reply_error(
-                msg.id, code, text, details=details, retry_after=retry_after
-            )
+        return code, text, details, retry_after
 
     def _reply(self, conn: Connection, msg: ClientMessage, result: Any) -> bool:
         """Send ``result`` as the reply to ``msg``; 500 (and False) when it cannot be

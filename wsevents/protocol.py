@@ -33,6 +33,7 @@ __all__ = [
     "encode_push",
     "encode_reply",
     "encode_stream_push",
+    "error_object",
     "parse_client_message",
     "select_subprotocol",
 ]
@@ -279,12 +280,23 @@ def encode_error(
 
     ``details`` (e.g. ``WsError.details``) and ``retry_after`` are left out when ``None``.
     """
+    return encode({"id": message_id, "error": error_object(code, message, details, retry_after)})
+
+
+def error_object(
+    code: int,
+    message: str,
+    details: Sequence[Mapping[str, Any]] | None = None,
+    retry_after: float | None = None,
+) -> dict[str, Any]:
+    """The ``error`` object of an error reply: ``{"code", "message", "details"?,
+    "retry_after"?}`` (``details`` and ``retry_after`` left out when ``None``)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
     if retry_after is not None:
         error["retry_after"] = retry_after
-    return encode({"id": message_id, "error": error})
+    return error
 
 
 def encode_push(
