@@ -151,8 +151,8 @@ class SdkSpans:
         self._seen: Any = None
 
     def _enabled(self) -> bool:
-        config = getattr(self.tracer, "_tracer_config", None)
-        return config is None or bool(config.is_enabled)
+        """Whether the tracer makes spans (a tracer configurator may turn it off)."""
+        return bool(getattr(self.tracer, "_tracer_config", _ENABLED).is_enabled)
 
     def _trace_flags(self, value: int) -> TraceFlags:
         flags = self._flags.get(value)
@@ -184,12 +184,7 @@ class SdkSpans:
         attributes: dict[str, Any] | None = None,
     ) -> Span:
         root = self._root
-        if (
-            root is not None
-            and context is not None
-            and not context
-            and getattr(self.tracer, "_tracer_config", _ENABLED).is_enabled
-        ):
+        if root is not None and context is not None and not context and self._enabled():
             # A root span (an empty context: no parent) decided by a rule known here.
             bound, recording, flags, unsampled = root
             trace_id = _getrandbits(128) or _random_id(128)
