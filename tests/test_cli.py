@@ -690,8 +690,12 @@ async def test_metrics_of_several_processes_add_up_in_multiprocess_mode(
         for n in range(2):
             assert (await rpc(b, "/echo", n, n))["data"] == n
         samples = await scrape()
-        for _ in range(100):  # the second process writes its counters every second
-            if samples.get(echo) == samples.get(ok) == samples.get(count) == 5:
+        connections = ("wsevents_connections", ())
+        up = ("wsevents_transport_up", ())
+        for _ in range(100):  # each process writes its values every second, one by one
+            if samples.get(echo) == samples.get(ok) == samples.get(count) == 5 and (
+                samples.get(connections) == 2 and samples.get(up) == 1
+            ):
                 break
             await asyncio.sleep(0.1)
             samples = await scrape()
